@@ -42,6 +42,9 @@ class ConfChangeType(enum.IntEnum):
     ADD_LEARNER = 0  # add a non-voting member (it receives the log)
     PROMOTE = 1  # turn a caught-up learner into a voter
     REMOVE = 2  # remove a voter or a learner (the leader included)
+    # Only in the bootstrap entries every initial member writes identically at
+    # indexes 1..n of a new cluster; never accepted as a proposal.
+    ADD_VOTER = 3
 
 
 @attrs.frozen(slots=True)
