@@ -1,0 +1,107 @@
+"""KV snapshots: the whole state machine at exactly one applied index.
+
+Rules of this module:
+
+* Taking a snapshot is two steps so the apply path only pays for a copy:
+  ``image = store.freeze()`` (synchronous, a shallow copy) and, later and
+  anywhere (e.g. a worker thread), ``encode_image(image)``.
+* Layout (msgpack, bin type for bytes)::
+
+      [SNAPSHOT_VERSION, applied_index, clock_ms,
+       [key, value, revision, expire_at_ms | nil, ...]]   # keys ascending
+
+* ``restore`` checks everything it reads (types, ascending unique keys) and
+  raises :class:`~dengine.errors.MalformedMessage` on anything else; the
+  caller decides whether that means a corrupt file or a misbehaving peer.
+* ``restore(snapshot_bytes(s))`` equals ``s``: same applied index, log time,
+  keys, values, revisions and expiries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE
+from dengine.errors import MalformedMessage
+from dengine.kv.store import FrozenImage, KVStore
+
+__all__ = ["SNAPSHOT_VERSION", "FrozenImage", "decode_image", "encode_image", "restore", "snapshot_bytes"]
+
+SNAPSHOT_VERSION = 1
+
+_FIELDS = 4  # key, value, revision, expire_at
+
+
+def encode_image(image: FrozenImage) -> bytes:
+    """Encode a frozen image (may run off the apply path)."""
+    values = image.values
+    revisions = image.revisions
+    expire_at = image.expire_at.get
+    flat: list[Any] = []
+    append = flat.append
+    for key in image.keys:
+        append(key)
+        append(values[key])
+        append(revisions[key])
+        append(expire_at(key))
+    return msgpack.packb(
+        [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat], use_bin_type=True
+    )
+
+
+def snapshot_bytes(store: KVStore) -> bytes:
+    """Freeze and encode in one step."""
+    return encode_image(store.freeze())
+
+
+def _is_uint(value: object) -> bool:
+    return type(value) is int and value >= 0  # type: ignore[operator]
+
+
+def decode_image(data: bytes) -> FrozenImage:
+    """Parse snapshot bytes into an image; raise MalformedMessage if invalid."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedMessage(f"KV snapshot is not valid msgpack: {exc}") from None
+    if type(raw) is not list or len(raw) != 4:
+        raise MalformedMessage("KV snapshot must be [version, applied_index, clock_ms, entries]")
+    version, applied, clock, flat = raw
+    if type(version) is not int or version != SNAPSHOT_VERSION:
+        raise MalformedMessage(f"unsupported KV snapshot version {version!r}")
+    if not _is_uint(applied) or not _is_uint(clock):
+        raise MalformedMessage("KV snapshot index and clock must be non-negative ints")
+    if type(flat) is not list or len(flat) % _FIELDS:
+        raise MalformedMessage("KV snapshot entries must be key, value, revision, expiry groups")
+    keys: list[bytes] = flat[0::_FIELDS]
+    vals = flat[1::_FIELDS]
+    revs = flat[2::_FIELDS]
+    exps = flat[3::_FIELDS]
+    if not all(type(k) is bytes for k in keys) or not all(type(v) is bytes for v in vals):
+        raise MalformedMessage("KV snapshot keys and values must be bytes")
+    if not all(_is_uint(r) for r in revs) or not all(e is None or _is_uint(e) for e in exps):
+        raise MalformedMessage("KV snapshot revisions and expiries must be non-negative ints")
+    if any(a >= b for a, b in zip(keys, keys[1:])):
+        raise MalformedMessage("KV snapshot keys must be strictly ascending")
+    return FrozenImage(
+        applied_index=applied,
+        clock_ms=clock,
+        keys=keys,
+        values=dict(zip(keys, vals)),
+        revisions=dict(zip(keys, revs)),
+        expire_at={k: e for k, e in zip(keys, exps) if e is not None},
+    )
+
+
+def restore(
+    data: bytes,
+    *,
+    max_key_size: int = DEFAULT_MAX_KEY_SIZE,
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+) -> KVStore:
+    """A new store holding exactly the snapshot in ``data``."""
+    return KVStore.from_image(
+        decode_image(data), max_key_size=max_key_size, max_value_size=max_value_size
+    )

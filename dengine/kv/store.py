@@ -1,0 +1,362 @@
+"""KVStore: the replicated key-value state machine.
+
+Rules of this module (every replica applying the same log must end in the
+same state and emit the same events, so everything here is a pure function of
+the log):
+
+* ``apply(index, payload)`` applies one committed Raft entry. ``index`` must
+  be above ``applied_index`` (gaps are fine: configuration entries never reach
+  the store). An empty payload is the leader's no-op and only advances
+  ``applied_index``. A payload that cannot be decoded raises
+  MalformedMessage and changes nothing -- that is corruption or version skew,
+  and the caller must stop rather than guess.
+* The revision of every change is the Raft index of its entry. Commands of
+  one entry apply in order, each with its own result:
+  Put -> revision; Delete -> whether a live key was removed;
+  CompareAndSwap -> True/False; ExpireKeys -> number of keys removed;
+  an invalid command -> :class:`CommandError` (nothing changes).
+* Log time: each entry carries the leader's stamp. The store's clock is the
+  largest stamp seen so far (so log time never runs backwards across leader
+  changes) and is the only time apply uses.
+* TTL: a Put/CAS with ``ttl_ms`` sets ``expire_at = log time + ttl_ms``;
+  without ``ttl_ms`` it clears any earlier expiry. A key with
+  ``expire_at <= log time`` is *logically absent*: CAS compares against
+  absence, Delete returns False and leaves it to the sweeper. A write that
+  replaces such a key first expires it (a DELETE event with the old value),
+  then writes (a PUT event with ``prev_value=None``), so every expiry is seen
+  by watchers exactly once. ExpireKeys removes a key only if its current
+  expiry equals the stamp in the command and has passed in log time.
+* Events: one PUT per successful Put/CAS, one DELETE per removed key, none
+  for anything that changed nothing (a failed CAS, a Delete of a missing
+  key). ``prev_value`` is None when the key did not (logically) exist.
+* Limits: ``max_key_size`` / ``max_value_size`` are checked again at apply
+  (clients check first). They are part of the state machine's definition and
+  must be the same on every replica.
+* Reads take the reader's ``now_ms`` and hide keys whose expiry is at or
+  before ``max(now_ms, log time)`` -- so a read never returns a key the log
+  already considers gone, nor one the reader's clock says has expired.
+* Keys are kept in a dict plus a sorted list, so a prefix scan costs
+  O(log n + matches); inserting or removing a key shifts the list (a memmove).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from typing import Iterable, Union
+
+import attrs
+
+from dengine.api import (
+    DEFAULT_MAX_KEY_SIZE,
+    DEFAULT_MAX_VALUE_SIZE,
+    MAX_TTL_SECONDS,
+    KeyValue,
+    WatchEvent,
+    WatchEventType,
+    validate_key,
+    validate_value,
+)
+from dengine.errors import DengineError, ErrorCode, InvalidArgument, error_for_code
+from dengine.kv.commands import Batch, Command, CompareAndSwap, Delete, ExpireKeys, Put, decode_batch
+from dengine.kv.ttl import TTLIndex
+
+__all__ = ["ApplyResult", "CommandError", "FrozenImage", "KVStore", "Result"]
+
+MAX_TTL_MS = MAX_TTL_SECONDS * 1000
+
+_PUT = WatchEventType.PUT
+_DELETE = WatchEventType.DELETE
+
+
+@attrs.frozen(slots=True)
+class CommandError:
+    """A command that was rejected at apply (identically on every replica)."""
+
+    code: int
+    message: str
+
+    def to_exception(self) -> DengineError:
+        """The exception a caller waiting on this command should see."""
+        return error_for_code(self.code)(self.message)
+
+
+Result = Union[int, bool, CommandError]
+
+
+@attrs.frozen(slots=True)
+class ApplyResult:
+    """What applying one entry did: one result per command, and the watch
+    events it produced, in order."""
+
+    index: int
+    results: list[Result]
+    events: list[WatchEvent]
+
+
+@attrs.frozen(slots=True, eq=True)
+class FrozenImage:
+    """A point-in-time copy of the store at ``applied_index``. Taking it is a
+    shallow copy; encoding it (dengine.kv.snapshot) can happen later."""
+
+    applied_index: int
+    clock_ms: int
+    keys: list[bytes]
+    values: dict[bytes, bytes]
+    revisions: dict[bytes, int]
+    expire_at: dict[bytes, int]
+
+
+class KVStore:
+    """The ordered, TTL-aware key-value state machine."""
+
+    __slots__ = (
+        "max_key_size",
+        "max_value_size",
+        "_applied",
+        "_clock",
+        "_values",
+        "_revisions",
+        "_keys",
+        "_ttl",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_key_size: int = DEFAULT_MAX_KEY_SIZE,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+    ) -> None:
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+        self._applied = 0
+        self._clock = 0
+        self._values: dict[bytes, bytes] = {}
+        self._revisions: dict[bytes, int] = {}
+        self._keys: list[bytes] = []
+        self._ttl = TTLIndex()
+
+    # --- state ------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        """The index of the last entry applied (0 for an empty store)."""
+        return self._applied
+
+    @property
+    def clock_ms(self) -> int:
+        """Log time: the largest leader stamp applied so far."""
+        return self._clock
+
+    def __len__(self) -> int:
+        """Keys held, including expired ones whose deletion has not committed."""
+        return len(self._values)
+
+    # --- apply ------------------------------------------------------------
+
+    def apply(self, index: int, payload: bytes, *, emit_events: bool = True) -> ApplyResult:
+        """Apply one committed entry (see the module rules)."""
+        if index <= self._applied:
+            raise ValueError(f"entry {index} is not after the applied index {self._applied}")
+        if not payload:
+            self._applied = index
+            return ApplyResult(index, [], [])
+        return self.apply_batch(index, decode_batch(payload), emit_events=emit_events)
+
+    def apply_batch(self, index: int, batch: Batch, *, emit_events: bool = True) -> ApplyResult:
+        """Apply an already decoded entry payload."""
+        if index <= self._applied:
+            raise ValueError(f"entry {index} is not after the applied index {self._applied}")
+        self._applied = index
+        if batch.now_ms > self._clock:
+            self._clock = batch.now_ms
+        events: list[WatchEvent] | None = [] if emit_events else None
+        results = [self._apply_one(cmd, index, events) for cmd in batch.commands]
+        return ApplyResult(index, results, events if events is not None else [])
+
+    def _apply_one(self, cmd: Command, index: int, events: list[WatchEvent] | None) -> Result:
+        kind = type(cmd)
+        try:
+            if kind is Put:
+                assert isinstance(cmd, Put)
+                return self._put(cmd.key, cmd.value, cmd.ttl_ms, index, events)
+            if kind is Delete:
+                assert isinstance(cmd, Delete)
+                return self._delete(cmd.key, index, events)
+            if kind is CompareAndSwap:
+                assert isinstance(cmd, CompareAndSwap)
+                return self._cas(cmd, index, events)
+            if kind is ExpireKeys:
+                assert isinstance(cmd, ExpireKeys)
+                return self._expire(cmd.keys, index, events)
+        except InvalidArgument as exc:
+            return CommandError(exc.code, exc.message)
+        return CommandError(ErrorCode.INVALID_ARGUMENT, f"not a KV command: {kind.__name__}")
+
+    def _check_write(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
+        validate_key(key, self.max_key_size)
+        validate_value(value, self.max_value_size)
+        if ttl_ms is not None and not 0 < ttl_ms <= MAX_TTL_MS:
+            raise InvalidArgument(f"ttl_ms must be between 1 and {MAX_TTL_MS}, got {ttl_ms}")
+
+    def _put(
+        self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None
+    ) -> int:
+        self._check_write(key, value, ttl_ms)
+        self._write(key, value, ttl_ms, index, events)
+        return index
+
+    def _write(
+        self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None
+    ) -> None:
+        if self._ttl.is_expired(key, self._clock):
+            self._remove(key, index, events)
+        values = self._values
+        prev = values.get(key)
+        if prev is None:
+            insort(self._keys, key)
+        values[key] = value
+        self._revisions[key] = index
+        if ttl_ms is None:
+            self._ttl.clear(key)
+        else:
+            self._ttl.set(key, self._clock + ttl_ms)
+        if events is not None:
+            events.append(WatchEvent(_PUT, key, value, prev, index))
+
+    def _remove(self, key: bytes, index: int, events: list[WatchEvent] | None) -> None:
+        prev = self._values.pop(key)
+        del self._revisions[key]
+        keys = self._keys
+        del keys[bisect_left(keys, key)]
+        self._ttl.clear(key)
+        if events is not None:
+            events.append(WatchEvent(_DELETE, key, b"", prev, index))
+
+    def _live(self, key: bytes) -> bytes | None:
+        """The key's value in log time (None if absent or expired)."""
+        value = self._values.get(key)
+        if value is not None and self._ttl.is_expired(key, self._clock):
+            return None
+        return value
+
+    def _delete(self, key: bytes, index: int, events: list[WatchEvent] | None) -> bool:
+        validate_key(key, self.max_key_size)
+        if self._live(key) is None:
+            return False
+        self._remove(key, index, events)
+        return True
+
+    def _cas(self, cmd: CompareAndSwap, index: int, events: list[WatchEvent] | None) -> bool:
+        self._check_write(cmd.key, cmd.new, cmd.ttl_ms)
+        if self._live(cmd.key) != cmd.expected:
+            return False
+        self._write(cmd.key, cmd.new, cmd.ttl_ms, index, events)
+        return True
+
+    def _expire(self, pairs: Iterable[tuple[bytes, int]], index: int, events: list[WatchEvent] | None) -> int:
+        removed = 0
+        ttl = self._ttl
+        for key, stamp in pairs:
+            if stamp <= self._clock and ttl.get(key) == stamp:
+                self._remove(key, index, events)
+                removed += 1
+        return removed
+
+    # --- reads ------------------------------------------------------------
+
+    def _cutoff(self, now_ms: int) -> int:
+        return now_ms if now_ms > self._clock else self._clock
+
+    def get(self, key: bytes, now_ms: int) -> bytes | None:
+        """The value of ``key``, or None if absent or expired."""
+        value = self._values.get(key)
+        if value is None or not len(self._ttl):
+            return value
+        if self._ttl.is_expired(key, self._cutoff(now_ms)):
+            return None
+        return value
+
+    def get_kv(self, key: bytes, now_ms: int) -> KeyValue | None:
+        """Like :meth:`get` with the revision that last set the value."""
+        value = self.get(key, now_ms)
+        if value is None:
+            return None
+        return KeyValue(key, value, self._revisions[key])
+
+    def get_many(self, keys: Iterable[bytes], now_ms: int) -> list[bytes | None]:
+        """:meth:`get` for each key, in order."""
+        return [self.get(key, now_ms) for key in keys]
+
+    def scan_prefix(self, prefix: bytes, now_ms: int, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Live ``(key, value)`` pairs whose key starts with ``prefix``, in key
+        order, at most ``limit`` of them. O(log n + matches)."""
+        keys = self._keys
+        lo = bisect_left(keys, prefix)
+        end = _prefix_end(prefix)
+        hi = len(keys) if end is None else bisect_left(keys, end, lo)
+        values = self._values
+        if not len(self._ttl):
+            if limit is not None:
+                hi = min(hi, lo + max(limit, 0))
+            return [(k, values[k]) for k in keys[lo:hi]]
+        cutoff = self._cutoff(now_ms)
+        expired = self._ttl.is_expired
+        out: list[tuple[bytes, bytes]] = []
+        for i in range(lo, hi):
+            if limit is not None and len(out) >= limit:
+                break
+            k = keys[i]
+            if not expired(k, cutoff):
+                out.append((k, values[k]))
+        return out
+
+    # --- TTL sweeping (leader side) ---------------------------------------
+
+    def expired(self, now_ms: int, limit: int) -> list[tuple[bytes, int]]:
+        """Keys whose expiry is ``<= now_ms``, with their stamps, for an
+        ExpireKeys proposal."""
+        return self._ttl.expired(now_ms, limit)
+
+    def next_expiry(self) -> int | None:
+        """The earliest expiry stamp held, or None."""
+        return self._ttl.next_expiry()
+
+    # --- snapshots --------------------------------------------------------
+
+    def freeze(self) -> FrozenImage:
+        """A shallow copy of the whole state, cheap enough for the apply path."""
+        return FrozenImage(
+            applied_index=self._applied,
+            clock_ms=self._clock,
+            keys=list(self._keys),
+            values=dict(self._values),
+            revisions=dict(self._revisions),
+            expire_at=self._ttl.copy_map(),
+        )
+
+    @classmethod
+    def from_image(
+        cls,
+        image: FrozenImage,
+        *,
+        max_key_size: int = DEFAULT_MAX_KEY_SIZE,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+    ) -> KVStore:
+        """A store holding exactly ``image`` (the image is copied, not shared)."""
+        store = cls(max_key_size=max_key_size, max_value_size=max_value_size)
+        store._applied = image.applied_index
+        store._clock = image.clock_ms
+        store._keys = sorted(image.values)
+        store._values = dict(image.values)
+        store._revisions = dict(image.revisions)
+        store._ttl = TTLIndex(image.expire_at)
+        return store
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``
+    (None when there is none: empty or all-0xff prefix)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
