@@ -1,0 +1,501 @@
+"""FileStorage: the default, durable backend (a data directory on disk).
+
+Data directory::
+
+    LOCK                          flock()ed while open; holds the owner's pid
+    wal-0000000000000001.log      WAL segments (format: dengine.storage.wal)
+    wal-0000000000000002.log
+    snap-00000000000000001234.snap  latest snapshot (format: dengine.storage.snapshot)
+    *.tmp                         a snapshot being written; deleted on open
+
+What is fsynced when:
+
+* append / truncate_suffix: the framed record(s) go out in one ``writev``
+  followed by one ``fdatasync`` of the segment; the call returns after that.
+* roll-over: a new segment is created when the current one has reached
+  ``segment_size``; its header record is written together with the batch
+  that caused the roll, and the directory is fsynced so the file name is
+  durable before the call returns.
+* save_snapshot: temp file written + fsynced, renamed, directory fsynced;
+  then (only if the log is discarded) a RESET record is appended and synced.
+* compact: covered segments unlinked, then the directory fsynced.
+* recovery: a torn tail is truncated with ftruncate + fsync before any new
+  record is written after it.
+
+Recovery rules (the only place where data is ever dropped):
+
+* In the LAST segment, if the bytes after the last valid record hold no other
+  valid record (no complete record with a correct CRC starts anywhere in
+  them), they are a torn write from a crash: truncated at the last good
+  record, logged at WARNING. The dropped batch's append() never returned, so
+  nothing acknowledged is lost.
+* Anything else -- a bad record followed by a valid one, a bad record in any
+  other segment, a valid record that does not decode, a missing segment, a
+  log that does not reach the snapshot -- raises StorageCorrupted naming the
+  file and byte offset. We never truncate acknowledged data silently.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+
+import attrs
+
+from dengine.errors import (
+    DataDirLocked,
+    DataDirMissing,
+    InvalidArgument,
+    MalformedMessage,
+    StorageCorrupted,
+    StorageFailed,
+)
+from dengine.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
+
+from . import wal
+from .base import InitialState, Storage
+from .model import LogModel, validate_append, validate_compact, validate_truncate
+from .osutil import fsync_dir, fsync_file, storage_error
+from .snapshot import parse_snapshot_name, read_snapshot_file, snapshot_name, write_snapshot_file
+
+log = logging.getLogger("dengine.storage")
+
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+LOCK_NAME = "LOCK"
+
+
+@attrs.define
+class _Segment:
+    seq: int
+    path: str
+    max_index: int
+    """Highest entry index written into this segment that may still be live
+    (0: none). The segment can be purged once a compaction reaches it."""
+
+
+@attrs.define
+class _Recovered:
+    state: InitialState
+    segments: list[_Segment]
+
+
+@contextlib.contextmanager
+def _os_errors(doing: str) -> Iterator[None]:
+    """OSError -> typed StorageError, outside the write path."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(exc, doing, writing=False) from exc
+
+
+class FileStorage(Storage):
+    """Segmented WAL + snapshot files in ``data_dir``.
+
+    ``create``: make the directory if it does not exist (else DataDirMissing).
+    ``segment_size``: roll over to a new WAL segment once this many bytes
+    were written to the current one. Safe to call from several threads: calls
+    are serialised.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        create: bool = True,
+    ) -> None:
+        if segment_size < 1:
+            raise InvalidArgument(f"segment_size must be positive, got {segment_size}")
+        self.path = os.path.abspath(os.fspath(data_dir))
+        self._segment_size = segment_size
+        self._mutex = threading.Lock()
+        self._failure: str | None = None
+        self._closed = False
+        self._lock_fd = -1
+        self._writer: wal.SegmentWriter | None = None
+        self._initial: InitialState | None = None
+        self._segments: list[_Segment] = []
+        try:
+            self._open_dir(create)
+            self._take_lock()
+            self._remove_temp_files()
+            recovered = self._recover(repair=True)
+            self._start(recovered)
+        except BaseException:
+            self._release()
+            raise
+
+    # ----------------------------------------------------------------------
+    # Storage interface
+    # ----------------------------------------------------------------------
+
+    def load(self) -> InitialState:
+        with self._mutex:
+            self._check_usable()
+            if self._initial is not None:
+                # Recovery just read everything; do not read it twice.
+                state, self._initial = self._initial, None
+                return state
+            return self._recover(repair=False).state
+
+    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None:
+        entries = list(entries)
+        with self._mutex:
+            self._check_usable()
+            validate_append(entries, last_index=self._last_index(), snapshot_index=self._snap_index())
+            if not entries and hard_state is None:
+                return
+            self._write("appending to the WAL", [wal.encode_batch(entries, hard_state)])
+            if entries:
+                self._put_terms(entries)
+                seg = self._segments[-1]
+                seg.max_index = max(seg.max_index, entries[-1].index)
+            if hard_state is not None:
+                self._hard_state = hard_state
+
+    def truncate_suffix(self, from_index: int) -> None:
+        with self._mutex:
+            self._check_usable()
+            validate_truncate(from_index, snapshot_index=self._snap_index())
+            if from_index > self._last_index():
+                return
+            self._write("truncating the WAL", [wal.encode_truncate(from_index)])
+            del self._terms[from_index - self._first :]
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        meta = snapshot.meta
+        with self._mutex:
+            self._check_usable()
+            if self._snap_meta is not None and meta.index <= self._snap_meta.index:
+                return  # stale (e.g. a re-sent install): the newer one stays
+            with self._writing("writing the snapshot"):
+                write_snapshot_file(self.path, snapshot)
+            if self._term_at(meta.index) != meta.term:
+                # Our log beyond the snapshot is from another history (or too
+                # short): record that it is discarded, so recovery does not
+                # resurrect it once newer entries follow in the WAL.
+                self._write("recording a log reset", [wal.encode_reset(meta.index, meta.term)])
+                self._terms = array.array("Q")
+                self._first = meta.index + 1
+                for seg in self._segments:
+                    seg.max_index = 0
+            self._snap_meta = meta
+            self._remove_old_snapshots(meta.index)
+
+    def compact(self, index: int) -> None:
+        with self._mutex:
+            self._check_usable()
+            validate_compact(index, snapshot_index=self._snap_index())
+            if self._terms and index >= self._first:
+                del self._terms[: index - self._first + 1]
+                self._first = index + 1
+            self._purge_segments(index)
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+            self._initial = None
+            self._release()
+
+    # ----------------------------------------------------------------------
+    # Introspection (tests, benchmarks, status)
+    # ----------------------------------------------------------------------
+
+    @property
+    def segment_paths(self) -> list[str]:
+        return [s.path for s in self._segments]
+
+    @property
+    def last_index(self) -> int:
+        return self._last_index()
+
+    # ----------------------------------------------------------------------
+    # Opening
+    # ----------------------------------------------------------------------
+
+    def _open_dir(self, create: bool) -> None:
+        with _os_errors(f"opening data directory {self.path}"):
+            try:
+                os.stat(self.path)
+            except FileNotFoundError:
+                if not create:
+                    raise DataDirMissing(
+                        f"data directory {self.path} does not exist (create it, or open with create=True)"
+                    ) from None
+                os.makedirs(self.path, exist_ok=True)
+                fsync_dir(os.path.dirname(self.path))
+            if not os.path.isdir(self.path):
+                raise DataDirMissing(f"data directory {self.path} exists but is not a directory")
+            os.listdir(self.path)  # fail now, clearly, if we may not read it
+
+    def _take_lock(self) -> None:
+        lock_path = os.path.join(self.path, LOCK_NAME)
+        with _os_errors(f"opening lock file {lock_path}"):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise DataDirLocked(
+                        f"data directory {self.path} is already in use (lock {lock_path} held by pid {holder}); "
+                        "two nodes must never share a data directory"
+                    ) from None
+                raise
+            self._lock_fd = fd
+            # Who holds it, for the message above; informational, not synced.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _remove_temp_files(self) -> None:
+        with _os_errors(f"removing temporary files in {self.path}"):
+            for name in os.listdir(self.path):
+                if name.endswith(".tmp"):
+                    os.unlink(os.path.join(self.path, name))
+
+    def _start(self, recovered: _Recovered) -> None:
+        state = recovered.state
+        self._initial = state
+        self._hard_state = state.hard_state
+        self._snap_meta: SnapshotMeta | None = state.snapshot.meta if state.snapshot is not None else None
+        self._terms = array.array("Q", (e.term for e in state.entries))
+        self._first = state.entries[0].index if state.entries else self._snap_index() + 1
+        self._segments = recovered.segments
+        with self._writing("opening the WAL for writing"):
+            if not self._segments:
+                self._new_segment(1)
+                self._writer_write([wal.encode_header(1, self._hard_state)])
+                return
+            last = self._segments[-1]
+            self._writer = wal.SegmentWriter(last.path, last.seq, create=False)
+            if self._writer.size == 0:
+                # Created just before a crash (or emptied by tail repair).
+                self._writer_write([wal.encode_header(last.seq, self._hard_state)])
+
+    # ----------------------------------------------------------------------
+    # Recovery
+    # ----------------------------------------------------------------------
+
+    def _recover(self, *, repair: bool) -> _Recovered:
+        with _os_errors(f"reading data directory {self.path}"):
+            names = os.listdir(self.path)
+            model = LogModel()
+            model.snapshot = self._read_latest_snapshot(names)
+            segments = self._replay_segments(names, model, repair=repair)
+        self._check_reaches_snapshot(model)
+        return _Recovered(model.initial_state(), segments)
+
+    def _read_latest_snapshot(self, names: list[str]) -> Snapshot | None:
+        indexes = [i for i in map(parse_snapshot_name, names) if i is not None]
+        if not indexes:
+            return None
+        # Only the newest counts: WAL segments it covers may be gone, so an
+        # older snapshot is no fallback. Corruption here is fatal.
+        return read_snapshot_file(os.path.join(self.path, snapshot_name(max(indexes))))
+
+    def _replay_segments(self, names: list[str], model: LogModel, *, repair: bool) -> list[_Segment]:
+        seqs = sorted(s for s in map(wal.parse_segment_name, names) if s is not None)
+        for a, b in zip(seqs, seqs[1:]):
+            if b != a + 1:
+                raise StorageCorrupted(
+                    f"{self.path}: WAL segment {wal.segment_name(a + 1)} is missing (have {a} and {b})",
+                    path=os.path.join(self.path, wal.segment_name(a + 1)),
+                )
+        segments: list[_Segment] = []
+        for n, seq in enumerate(seqs):
+            path = os.path.join(self.path, wal.segment_name(seq))
+            with open(path, "rb") as f:
+                data = f.read()
+            result = wal.scan(data)
+            if result.problem is not None:
+                self._handle_bad_bytes(path, data, result, is_last=n == len(seqs) - 1, repair=repair)
+            segment = _Segment(seq, path, 0)
+            segments.append(segment)
+            for k, (offset, payload) in enumerate(result.records):
+                self._replay_record(path, offset, payload, first=k == 0, seq=seq, model=model, segments=segments)
+        return segments
+
+    def _handle_bad_bytes(self, path: str, data: bytes, result: wal.ScanResult, *, is_last: bool, repair: bool) -> None:
+        where = f"{path}: {result.problem} at byte offset {result.end}"
+        if not is_last:
+            raise StorageCorrupted(
+                f"{where}, in a segment that is not the last one: acknowledged records are damaged",
+                path=path,
+                offset=result.end,
+            )
+        later = wal.find_valid_record(data, result.end + 1)
+        if later is not None:
+            raise StorageCorrupted(
+                f"{where}, followed by a valid record at byte offset {later}: "
+                "this is corruption, not a torn write, and acknowledged data would be lost",
+                path=path,
+                offset=result.end,
+            )
+        if not repair:
+            raise StorageCorrupted(f"{where}: the WAL changed under an open storage", path=path, offset=result.end)
+        log.warning(
+            "%s: torn write at the end of the WAL (%s at byte offset %d); dropping the last %d bytes "
+            "(a batch whose append never returned)",
+            path,
+            result.problem,
+            result.end,
+            len(data) - result.end,
+        )
+        with _os_errors(f"truncating the torn tail of {path}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, result.end)
+                fsync_file(fd)
+            finally:
+                os.close(fd)
+
+    def _replay_record(
+        self,
+        path: str,
+        offset: int,
+        payload: memoryview,
+        *,
+        first: bool,
+        seq: int,
+        model: LogModel,
+        segments: list[_Segment],
+    ) -> None:
+        def corrupt(why: str) -> StorageCorrupted:
+            return StorageCorrupted(f"{path}: record at byte offset {offset}: {why}", path=path, offset=offset)
+
+        try:
+            rec = wal.decode_payload(payload)
+        except MalformedMessage as exc:
+            raise corrupt(f"valid checksum but undecodable payload: {exc}") from exc
+        if first != isinstance(rec, wal.Header):
+            raise corrupt("a segment must start with exactly one header record")
+        if isinstance(rec, wal.Header):
+            if rec.seq != seq:
+                raise corrupt(f"header says segment {rec.seq}, file name says {seq}")
+            model.hard_state = rec.hard_state
+        elif isinstance(rec, wal.Batch):
+            model.append(rec.entries, rec.hard_state)
+            if rec.entries:
+                segments[-1].max_index = max(segments[-1].max_index, rec.entries[-1].index)
+        elif isinstance(rec, wal.Truncate):
+            model.truncate_suffix(rec.from_index)
+        else:
+            model.entries = []
+            for seg in segments:
+                seg.max_index = 0
+
+    def _check_reaches_snapshot(self, model: LogModel) -> None:
+        snap = model.snapshot
+        snap_index = model.snapshot_index
+        if snap is not None:
+            term = model.term_at(snap_index)
+            if term is not None and term != snap.meta.term:
+                # Crash after the snapshot file was renamed but before its
+                # RESET record: finish what save_snapshot started.
+                model.entries = []
+        if model.entries and model.entries[0].index > snap_index + 1:
+            raise StorageCorrupted(
+                f"{self.path}: the WAL starts at entry {model.entries[0].index} but the snapshot only covers "
+                f"up to {snap_index}: entries {snap_index + 1}..{model.entries[0].index - 1} are missing",
+                path=self.path,
+            )
+
+    # ----------------------------------------------------------------------
+    # Writing
+    # ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[None]:
+        """Any OSError here is fatal: remember it and refuse later writes."""
+        try:
+            yield
+        except OSError as exc:
+            err = storage_error(exc, f"{doing} in {self.path}", writing=True)
+            self._failure = str(err)
+            raise err from exc
+
+    def _write(self, doing: str, payloads: list[bytes]) -> None:
+        self._initial = None  # the cached recovery result is stale now
+        with self._writing(doing):
+            assert self._writer is not None
+            if self._writer.size >= self._segment_size:
+                seq = self._writer.seq + 1
+                self._new_segment(seq)
+                # The header rides in the same write + sync as the batch.
+                payloads = [wal.encode_header(seq, self._hard_state), *payloads]
+            self._writer_write(payloads)
+
+    def _writer_write(self, payloads: list[bytes]) -> None:
+        assert self._writer is not None
+        self._writer.write(payloads)
+
+    def _new_segment(self, seq: int) -> None:
+        path = os.path.join(self.path, wal.segment_name(seq))
+        writer = wal.SegmentWriter(path, seq, create=True)
+        if self._writer is not None:
+            self._writer.close()  # already synced with its last batch
+        self._writer = writer
+        self._segments.append(_Segment(seq, path, 0))
+        fsync_dir(self.path)
+
+    def _purge_segments(self, index: int) -> None:
+        removed = False
+        with self._writing("purging compacted WAL segments"):
+            while len(self._segments) > 1 and self._segments[0].max_index <= index:
+                os.unlink(self._segments[0].path)
+                del self._segments[0]
+                removed = True
+            if removed:
+                fsync_dir(self.path)
+
+    def _remove_old_snapshots(self, keep_index: int) -> None:
+        with self._writing("removing old snapshots"):
+            for name in os.listdir(self.path):
+                index = parse_snapshot_name(name)
+                if index is not None and index < keep_index:
+                    os.unlink(os.path.join(self.path, name))
+
+    # ----------------------------------------------------------------------
+    # State helpers
+    # ----------------------------------------------------------------------
+
+    def _snap_index(self) -> int:
+        return self._snap_meta.index if self._snap_meta is not None else 0
+
+    def _last_index(self) -> int:
+        return self._first + len(self._terms) - 1 if self._terms else self._snap_index()
+
+    def _term_at(self, index: int) -> int | None:
+        if self._first <= index < self._first + len(self._terms):
+            return self._terms[index - self._first]
+        return None
+
+    def _put_terms(self, entries: list[Entry]) -> None:
+        first = entries[0].index
+        if not self._terms:
+            self._first = first
+        else:
+            del self._terms[first - self._first :]
+        self._terms.extend(e.term for e in entries)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageFailed(f"storage at {self.path} is closed")
+        if self._failure is not None:
+            raise StorageFailed(f"storage at {self.path} failed earlier and refuses all writes: {self._failure}")
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            os.close(fd)  # closing the only descriptor releases the flock
+
