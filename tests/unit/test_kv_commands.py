@@ -1,0 +1,147 @@
+"""dengine.kv.commands: the entry payload codec.
+
+Rules: every encodable batch decodes to the same commands and stamp;
+encoding refuses what could not be decoded; decoding anything else raises
+MalformedMessage (never another exception)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dengine.errors import InvalidArgument, MalformedMessage
+from dengine.kv.commands import (
+    FORMAT_VERSION,
+    Batch,
+    CompareAndSwap,
+    Delete,
+    ExpireKeys,
+    Put,
+    decode_batch,
+    decode_command,
+    encode_batch,
+    encode_command,
+)
+
+small = st.binary(max_size=8)
+ttl = st.one_of(st.none(), st.integers(0, 2**63 - 1))
+commands = st.one_of(
+    st.builds(Put, small, small, ttl),
+    st.builds(Delete, small),
+    st.builds(CompareAndSwap, small, st.one_of(st.none(), small), small, ttl),
+    st.builds(ExpireKeys, st.lists(st.tuples(small, st.integers(0, 2**63 - 1)), max_size=4)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cmds=st.lists(commands, min_size=1, max_size=6), now=st.integers(0, 2**63 - 1))
+def test_batch_round_trip(cmds: list, now: int) -> None:  # type: ignore[type-arg]
+    assert decode_batch(encode_batch(cmds, now)) == Batch(now, tuple(cmds))
+
+
+def test_single_command_round_trip() -> None:
+    cmd = CompareAndSwap(b"k", None, b"v", 500)
+    assert decode_command(encode_command(cmd, 42)) == (cmd, 42)
+
+
+def test_empty_value_and_absent_expected_stay_distinct() -> None:
+    absent = decode_command(encode_command(CompareAndSwap(b"k", None, b""), 1))[0]
+    empty = decode_command(encode_command(CompareAndSwap(b"k", b"", b""), 1))[0]
+    assert absent.expected is None  # type: ignore[union-attr]
+    assert empty.expected == b""  # type: ignore[union-attr]
+
+
+def test_layout_is_a_compact_tagged_array() -> None:
+    raw = msgpack.unpackb(encode_batch([Put(b"k", b"v"), Delete(b"k")], 7))
+    assert raw == [FORMAT_VERSION, 7, [[0, b"k", b"v", None], [1, b"k"]]]
+
+
+def test_decode_command_refuses_a_batch_of_two() -> None:
+    with pytest.raises(MalformedMessage, match="one KV command, found 2"):
+        decode_command(encode_batch([Delete(b"a"), Delete(b"b")], 1))
+
+
+@pytest.mark.parametrize(
+    ("cmd", "words"),
+    [
+        (Put("k", b"v"), "put key must be bytes"),  # type: ignore[arg-type]
+        (Put(b"k", "v"), "put value must be bytes"),  # type: ignore[arg-type]
+        (Put(b"k", b"v", 1.5), "put ttl_ms must be an int"),  # type: ignore[arg-type]
+        (Put(b"k", b"v", True), "put ttl_ms must be an int"),
+        (Put(b"k", b"v", -1), "between 0 and"),
+        (Put(b"k", b"v", 2**64), "between 0 and"),
+        (Delete(bytearray(b"k")), "delete key must be bytes"),  # type: ignore[arg-type]
+        (CompareAndSwap(b"k", "x", b"v"), "expected value must be bytes"),  # type: ignore[arg-type]
+        (CompareAndSwap(b"k", None, None), "new value must be bytes"),  # type: ignore[arg-type]
+        (ExpireKeys([(b"k",)]), "pairs"),  # type: ignore[list-item]
+        (ExpireKeys([(b"k", None)]), "expire_at_ms must be an int"),  # type: ignore[list-item]
+        ("put", "not a KV command"),
+    ],
+)
+def test_encode_refuses_what_would_not_decode(cmd: object, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        encode_command(cmd, 1)  # type: ignore[arg-type]
+
+
+def test_encode_refuses_bad_stamp_and_empty_batch() -> None:
+    with pytest.raises(InvalidArgument, match="now_ms"):
+        encode_command(Delete(b"k"), -1)
+    with pytest.raises(InvalidArgument, match="at least one command"):
+        encode_batch([], 1)
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",  # never-used msgpack byte
+        b"\x93\x01",  # truncated array
+        _pack([1, 2, [[1, b"k"]]]) + b"\x00",  # trailing data
+        _pack({"a": 1}),
+        _pack([2, 1, [[1, b"k"]]]),  # unknown version
+        _pack([True, 1, [[1, b"k"]]]),  # bool is not a version
+        _pack([1, -1, [[1, b"k"]]]),  # negative stamp
+        _pack([1, 1.0, [[1, b"k"]]]),
+        _pack([1, 1, []]),  # no commands
+        _pack([1, 1, [[]]]),
+        _pack([1, 1, [[9, b"k"]]]),  # unknown tag
+        _pack([1, 1, [[1.0, b"k"]]]),
+        _pack([1, 1, [[1, "k"]]]),  # str key
+        _pack([1, 1, [[1, b"k", b"extra"]]]),
+        _pack([1, 1, [[0, b"k", b"v"]]]),  # missing ttl field
+        _pack([1, 1, [[0, b"k", b"v", -5]]]),
+        _pack([1, 1, [[0, b"k", b"v", False]]]),
+        _pack([1, 1, [[2, b"k", 1, b"v", None]]]),
+        _pack([1, 1, [[3, [b"k"]]]]),  # odd pair list
+        _pack([1, 1, [[3, [b"k", "1"]]]]),
+        _pack([1, 1, [[3, b"k"]]]),
+        b"\x91" * 10000 + b"\xc0",  # deep nesting
+    ],
+)
+def test_decode_garbage_raises_malformed(payload: bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        decode_batch(payload)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_decode_random_bytes_only_raises_malformed(data: bytes) -> None:
+    try:
+        decode_batch(data)
+    except MalformedMessage:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(cmds=st.lists(commands, min_size=1, max_size=3), cut=st.integers(1, 200))
+def test_decode_truncated_payload_raises_malformed(cmds: list, cut: int) -> None:  # type: ignore[type-arg]
+    data = encode_batch(cmds, 5)
+    cut = min(cut, len(data) - 1)
+    with pytest.raises(MalformedMessage):
+        decode_batch(data[:cut])

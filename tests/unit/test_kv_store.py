@@ -1,0 +1,431 @@
+"""dengine.kv.store: the replicated KV state machine.
+
+Rules pinned here: revision = entry index; per-command results; a failed CAS
+or a no-op delete changes nothing and emits nothing; prev_value None vs b"";
+TTL stamped from the entry (log time), filtered on read, expired only by a
+matching ExpireKeys (or when a write replaces an expired key); limits give an
+error result, never a crash; the store agrees with a plain-dict oracle over
+random command sequences; two stores fed the same log end identical."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from dengine.api import KeyValue, WatchEvent, WatchEventType
+from dengine.errors import ErrorCode, InvalidArgument, MalformedMessage
+from dengine.kv.commands import Command, CompareAndSwap, Delete, ExpireKeys, Put, encode_batch, encode_command
+from dengine.kv.store import ApplyResult, CommandError, KVStore
+
+PUT, DELETE = WatchEventType.PUT, WatchEventType.DELETE
+
+
+def ev(kind: WatchEventType, key: bytes, value: bytes, prev: bytes | None, rev: int) -> WatchEvent:
+    return WatchEvent(kind, key, value, prev, rev)
+
+
+class Log:
+    """Feeds a store entries with increasing indexes."""
+
+    def __init__(self, store: KVStore | None = None) -> None:
+        self.store = KVStore() if store is None else store
+        self.index = 0
+
+    def run(self, now: int, *cmds: Command) -> ApplyResult:
+        self.index += 1
+        return self.store.apply(self.index, encode_batch(cmds, now))
+
+
+# --- basics ---------------------------------------------------------------------
+
+
+def test_put_returns_revision_and_emits_put_with_prev() -> None:
+    log = Log()
+    r1 = log.run(0, Put(b"k", b"v1"))
+    r2 = log.run(0, Put(b"k", b"v2"))
+    assert r1.results == [1] and r2.results == [2]
+    assert r1.events == [ev(PUT, b"k", b"v1", None, 1)]
+    assert r2.events == [ev(PUT, b"k", b"v2", b"v1", 2)]
+    assert log.store.get(b"k", 0) == b"v2"
+    assert log.store.get_kv(b"k", 0) == KeyValue(b"k", b"v2", 2)
+    assert log.store.applied_index == 2
+
+
+def test_empty_value_is_not_absent() -> None:
+    log = Log()
+    log.run(0, Put(b"k", b""))
+    r = log.run(0, Put(b"k", b"x"))
+    assert r.events[0].prev_value == b""
+    assert log.store.get(b"k", 0) == b"x"
+    log.run(0, Put(b"k", b""))
+    assert log.store.get(b"k", 0) == b""
+    assert log.store.get(b"missing", 0) is None
+
+
+def test_delete_reports_whether_a_key_was_removed() -> None:
+    log = Log()
+    log.run(0, Put(b"k", b"v"))
+    r = log.run(0, Delete(b"k"), Delete(b"k"))
+    assert r.results == [True, False]
+    assert r.events == [ev(DELETE, b"k", b"", b"v", 2)]
+    assert log.store.get(b"k", 0) is None and len(log.store) == 0
+
+
+def test_cas_success_and_failure() -> None:
+    log = Log()
+    r = log.run(0, CompareAndSwap(b"k", None, b"a"), CompareAndSwap(b"k", None, b"b"))
+    assert r.results == [True, False]
+    assert r.events == [ev(PUT, b"k", b"a", None, 1)]  # the failed CAS emitted nothing
+    before = log.store.freeze()
+    r = log.run(0, CompareAndSwap(b"k", b"x", b"c"), CompareAndSwap(b"k", b"", b"c"))
+    assert r.results == [False, False] and r.events == []
+    after = log.store.freeze()
+    assert (after.values, after.revisions, after.expire_at) == (before.values, before.revisions, before.expire_at)
+    r = log.run(0, CompareAndSwap(b"k", b"a", b"c"))
+    assert r.results == [True]
+    assert r.events == [ev(PUT, b"k", b"c", b"a", 3)]
+
+
+def test_cas_expected_empty_matches_empty_value_not_absence() -> None:
+    log = Log()
+    assert log.run(0, CompareAndSwap(b"k", b"", b"x")).results == [False]
+    log.run(0, Put(b"k", b""))
+    assert log.run(0, CompareAndSwap(b"k", b"", b"x")).results == [True]
+
+
+def test_noop_entry_advances_applied_index_only() -> None:
+    store = KVStore()
+    r = store.apply(5, b"")
+    assert r == ApplyResult(5, [], [])
+    assert store.applied_index == 5 and len(store) == 0
+
+
+def test_indexes_must_increase_but_may_skip() -> None:
+    store = KVStore()
+    store.apply(3, encode_command(Put(b"k", b"v"), 0))
+    with pytest.raises(ValueError, match="not after the applied index 3"):
+        store.apply(3, b"")
+    store.apply(10, b"")
+    assert store.get_kv(b"k", 0) == KeyValue(b"k", b"v", 3)
+
+
+def test_undecodable_entry_raises_and_changes_nothing() -> None:
+    store = KVStore()
+    with pytest.raises(MalformedMessage):
+        store.apply(1, b"\x93garbage")
+    assert store.applied_index == 0
+
+
+def test_many_commands_in_one_entry_share_the_revision() -> None:
+    log = Log()
+    r = log.run(0, Put(b"a", b"1"), Put(b"b", b"2"), Delete(b"a"), Put(b"a", b"3"))
+    assert r.results == [1, 1, True, 1]
+    assert [(e.type, e.key, e.prev_value) for e in r.events] == [
+        (PUT, b"a", None),
+        (PUT, b"b", None),
+        (DELETE, b"a", b"1"),
+        (PUT, b"a", None),
+    ]
+    assert {e.revision for e in r.events} == {1}
+
+
+def test_emit_events_false_still_applies() -> None:
+    store = KVStore()
+    r = store.apply(1, encode_command(Put(b"k", b"v"), 0), emit_events=False)
+    assert r.results == [1] and r.events == []
+    assert store.get(b"k", 0) == b"v"
+
+
+# --- limits -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cmd", "words"),
+    [
+        (Put(b"", b"v"), "key must not be empty"),
+        (Put(b"kkkkk", b"v"), "key is 5 bytes"),
+        (Put(b"k", b"vvvvvvvvv"), "value is 9 bytes"),
+        (Put(b"k", b"v", 0), "ttl_ms"),
+        (Put(b"k", b"v", 2**62), "ttl_ms"),
+        (CompareAndSwap(b"kkkkk", None, b"v"), "key is 5 bytes"),
+        (CompareAndSwap(b"k", None, b"vvvvvvvvv"), "value is 9 bytes"),
+        (Delete(b""), "key must not be empty"),
+    ],
+)
+def test_oversized_or_invalid_command_yields_error_result(cmd: Command, words: str) -> None:
+    log = Log(KVStore(max_key_size=4, max_value_size=8))
+    r = log.run(0, cmd, Put(b"ok", b"v"))
+    err = r.results[0]
+    assert isinstance(err, CommandError) and err.code == ErrorCode.INVALID_ARGUMENT
+    assert words in err.message
+    assert isinstance(err.to_exception(), InvalidArgument)
+    assert r.results[1] == 1  # the rest of the entry still applies
+    assert r.events == [ev(PUT, b"ok", b"v", None, 1)]
+    assert len(log.store) == 1
+
+
+# --- reads ----------------------------------------------------------------------------
+
+
+def test_scan_prefix_is_ordered_and_bounded() -> None:
+    log = Log()
+    keys = [b"/a", b"/a/", b"/a/x", b"/a/y/z", b"/a0", b"/b", b"/a\xff", b"/a\xff\xff"]
+    log.run(0, *[Put(k, k.upper()) for k in reversed(keys)])
+    s = log.store
+    assert [k for k, _ in s.scan_prefix(b"/a/", 0)] == [b"/a/", b"/a/x", b"/a/y/z"]
+    assert [k for k, _ in s.scan_prefix(b"/a", 0)] == [b"/a", b"/a/", b"/a/x", b"/a/y/z", b"/a0", b"/a\xff", b"/a\xff\xff"]
+    assert [k for k, _ in s.scan_prefix(b"/a\xff", 0)] == [b"/a\xff", b"/a\xff\xff"]
+    assert [k for k, _ in s.scan_prefix(b"", 0)] == sorted(keys)
+    assert s.scan_prefix(b"/a/", 0, limit=2) == [(b"/a/", b"/A/"), (b"/a/x", b"/A/X")]
+    assert s.scan_prefix(b"/c", 0) == []
+    assert s.get_many([b"/a", b"/nope", b"/b"], 0) == [b"/A", None, b"/B"]
+
+
+# --- TTL ------------------------------------------------------------------------------
+
+
+def test_ttl_is_stamped_from_the_entry_and_filtered_on_read() -> None:
+    log = Log()
+    log.run(1000, Put(b"k", b"v", 500), Put(b"p", b"v"))
+    s = log.store
+    assert s.expired(1499, 10) == []
+    assert s.expired(1500, 10) == [(b"k", 1500)]
+    assert s.get(b"k", 1499) == b"v"
+    assert s.get(b"k", 1500) is None  # expiry is inclusive
+    assert s.scan_prefix(b"", 1500) == [(b"p", b"v")]
+    assert s.scan_prefix(b"", 1500, limit=1) == [(b"p", b"v")]
+    assert s.get_kv(b"k", 1500) is None
+    assert len(s) == 2  # still held until the deletion commits
+    assert s.next_expiry() == 1500
+
+
+def test_expire_keys_deletes_only_matching_stamps_once_due() -> None:
+    log = Log()
+    log.run(0, Put(b"a", b"1", 10), Put(b"b", b"2", 10), Put(b"c", b"3", 100))
+    due = log.store.expired(10, 10)
+    assert due == [(b"a", 10), (b"b", 10)]
+    log.run(5, Put(b"b", b"new", 50))  # rewritten since the sweep: expires at 55 now
+    r = log.run(10, ExpireKeys(due + [(b"c", 100), (b"missing", 1)]))
+    assert r.results == [1]  # only a; c's stamp has not passed in log time
+    assert r.events == [ev(DELETE, b"a", b"", b"1", 3)]
+    assert log.store.get(b"b", 10) == b"new"
+    assert log.store.get(b"c", 10) == b"3"
+
+
+def test_put_without_ttl_clears_the_ttl() -> None:
+    log = Log()
+    log.run(0, Put(b"k", b"v", 10))
+    log.run(1, Put(b"k", b"w"))
+    assert log.store.expired(10**9, 10) == []
+    assert log.store.get(b"k", 10**9) == b"w"
+    assert log.run(20, ExpireKeys([(b"k", 10)])).results == [0]
+
+
+def test_log_time_never_runs_backwards() -> None:
+    log = Log()
+    log.run(1000, Put(b"a", b"v"))
+    log.run(400, Put(b"k", b"v", 100))  # a new leader with a slow clock
+    assert log.store.clock_ms == 1000
+    assert log.store.expired(1100, 10) == [(b"k", 1100)]
+    # A reader with a slow clock still sees log time.
+    log.run(1100, Put(b"z", b"v"))
+    assert log.store.get(b"k", 0) is None
+
+
+def test_writing_over_an_expired_key_expires_it_first() -> None:
+    log = Log()
+    log.run(0, Put(b"k", b"old", 10))
+    r = log.run(10, Put(b"k", b"new"))
+    assert r.events == [ev(DELETE, b"k", b"", b"old", 2), ev(PUT, b"k", b"new", None, 2)]
+    r = log.run(20, ExpireKeys([(b"k", 10)]))
+    assert r.results == [0] and r.events == []
+    assert log.store.get(b"k", 20) == b"new"
+
+
+def test_cas_treats_an_expired_key_as_absent() -> None:
+    log = Log()
+    log.run(0, Put(b"k", b"old", 10))
+    r = log.run(10, CompareAndSwap(b"k", b"old", b"x"))
+    assert r.results == [False] and r.events == []
+    r = log.run(10, CompareAndSwap(b"k", None, b"x", 5))
+    assert r.results == [True]
+    assert r.events == [ev(DELETE, b"k", b"", b"old", 3), ev(PUT, b"k", b"x", None, 3)]
+    assert log.store.expired(15, 10) == [(b"k", 15)]
+
+
+def test_delete_of_an_expired_key_leaves_it_to_the_sweeper() -> None:
+    log = Log()
+    log.run(0, Put(b"k", b"old", 10))
+    r = log.run(10, Delete(b"k"))
+    assert r.results == [False] and r.events == []
+    r = log.run(10, ExpireKeys([(b"k", 10)]))
+    assert r.events == [ev(DELETE, b"k", b"", b"old", 3)]
+
+
+# --- oracle: a plain dict that follows the module rules ------------------------------
+
+MAX_KEY = 4
+MAX_VALUE = 3
+KEYS = [b"/a", b"/a/b", b"/b", b"", b"/aaaa"]  # "" and "/aaaa" are invalid
+VALUES = [b"", b"x", b"yy", b"zzzz"]  # "zzzz" is oversized
+PREFIXES = [b"", b"/", b"/a", b"/a/", b"/b"]
+
+
+class Oracle:
+    def __init__(self) -> None:
+        self.data: dict[bytes, tuple[bytes, int, int | None]] = {}
+        self.clock = 0
+
+    def alive(self, key: bytes, t: int) -> bool:
+        entry = self.data.get(key)
+        return entry is not None and (entry[2] is None or entry[2] > t)
+
+    def read(self, key: bytes, now: int) -> bytes | None:
+        return self.data[key][0] if self.alive(key, max(now, self.clock)) else None
+
+    def _bad(self, key: bytes, value: bytes = b"", ttl: int | None = None) -> bool:
+        return not key or len(key) > MAX_KEY or len(value) > MAX_VALUE or ttl == 0
+
+    def _write(self, key: bytes, value: bytes, ttl: int | None, rev: int, events: list[Any]) -> None:
+        if key in self.data and not self.alive(key, self.clock):
+            events.append(ev(DELETE, key, b"", self.data.pop(key)[0], rev))
+        prev = self.data[key][0] if key in self.data else None
+        self.data[key] = (value, rev, None if ttl is None else self.clock + ttl)
+        events.append(ev(PUT, key, value, prev, rev))
+
+    def apply(self, rev: int, now: int, cmds: list[Command]) -> tuple[list[Any], list[Any]]:
+        self.clock = max(self.clock, now)
+        results: list[Any] = []
+        events: list[Any] = []
+        for c in cmds:
+            if isinstance(c, Put):
+                if self._bad(c.key, c.value, c.ttl_ms):
+                    results.append("error")
+                else:
+                    self._write(c.key, c.value, c.ttl_ms, rev, events)
+                    results.append(rev)
+            elif isinstance(c, Delete):
+                if self._bad(c.key):
+                    results.append("error")
+                elif self.alive(c.key, self.clock):
+                    events.append(ev(DELETE, c.key, b"", self.data.pop(c.key)[0], rev))
+                    results.append(True)
+                else:
+                    results.append(False)
+            elif isinstance(c, CompareAndSwap):
+                current = self.data[c.key][0] if self.alive(c.key, self.clock) else None
+                if self._bad(c.key, c.new, c.ttl_ms):
+                    results.append("error")
+                elif current != c.expected:
+                    results.append(False)
+                else:
+                    self._write(c.key, c.new, c.ttl_ms, rev, events)
+                    results.append(True)
+            else:
+                assert isinstance(c, ExpireKeys)
+                n = 0
+                for key, stamp in c.keys:
+                    if key in self.data and self.data[key][2] == stamp and stamp <= self.clock:
+                        events.append(ev(DELETE, key, b"", self.data.pop(key)[0], rev))
+                        n += 1
+                results.append(n)
+        return results, events
+
+
+key_st = st.sampled_from(KEYS)
+value_st = st.sampled_from(VALUES)
+ttl_st = st.one_of(st.none(), st.none(), st.integers(0, 30))
+command_st = st.one_of(
+    st.builds(Put, key_st, value_st, ttl_st),
+    st.builds(Delete, key_st),
+    st.builds(CompareAndSwap, key_st, st.one_of(st.none(), value_st), value_st, ttl_st),
+    st.builds(ExpireKeys, st.lists(st.tuples(key_st, st.integers(0, 60)), max_size=3)),
+)
+
+
+class StoreVsOracle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = KVStore(max_key_size=MAX_KEY, max_value_size=MAX_VALUE)
+        self.oracle = Oracle()
+        self.index = 0
+        self.now = 0
+
+    def _apply(self, now: int, cmds: list[Command]) -> None:
+        self.index += 1
+        got = self.store.apply(self.index, encode_batch(cmds, now))
+        results, events = self.oracle.apply(self.index, now, cmds)
+        assert ["error" if isinstance(r, CommandError) else r for r in got.results] == results
+        assert [type(r) for r in got.results if not isinstance(r, CommandError)] == [
+            type(r) for r in results if r != "error"
+        ]
+        assert got.events == events
+
+    @rule(cmds=st.lists(command_st, min_size=1, max_size=4), step=st.integers(-5, 15))
+    def write(self, cmds: list[Command], step: int) -> None:
+        self.now = max(0, self.now + step)  # a new leader's clock may lag
+        self._apply(self.now, cmds)
+
+    @rule(ahead=st.integers(0, 20), limit=st.integers(1, 4))
+    def sweep(self, ahead: int, limit: int) -> None:
+        due = self.store.expired(self.now + ahead, limit)
+        oracle_due = sorted(
+            (entry[2], k) for k, entry in self.oracle.data.items() if entry[2] is not None and entry[2] <= self.now + ahead
+        )
+        assert [(at, k) for k, at in due] == oracle_due[: len(due)]
+        assert len(due) == min(limit, len(oracle_due))
+        if due:
+            self.now += ahead
+            self._apply(self.now, [ExpireKeys(due)])
+
+    @rule()
+    def noop(self) -> None:
+        self.index += 1
+        self.store.apply(self.index, b"")
+
+    @invariant()
+    def reads_agree(self) -> None:
+        for now in (self.now, self.now + 7, 0):
+            for key in KEYS:
+                assert self.store.get(key, now) == self.oracle.read(key, now)
+            for prefix in PREFIXES:
+                expected = sorted(
+                    (k, v)
+                    for k, (v, _, _) in self.oracle.data.items()
+                    if k.startswith(prefix) and self.oracle.read(k, now) is not None
+                )
+                assert self.store.scan_prefix(prefix, now) == expected
+                assert self.store.scan_prefix(prefix, now, limit=1) == expected[:1]
+        for key, (value, rev, _) in self.oracle.data.items():
+            kv = self.store.get_kv(key, self.now)
+            assert kv is None or kv == KeyValue(key, value, rev)
+        assert len(self.store) == len(self.oracle.data)
+        assert self.store.applied_index == self.index
+
+
+StoreVsOracle.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+test_store_matches_dict_oracle = StoreVsOracle.TestCase
+
+
+# --- determinism ----------------------------------------------------------------------
+
+log_st = st.lists(st.tuples(st.integers(0, 100), st.lists(command_st, min_size=0, max_size=4)), max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(entries=log_st)
+def test_two_replicas_applying_the_same_log_agree(entries: list[tuple[int, list[Command]]]) -> None:
+    payloads = [encode_batch(cmds, now) if cmds else b"" for now, cmds in entries]
+    a = KVStore(max_key_size=MAX_KEY, max_value_size=MAX_VALUE)
+    b = KVStore(max_key_size=MAX_KEY, max_value_size=MAX_VALUE)
+    for i, payload in enumerate(payloads, start=1):
+        # Replica b interleaves reads and sweeps; they must not change its state.
+        b.get(b"/a", 10**6)
+        b.scan_prefix(b"", 10**6)
+        b.expired(10**6, 2)
+        assert a.apply(i, payload) == b.apply(i, payload)
+    assert a.freeze() == b.freeze()
