@@ -208,7 +208,9 @@ class KVStore:
     def _write(
         self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None
     ) -> None:
-        if self._ttl.is_expired(key, self._clock):
+        ttl = self._ttl
+        has_ttl = len(ttl) > 0
+        if has_ttl and ttl.is_expired(key, self._clock):
             self._remove(key, index, events)
         values = self._values
         prev = values.get(key)
@@ -216,10 +218,10 @@ class KVStore:
             insort(self._keys, key)
         values[key] = value
         self._revisions[key] = index
-        if ttl_ms is None:
-            self._ttl.clear(key)
-        else:
-            self._ttl.set(key, self._clock + ttl_ms)
+        if ttl_ms is not None:
+            ttl.set(key, self._clock + ttl_ms)
+        elif has_ttl:
+            ttl.clear(key)
         if events is not None:
             events.append(WatchEvent(_PUT, key, value, prev, index))
 
