@@ -147,8 +147,9 @@ class KVStore:
         """Log time: the largest leader stamp applied so far."""
         return self._clock
 
-    def __len__(self) -> int:
-        """Keys held, including expired ones whose deletion has not committed."""
+    def key_count(self) -> int:
+        """Keys held, including expired ones whose deletion has not committed.
+        (Deliberately not ``__len__``: an empty store must not be falsy.)"""
         return len(self._values)
 
     # --- apply ------------------------------------------------------------

@@ -113,8 +113,5 @@ class WatchRegistry:
     def count(self) -> int:
         return len(self._specs)
 
-    def __len__(self) -> int:
-        return len(self._specs)
-
     def __contains__(self, watcher_id: int) -> bool:
         return watcher_id in self._specs

@@ -76,7 +76,7 @@ def test_frozen_image_is_unaffected_by_later_applies() -> None:
 def test_restore_applies_limits() -> None:
     copy = restore(snapshot_bytes(KVStore()), max_key_size=3, max_value_size=5)
     assert (copy.max_key_size, copy.max_value_size) == (3, 5)
-    assert copy.applied_index == 0 and len(copy) == 0
+    assert copy.applied_index == 0 and copy.key_count() == 0
 
 
 def test_restored_store_keeps_order_for_scans() -> None:
