@@ -83,6 +83,8 @@ class _Segment:
 class _Recovered:
     state: InitialState
     segments: list[_Segment]
+    unfinished_reset: SnapshotMeta | None = None
+    """A snapshot whose RESET record was lost in a crash (see _settle)."""
 
 
 @contextlib.contextmanager
@@ -180,11 +182,7 @@ class FileStorage(Storage):
                 # Our log beyond the snapshot is from another history (or too
                 # short): record that it is discarded, so recovery does not
                 # resurrect it once newer entries follow in the WAL.
-                self._write("recording a log reset", [wal.encode_reset(meta.index, meta.term)])
-                self._terms = array.array("Q")
-                self._first = meta.index + 1
-                for seg in self._segments:
-                    seg.max_index = 0
+                self._record_reset(meta)
             self._snap_meta = meta
             self._remove_old_snapshots(meta.index)
 
@@ -278,6 +276,8 @@ class FileStorage(Storage):
             if self._writer.size == 0:
                 # Created just before a crash (or emptied by tail repair).
                 self._writer_write([wal.encode_header(last.seq, self._hard_state)])
+        if recovered.unfinished_reset is not None:
+            self._record_reset(recovered.unfinished_reset)
 
     # ----------------------------------------------------------------------
     # Recovery
@@ -289,8 +289,8 @@ class FileStorage(Storage):
             model = LogModel()
             model.snapshot = self._read_latest_snapshot(names)
             segments = self._replay_segments(names, model, repair=repair)
-        self._check_reaches_snapshot(model)
-        return _Recovered(model.initial_state(), segments)
+        unfinished = self._settle(model)
+        return _Recovered(model.initial_state(), segments, unfinished)
 
     def _read_latest_snapshot(self, names: list[str]) -> Snapshot | None:
         indexes = [i for i in map(parse_snapshot_name, names) if i is not None]
@@ -391,21 +391,26 @@ class FileStorage(Storage):
             for seg in segments:
                 seg.max_index = 0
 
-    def _check_reaches_snapshot(self, model: LogModel) -> None:
+    def _settle(self, model: LogModel) -> SnapshotMeta | None:
+        """Apply the snapshot to the replayed log; check they meet."""
         snap = model.snapshot
         snap_index = model.snapshot_index
+        unfinished = None
         if snap is not None:
             term = model.term_at(snap_index)
             if term is not None and term != snap.meta.term:
                 # Crash after the snapshot file was renamed but before its
-                # RESET record: finish what save_snapshot started.
+                # RESET record: finish what save_snapshot started (_start
+                # writes the record, so later appends cannot revive this log).
                 model.entries = []
+                unfinished = snap.meta
         if model.entries and model.entries[0].index > snap_index + 1:
             raise StorageCorrupted(
                 f"{self.path}: the WAL starts at entry {model.entries[0].index} but the snapshot only covers "
                 f"up to {snap_index}: entries {snap_index + 1}..{model.entries[0].index - 1} are missing",
                 path=self.path,
             )
+        return unfinished
 
     # ----------------------------------------------------------------------
     # Writing
@@ -431,6 +436,13 @@ class FileStorage(Storage):
                 # The header rides in the same write + sync as the batch.
                 payloads = [wal.encode_header(seq, self._hard_state), *payloads]
             self._writer_write(payloads)
+
+    def _record_reset(self, meta: SnapshotMeta) -> None:
+        self._write("recording a log reset", [wal.encode_reset(meta.index, meta.term)])
+        self._terms = array.array("Q")
+        self._first = meta.index + 1
+        for seg in self._segments:
+            seg.max_index = 0
 
     def _writer_write(self, payloads: list[bytes]) -> None:
         assert self._writer is not None
