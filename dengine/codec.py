@@ -157,8 +157,10 @@ def entry_from_obj(obj: Any, name: str = "entry") -> Entry:
 _ENTRY_TYPES = {int(t): t for t in EntryType}
 
 
-def entries_to_obj(entries: Sequence[Entry]) -> list[list[Any]]:
-    return [[e.index, e.term, int(e.type), e.data] for e in entries]
+def entries_to_obj(entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
+    # Hot path of every WAL batch and AppendEntries: no int() on the enum
+    # (msgpack packs an IntEnum as its integer), tuples pack like lists.
+    return [(e.index, e.term, e.type, e.data) for e in entries]
 
 
 def entries_from_obj(obj: Any, name: str = "entries") -> list[Entry]:

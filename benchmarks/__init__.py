@@ -1,0 +1,1 @@
+"""dengine benchmarks: ``python -m benchmarks <scenario> [options]``."""
