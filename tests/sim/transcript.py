@@ -203,19 +203,21 @@ class Env:
 
     # -- helpers -----------------------------------------------------------------
 
-    def node(self, arg: str) -> Node:
+    def node(self, arg: str, allow_down: bool = False) -> Node:
         try:
             nid = int(arg)
         except ValueError:
             raise ScriptError(f"not a node id: {arg!r}") from None
         if nid not in self.nodes:
             raise ScriptError(f"no node {nid}")
+        if not self.nodes[nid].alive and not allow_down:
+            raise ScriptError(f"node {nid} is down; restart it first")
         return self.nodes[nid]
 
     def select(self, arg: str) -> list[Node]:
         if arg == "all":
             return [self.nodes[i] for i in sorted(self.nodes)]
-        return [self.node(a) for a in arg.split(",")]
+        return [self.node(a, allow_down=True) for a in arg.split(",")]
 
     def live(self, arg: str) -> list[Node]:
         return [n for n in self.select(arg) if n.alive]
@@ -531,7 +533,7 @@ class Env:
         self.p(f"{node.id}: crashed; unpersisted Readies lost: {nums}")
 
     def cmd_restart(self, args: list[str], kw: dict[str, str]) -> None:
-        old = self.node(args[0])
+        old = self.node(args[0], allow_down=True)
         if old.alive:
             raise ScriptError(f"node {old.id} is running; crash it first")
         node = self._start(old.id, old.config, old.durable)
