@@ -1,0 +1,566 @@
+"""Raft peer traffic over TCP (optionally TLS).
+
+Rules of this transport:
+
+* Connections are one-way. Node A sends to node B only on the connection A
+  opened to B's listen address; B sends to A on its own connection to A.
+  Each side of a connection has one job, so neither end ever waits on the
+  other's reading or writing.
+* ``open_peer_transport`` binds its listeners *before* it yields (port 0
+  works; ``listen_address`` is the bound one) and owns a nursery: one accept
+  loop per listener, one task per inbound connection, one sender task per
+  peer. Leaving the ``async with`` cancels them all; nothing outlives it.
+* Outbound: ``send`` never blocks (see dengine.transport.base). A peer's
+  sender connects lazily, when it has something to send, keeps ONE
+  connection, and writes everything queued with one ``send_all``. It also
+  reads that connection: the peer never writes on it, so end-of-file (or
+  any byte) means it is dead or broken, and it is closed at once rather
+  than discovered on a later write.
+* A failed connect drops the batch that wanted it, then the peer is in
+  backoff: capped exponential, jittered, and every message queued for it
+  meanwhile is dropped (counted ``dropped_unreachable``) -- stale Raft
+  messages are worth nothing, and Raft will send fresh ones.
+* Inbound: after the handshake (same cluster id, a known peer id), frames
+  are decoded to messages and put on the ONE inbound channel. If that
+  channel is full the connection stops reading: TCP backpressure reaches
+  the sender, whose queue then drops. A malformed or oversized frame, or a
+  message whose ``frm``/``to`` do not match the handshake, closes that
+  connection only (logged, counted ``protocol_errors``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from dengine.codec import decode_message, encode_message
+from dengine.errors import DengineError, InvalidArgument, ProtocolError, Timeout
+from dengine.raft.messages import Message
+from dengine.transport.base import (
+    Counters,
+    PeerQueue,
+    TransportStatistics,
+    check_queue_size,
+    checked_messages,
+    route,
+    single_exception,
+)
+from dengine.transport.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MAX_FRAME_SIZE_LIMIT,
+    FrameDecoder,
+    send_frames,
+)
+from dengine.transport.handshake import PROTOCOL_VERSION, Hello, accept_handshake, connect_handshake
+
+__all__ = ["PeerTransport", "format_address", "open_peer_transport", "parse_address"]
+
+logger = logging.getLogger("dengine.transport.peer")
+
+_RECEIVE_SIZE = 256 * 1024
+# accept() failures that mean "out of resources right now", not "broken".
+_ACCEPT_CAPACITY_ERRNOS = frozenset(
+    e for e in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS) if e is not None
+)
+_ACCEPT_RETRY_DELAY = 0.1
+# What a dead or misbehaving network looks like to a sender or receiver.
+_NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.TooSlowError, DengineError)
+
+
+def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``."""
+    if not isinstance(address, str):
+        raise InvalidArgument(f"an address must be a 'host:port' string, got {address!r}")
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidArgument(f"address {address!r} must be 'host:port' with a port from 0 to 65535")
+    port = int(port_text)
+    if port == 0 and not allow_port_zero:
+        raise InvalidArgument(f"address {address!r}: a peer address needs a real port, not 0")
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_timeout(value: float, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+@attrs.define(eq=False)
+class _Peer:
+    node_id: int
+    address: str
+    host: str
+    port: int
+    queue: PeerQueue
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    # True while connects keep failing: log the first failure loudly only.
+    failing: bool = False
+
+
+class PeerTransport:
+    """The running transport (from :func:`open_peer_transport`)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        cluster_id: str,
+        listen_addresses: tuple[str, ...],
+        nursery: trio.Nursery,
+        inbound_send: trio.MemorySendChannel[Message],
+        inbound_receive: trio.MemoryReceiveChannel[Message],
+        max_frame_size: int,
+        connect_timeout: float,
+        handshake_timeout: float,
+        write_timeout: float,
+        queue_size: int,
+        backoff: tuple[float, float],
+        client_ssl_context: ssl.SSLContext | None,
+        rng: random.Random,
+    ) -> None:
+        self._node_id = node_id
+        self._cluster_id = cluster_id
+        self._listen_addresses = listen_addresses
+        self._nursery = nursery
+        self._inbound_send = inbound_send
+        self._inbound_receive = inbound_receive
+        self._max_frame_size = max_frame_size
+        self._connect_timeout = connect_timeout
+        self._handshake_timeout = handshake_timeout
+        self._write_timeout = write_timeout
+        self._queue_size = queue_size
+        self._backoff_min, self._backoff_max = backoff
+        self._client_ssl_context = client_ssl_context
+        self._rng = rng
+        self._peers: dict[int, _Peer] = {}
+        # Inbound connections per remote node id, so removing a peer closes them.
+        self._inbound_scopes: dict[int, set[trio.CancelScope]] = {}
+        self._counters = Counters()
+        self._closed = False
+
+    # -- the Transport interface ----------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        return self._node_id
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    @property
+    def listen_address(self) -> str:
+        """The bound address (``host:port``; the real port if 0 was asked)."""
+        return self._listen_addresses[0]
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        return self._listen_addresses
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """The current peers (node id -> address), a copy."""
+        return {nid: p.address for nid, p in self._peers.items()}
+
+    @property
+    def inbound(self) -> trio.MemoryReceiveChannel[Message]:
+        return self._inbound_receive
+
+    def receive(self) -> AsyncIterator[Message]:
+        return self._inbound_receive
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue messages for their ``to`` peers; never blocks. Messages to
+        unknown peers or to a full queue are dropped and counted. Raises
+        InvalidArgument for something that is not a Raft message (those before
+        it are queued) and ClosedResourceError once the transport is closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the peer transport is closed")
+        route(checked_messages(messages), self._queue_for, self._counters)
+
+    def statistics(self) -> TransportStatistics:
+        return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))
+
+    async def wait_statistics(self, predicate: Callable[[TransportStatistics], bool]) -> TransportStatistics:
+        return await self._counters.wait(self.statistics, predicate)
+
+    def update_peers(self, peers: Mapping[int, str]) -> None:
+        """Make ``peers`` (node id -> address) the peer set. New peers get a
+        sender; removed peers lose theirs (queued messages dropped) and their
+        inbound connections are closed; a changed address reconnects. This
+        node's own id is ignored."""
+        if self._closed:
+            raise trio.ClosedResourceError("the peer transport is closed")
+        wanted: dict[int, tuple[str, str, int]] = {}
+        for nid, address in peers.items():
+            if type(nid) is not int or nid < 0:
+                raise InvalidArgument(f"a peer id must be a non-negative integer, got {nid!r}")
+            if nid != self._node_id:
+                wanted[nid] = (address, *parse_address(address))
+        for nid, peer in list(self._peers.items()):
+            if nid not in wanted or wanted[nid][0] != peer.address:
+                self._remove_peer(peer, close_inbound=nid not in wanted)
+        for nid, (address, host, port) in wanted.items():
+            if nid not in self._peers:
+                peer = _Peer(nid, address, host, port, PeerQueue(self._queue_size))
+                self._peers[nid] = peer
+                self._nursery.start_soon(self._run_sender, peer, name=f"dengine peer sender {nid}")
+
+    # -- outbound -------------------------------------------------------------
+
+    def _queue_for(self, node_id: int) -> PeerQueue | None:
+        peer = self._peers.get(node_id)
+        return None if peer is None else peer.queue
+
+    def _remove_peer(self, peer: _Peer, *, close_inbound: bool) -> None:
+        del self._peers[peer.node_id]
+        peer.scope.cancel()
+        dropped = peer.queue.clear()
+        if dropped:
+            self._counters.dropped_unreachable += dropped
+        if close_inbound:
+            for scope in self._inbound_scopes.pop(peer.node_id, ()):
+                scope.cancel()
+        self._counters.changed()
+
+    def _drop_unreachable(self, count: int) -> None:
+        self._counters.dropped_unreachable += count
+        self._counters.changed()
+
+    async def _run_sender(self, peer: _Peer) -> None:
+        delay = self._backoff_min
+        with peer.scope:
+            while True:
+                batch = await peer.queue.get_batch()
+                try:
+                    stream = await self._connect(peer)
+                except _NETWORK_ERRORS as exc:
+                    self._counters.connect_failures += 1
+                    self._drop_unreachable(len(batch))
+                    level = logging.DEBUG if peer.failing else logging.WARNING
+                    logger.log(level, "node %d: cannot reach node %d at %s: %s",
+                               self._node_id, peer.node_id, peer.address, _describe(exc))
+                    peer.failing = True
+                    await self._back_off(peer, delay)
+                    delay = min(delay * 2, self._backoff_max)
+                    continue
+                if peer.failing:
+                    logger.info("node %d: connected to node %d at %s", self._node_id, peer.node_id, peer.address)
+                peer.failing = False
+                delay = self._backoff_min
+                self._counters.connects += 1
+                self._counters.changed()
+                try:
+                    await self._pump(peer, stream, batch)
+                finally:
+                    await trio.aclose_forcefully(stream)
+                # _pump returns only when the connection is lost (removal and
+                # shutdown cancel this task instead).
+                self._counters.disconnects += 1
+                self._counters.changed()
+
+    async def _connect(self, peer: _Peer) -> trio.abc.Stream:
+        with trio.fail_after(self._connect_timeout):
+            tcp = await trio.open_tcp_stream(peer.host, peer.port)
+        stream: trio.abc.Stream = tcp
+        try:
+            if self._client_ssl_context is not None:
+                stream = trio.SSLStream(tcp, self._client_ssl_context, server_hostname=peer.host)
+            hello = Hello(protocol_version=PROTOCOL_VERSION, cluster_id=self._cluster_id,
+                          node_id=self._node_id, kind="peer")
+            await connect_handshake(
+                stream,
+                FrameDecoder(self._max_frame_size),
+                hello,
+                expected_node_id=peer.node_id,
+                timeout=self._handshake_timeout,
+                peer=f"node {peer.node_id} at {peer.address}",
+            )
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+
+    async def _back_off(self, peer: _Peer, delay: float) -> None:
+        # Equal jitter: [delay/2, delay). Meanwhile nothing can reach the peer.
+        with trio.move_on_after(delay * (0.5 + self._rng.random() / 2)):
+            while True:
+                self._drop_unreachable(len(await peer.queue.get_batch()))
+
+    async def _pump(self, peer: _Peer, stream: trio.abc.Stream, batch: list[Message]) -> None:
+        """Write batches on ``stream`` until it breaks or the peer closes it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_for_close, peer, stream, nursery.cancel_scope)
+            try:
+                while True:
+                    await self._write(peer, stream, batch)
+                    batch = await peer.queue.get_batch()
+            except _NETWORK_ERRORS as exc:
+                self._drop_unreachable(len(batch))
+                logger.warning("node %d: connection to node %d at %s failed: %s",
+                               self._node_id, peer.node_id, peer.address, _describe(exc))
+            nursery.cancel_scope.cancel()
+
+    async def _write(self, peer: _Peer, stream: trio.abc.Stream, batch: list[Message]) -> None:
+        bodies = []
+        too_large = 0
+        for msg in batch:
+            body = encode_message(msg)
+            if len(body) > self._max_frame_size:
+                too_large += 1
+                logger.error(
+                    "node %d: dropped a %s of %d bytes for node %d: over the maximum frame size of %d bytes",
+                    self._node_id, type(msg).__name__, len(body), peer.node_id, self._max_frame_size,
+                )
+            else:
+                bodies.append(body)
+        if too_large:
+            self._counters.dropped_too_large += too_large
+            self._counters.changed()
+        if not bodies:
+            return
+        written = await send_frames(stream, bodies, write_timeout=self._write_timeout)
+        c = self._counters
+        c.frames_sent += len(bodies)
+        c.bytes_sent += written
+        c.batches_sent += 1
+        c.changed()
+
+    async def _watch_for_close(self, peer: _Peer, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        try:
+            data = await stream.receive_some(1024)
+        except _NETWORK_ERRORS as exc:
+            logger.info("node %d: connection to node %d broke: %s", self._node_id, peer.node_id, _describe(exc))
+        else:
+            if data:
+                self._counters.protocol_errors += 1
+                self._counters.changed()
+                logger.warning("node %d: node %d wrote on an outbound-only connection; closing it",
+                               self._node_id, peer.node_id)
+            else:
+                logger.info("node %d: node %d closed the connection", self._node_id, peer.node_id)
+        scope.cancel()
+
+    # -- inbound --------------------------------------------------------------
+
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error("node %d: accept failed (%s); retrying in %ss", self._node_id, exc, _ACCEPT_RETRY_DELAY)
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            self._nursery.start_soon(self._handle_inbound, stream, name="dengine peer connection")
+
+    async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
+        remote = _remote_name(stream)
+        decoder = FrameDecoder(self._max_frame_size)
+        try:
+            try:
+                hello = await accept_handshake(
+                    stream,
+                    decoder,
+                    cluster_id=self._cluster_id,
+                    node_id=self._node_id,
+                    kind="peer",
+                    known_peers=self._peers,
+                    timeout=self._handshake_timeout,
+                )
+            except _NETWORK_ERRORS as exc:
+                self._counters.inbound_rejected += 1
+                self._counters.changed()
+                logger.warning("node %d: refused a peer connection from %s: %s",
+                               self._node_id, remote, _describe(exc))
+                return
+            peer_id = hello.node_id
+            assert peer_id is not None  # a peer hello always names its node
+            if peer_id not in self._peers:  # removed while we sent the welcome
+                return
+            self._counters.inbound_connections += 1
+            self._counters.changed()
+            with trio.CancelScope() as scope:
+                scopes = self._inbound_scopes.setdefault(peer_id, set())
+                scopes.add(scope)
+                try:
+                    await self._receive_loop(stream, decoder, peer_id)
+                except ProtocolError as exc:
+                    self._counters.protocol_errors += 1
+                    self._counters.changed()
+                    logger.warning("node %d: closing the connection from node %d (%s): %s",
+                                   self._node_id, peer_id, remote, exc)
+                except _NETWORK_ERRORS as exc:
+                    logger.info("node %d: connection from node %d broke: %s", self._node_id, peer_id, _describe(exc))
+                except trio.ClosedResourceError:
+                    pass  # the inbound channel was closed: we are stopping
+                finally:
+                    scopes.discard(scope)
+                    if not scopes and self._inbound_scopes.get(peer_id) is scopes:
+                        del self._inbound_scopes[peer_id]
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _receive_loop(self, stream: trio.abc.Stream, decoder: FrameDecoder, peer_id: int) -> None:
+        inbound = self._inbound_send
+        counters = self._counters
+        node_id = self._node_id
+        # Whatever the peer pipelined behind its hello.
+        data: bytes | bytearray = b""
+        while True:
+            bodies = decoder.feed(data)
+            for body in bodies:
+                msg = decode_message(body)
+                if msg.frm != peer_id or msg.to != node_id:
+                    raise ProtocolError(
+                        f"node {peer_id} sent a {type(msg).__name__} from node {msg.frm} to node {msg.to}"
+                    )
+                try:
+                    inbound.send_nowait(msg)
+                except trio.WouldBlock:
+                    await inbound.send(msg)  # backpressure: stop reading
+                counters.frames_received += 1
+            if bodies:
+                counters.changed()
+            data = await stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                decoder.close()  # raises if the peer stopped mid-frame
+                logger.info("node %d: node %d closed its connection", node_id, peer_id)
+                return
+            counters.bytes_received += len(data)
+
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, trio.BrokenResourceError) and cause is not None:
+        text = f"{text or 'broken'} ({type(cause).__name__}: {cause})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _remote_name(stream: trio.abc.Stream) -> str:
+    sock_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(sock_stream, trio.SocketStream):
+        try:
+            host, port = sock_stream.socket.getpeername()[:2]
+            return format_address(host, port)
+        except OSError:
+            pass
+    return "an unknown address"
+
+
+@asynccontextmanager
+async def open_peer_transport(
+    node_id: int,
+    listen_address: str,
+    peers: Mapping[int, str],
+    cluster_id: str,
+    *,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    connect_timeout: float = 5.0,
+    handshake_timeout: float = 5.0,
+    write_timeout: float = 10.0,
+    queue_size: int = 4096,
+    inbound_size: int | None = None,
+    backoff_min: float = 0.05,
+    backoff_max: float = 2.0,
+    ssl_context: ssl.SSLContext | None = None,
+    client_ssl_context: ssl.SSLContext | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[PeerTransport]:
+    """Run the peer transport of ``node_id`` of ``cluster_id``.
+
+    Binds ``listen_address`` (``host:port``, port 0 for any) before
+    yielding. ``peers`` maps node ids to their listen addresses (this node's
+    own id may be in it; it is ignored). ``queue_size`` bounds each peer's
+    outbound queue, ``inbound_size`` (default ``queue_size``) the inbound
+    channel. ``write_timeout`` bounds one shielded batch write (and so how
+    long closing can wait on a peer that stopped reading). ``ssl_context``
+    serves TLS on the listener; ``client_ssl_context`` (default
+    ``ssl_context``) is used to connect. ``rng`` jitters the backoff.
+    """
+    if type(node_id) is not int or node_id < 0:
+        raise InvalidArgument(f"node_id must be a non-negative integer, got {node_id!r}")
+    if not isinstance(cluster_id, str) or not cluster_id:
+        raise InvalidArgument(f"cluster_id must be a non-empty string, got {cluster_id!r}")
+    if type(max_frame_size) is not int or not 0 < max_frame_size <= MAX_FRAME_SIZE_LIMIT:
+        raise InvalidArgument(f"max_frame_size must be between 1 and {MAX_FRAME_SIZE_LIMIT}, got {max_frame_size!r}")
+    connect_timeout = _check_timeout(connect_timeout, "connect_timeout")
+    handshake_timeout = _check_timeout(handshake_timeout, "handshake_timeout")
+    write_timeout = _check_timeout(write_timeout, "write_timeout")
+    backoff_min = _check_timeout(backoff_min, "backoff_min")
+    backoff_max = _check_timeout(backoff_max, "backoff_max")
+    if backoff_max < backoff_min:
+        raise InvalidArgument(f"backoff_max ({backoff_max}) must not be less than backoff_min ({backoff_min})")
+    check_queue_size(queue_size)
+    inbound_size = check_queue_size(queue_size if inbound_size is None else inbound_size)
+    host, port = parse_address(listen_address, allow_port_zero=True)
+    for address in peers.values():
+        parse_address(address)
+    if math.isinf(write_timeout):
+        raise InvalidArgument("write_timeout must be finite")
+
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(await trio.open_tcp_listeners(port, host=host))
+    try:
+        bound = tuple(
+            format_address(*listener.socket.getsockname()[:2])  # type: ignore[attr-defined]
+            for listener in listeners
+        )
+        if ssl_context is not None:
+            listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
+        inbound_send, inbound_receive = trio.open_memory_channel[Message](inbound_size)
+        try:
+            async with trio.open_nursery() as nursery:
+                transport = PeerTransport(
+                    node_id=node_id,
+                    cluster_id=cluster_id,
+                    listen_addresses=bound,
+                    nursery=nursery,
+                    inbound_send=inbound_send,
+                    inbound_receive=inbound_receive,
+                    max_frame_size=max_frame_size,
+                    connect_timeout=connect_timeout,
+                    handshake_timeout=handshake_timeout,
+                    write_timeout=write_timeout,
+                    queue_size=queue_size,
+                    backoff=(backoff_min, backoff_max),
+                    client_ssl_context=client_ssl_context if client_ssl_context is not None else ssl_context,
+                    rng=rng if rng is not None else random.Random(),
+                )
+                for listener in listeners:
+                    nursery.start_soon(transport._accept_loop, listener, name=f"dengine peer listener {node_id}")
+                transport.update_peers(peers)
+                try:
+                    yield transport
+                finally:
+                    transport._closed = True
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            leaf = single_exception(group)
+            if leaf is None:
+                raise
+            raise leaf from leaf.__cause__
+        finally:
+            inbound_send.close()
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
