@@ -1,5 +1,17 @@
 """dengine: an embeddable Raft consensus key-value engine for trio."""
 
+from dengine.api import (
+    KeyValue,
+    LeaderInfo,
+    Member,
+    ReadConsistency,
+    ScanResult,
+    Status,
+    WatchEvent,
+    WatchEventType,
+)
+from dengine.config import Config
+from dengine.embedded import EmbeddedClient, Engine, open_engine, run_engine
 from dengine.errors import (
     ClusterError,
     ConfigError,
@@ -8,6 +20,7 @@ from dengine.errors import (
     ErrorCode,
     InvalidArgument,
     NotLeader,
+    ProposalDropped,
     ResourceExhausted,
     StorageCorrupted,
     StorageError,
@@ -19,6 +32,20 @@ from dengine.errors import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Config",
+    "EmbeddedClient",
+    "Engine",
+    "KeyValue",
+    "LeaderInfo",
+    "Member",
+    "ProposalDropped",
+    "ReadConsistency",
+    "ScanResult",
+    "Status",
+    "WatchEvent",
+    "WatchEventType",
+    "open_engine",
+    "run_engine",
     "ClusterError",
     "ConfigError",
     "DengineError",

@@ -1,0 +1,446 @@
+"""The embedded engine: a Raft node inside your trio application.
+
+    async with dengine.open_engine("./dengine-data") as engine:
+        await engine.wait_ready(timeout=5)
+        await engine.client.put(b"/config/timeout", b"30")
+
+``open_engine`` owns everything it opens (storage, transport, node tasks) and
+closes them when the block exits: ``stop_notify`` first, then a leader hands
+its leadership to a caught-up peer (under a deadline), pending calls fail with
+``EngineStopped``, storage is synced and closed, and every task is cancelled.
+If a task of the engine dies, the block is left with one clear ``dengine``
+exception, not a bare ExceptionGroup.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from dengine.api import (
+    KeyValue,
+    LeaderInfo,
+    Member,
+    ReadConsistency,
+    ScanResult,
+    Status,
+    validate_key,
+    validate_scan_prefix,
+    validate_ttl,
+    validate_value,
+)
+from dengine.config import Config
+from dengine.errors import (
+    DengineError,
+    EngineStopped,
+    InvalidArgument,
+    NotLeader,
+    ProposalDropped,
+    Timeout,
+    Unavailable,
+)
+from dengine.kv.commands import CompareAndSwap, Delete, Put
+from dengine.lifecycle import Subscription
+from dengine.raft.messages import Role
+from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
+from dengine.storage.file import FileStorage
+from dengine.storage.memory import MemoryStorage
+
+log = logging.getLogger("dengine.engine")
+
+_UNSET: Any = object()
+
+
+def node_options(config: Config) -> NodeOptions:
+    raft = config.raft
+    return NodeOptions(
+        raft=config.raft_config(),
+        tick_interval=raft.tick_interval_ms / 1000,
+        snapshot_threshold=raft.snapshot_threshold,
+        max_key_size=raft.max_key_size,
+        max_value_size=raft.max_value_size,
+        proposal_batch_max=raft.proposal_batch_max,
+        addresses=dict(config.initial_cluster),
+    )
+
+
+class EmbeddedClient:
+    """The KV interface of an engine, the same one the standalone client offers.
+
+    Every call takes ``timeout=`` (seconds; the engine's default when omitted).
+    A write that times out may or may not have been applied (``Timeout`` says
+    so). Writes must go to the leader: on a follower they raise ``NotLeader``
+    carrying the leader's id and address.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def _node(self) -> Node:
+        return self._engine._node
+
+    # -- writes ---------------------------------------------------------
+
+    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:
+        """Set ``key`` to ``value``; returns the revision (Raft index) of the write.
+        ``ttl`` (seconds) makes the key expire; a put without ``ttl`` clears an
+        earlier one."""
+        cfg = self._engine.config.raft
+        validate_key(key, cfg.max_key_size)
+        validate_value(value, cfg.max_value_size)
+        ttl_ms = validate_ttl(ttl)
+        result = await self._write(Put(key, value, ttl_ms), timeout)
+        return int(result)
+
+    async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
+        """Delete ``key``; True if it existed."""
+        validate_key(key, self._engine.config.raft.max_key_size)
+        return bool(await self._write(Delete(key), timeout))
+
+    async def compare_and_swap(
+        self,
+        key: bytes,
+        *,
+        expected: bytes | None,
+        new: bytes,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Set ``key`` to ``new`` only if it currently holds ``expected``
+        (``None``: only if the key is absent). Returns whether it swapped."""
+        cfg = self._engine.config.raft
+        validate_key(key, cfg.max_key_size)
+        if expected is not None:
+            validate_value(expected, cfg.max_value_size)
+        validate_value(new, cfg.max_value_size)
+        ttl_ms = validate_ttl(ttl)
+        return bool(await self._write(CompareAndSwap(key, expected, new, ttl_ms), timeout))
+
+    async def _write(self, command: Any, timeout: float | None) -> Any:
+        limit = self._engine._timeout(timeout)
+        waiter = self._node.propose(command)
+        with trio.move_on_after(limit) as scope:
+            return await waiter.wait()
+        assert scope.cancelled_caught
+        raise Timeout(
+            f"the write did not complete within {limit:g} s; it may or may not have been applied"
+        )
+
+    # -- reads ----------------------------------------------------------
+
+    async def get(
+        self, key: bytes, *, consistency: ReadConsistency | str | None = None, timeout: float | None = None
+    ) -> bytes | None:
+        validate_key(key, self._engine.config.raft.max_key_size)
+        await self._read_point(consistency, timeout)
+        return self._node.kv.get(key, self._node.now_ms())
+
+    async def get_kv(
+        self, key: bytes, *, consistency: ReadConsistency | str | None = None, timeout: float | None = None
+    ) -> KeyValue | None:
+        """Like get, with the revision that last set the key."""
+        validate_key(key, self._engine.config.raft.max_key_size)
+        await self._read_point(consistency, timeout)
+        return self._node.kv.get_kv(key, self._node.now_ms())
+
+    async def get_many(
+        self,
+        keys: Sequence[bytes],
+        *,
+        consistency: ReadConsistency | str | None = None,
+        timeout: float | None = None,
+    ) -> list[bytes | None]:
+        """Several keys read at one consistent point."""
+        if isinstance(keys, (bytes, str)):
+            raise InvalidArgument("keys must be a list of bytes keys, not a single key")
+        max_key = self._engine.config.raft.max_key_size
+        for key in keys:
+            validate_key(key, max_key)
+        await self._read_point(consistency, timeout)
+        return self._node.kv.get_many(keys, self._node.now_ms())
+
+    async def scan_prefix(
+        self,
+        prefix: bytes,
+        *,
+        consistency: ReadConsistency | str | None = ReadConsistency.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> ScanResult:
+        """Every key starting with ``prefix``, with the revision the scan saw
+        (use ``revision + 1`` as a watch's ``start_revision``)."""
+        validate_scan_prefix(prefix, self._engine.config.raft.max_key_size)
+        await self._read_point(consistency, timeout)
+        node = self._node
+        entries = node.kv.scan_prefix(prefix, node.now_ms())
+        return ScanResult(entries=entries, revision=node.kv.applied_index)
+
+    async def _read_point(self, consistency: ReadConsistency | str | None, timeout: float | None) -> None:
+        engine = self._engine
+        level = (
+            engine.default_consistency if consistency is None else ReadConsistency.parse(consistency)
+        )
+        node = self._node
+        node.check_open()
+        if level is ReadConsistency.EVENTUAL:
+            return
+        limit = engine._timeout(timeout)
+        with trio.move_on_after(limit):
+            if level is ReadConsistency.LEASE:
+                if node.current_role is not Role.LEADER:
+                    raise node.not_leader()
+                index = node.lease_read_index()
+                if index is None:
+                    # Lease not (yet) established: fall back to ReadIndex.
+                    index = await engine._read_index_with_retry()
+            else:
+                index = await engine._read_index_with_retry()
+            await node.wait_applied(index)
+            return
+        raise Timeout(f"the read did not complete within {limit:g} s (no leader could confirm it)")
+
+
+class Engine:
+    """A running engine. Obtain it from :func:`open_engine` or :func:`run_engine`."""
+
+    def __init__(self, config: Config, node: Node) -> None:
+        self.config = config
+        self._node = node
+        self.client = EmbeddedClient(self)
+        self.default_consistency = ReadConsistency.parse(config.raft.default_read_consistency)
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.config.raft.request_timeout_ms / 1000
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 or math.isnan(timeout):
+            raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return float(timeout)
+
+    async def _read_index_with_retry(self) -> int:
+        """ReadIndex, retried while the cluster has no leader (elections)."""
+        node = self._node
+        delay = 0.005
+        while True:
+            node.check_open()
+            try:
+                return await node.read_index()
+            except (NotLeader, Unavailable) as exc:
+                if isinstance(exc, EngineStopped):
+                    raise
+                # No leader right now (or it lost leadership): wait a little.
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    # -- lifecycle (the LifecycleNotifier request) -----------------------------
+
+    def ready_notify(self) -> trio.Event:
+        """Set once this node can serve linearizable requests."""
+        return self._node.lifecycle.ready
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait for ready_notify; raises dengine.Timeout after ``timeout`` seconds."""
+        if timeout is None:
+            await self._node.lifecycle.ready.wait()
+            return
+        with trio.move_on_after(self._timeout(timeout)):
+            await self._node.lifecycle.ready.wait()
+            return
+        raise Timeout(f"the engine was not ready within {timeout:g} s (is a quorum of the cluster up?)")
+
+    def stop_notify(self) -> trio.Event:
+        """Set when shutdown begins, before any task is cancelled."""
+        return self._node.lifecycle.stopping
+
+    def stopped_notify(self) -> trio.Event:
+        return self._node.lifecycle.stopped
+
+    def leader_changed_notify(self) -> Subscription[LeaderInfo]:
+        """A new subscription yielding LeaderInfo on every change, starting with
+        the current value; a slow reader gets the latest (older coalesced)."""
+        return self._node.lifecycle.leader_changes()
+
+    def first_commit_notify(self) -> Subscription[int]:
+        """Yields the commit index each time this node, as leader, commits the
+        first entry of a new term."""
+        return self._node.lifecycle.first_commits()
+
+    def current_leader(self) -> int | None:
+        return self._node.current_leader
+
+    def current_term(self) -> int:
+        return self._node.current_term
+
+    def is_leader(self) -> bool:
+        return self._node.current_role is Role.LEADER
+
+    def status(self) -> Status:
+        node = self._node
+        core = node.raw.core
+        conf = core.conf
+        members = tuple(
+            Member(node_id=n, peer_address=self.config.initial_cluster.get(n, ""), is_learner=n in conf.learners)
+            for n in sorted(conf.members())
+        )
+        return Status(
+            node_id=node.raw.id,
+            role=core.role.value,
+            term=core.term,
+            leader_id=core.lead,
+            commit_index=core.log.committed,
+            applied_index=node.kv.applied_index,
+            members=members,
+            last_snapshot_index=node.last_snapshot_index,
+        )
+
+    async def transfer_leadership(self, target: int | None = None, *, timeout: float | None = None) -> int:
+        """Hand leadership to ``target`` (default: the most caught-up voter);
+        returns the new leader's id."""
+        node = self._node
+        if node.current_role is not Role.LEADER:
+            raise node.not_leader()
+        core = node.raw.core
+        if target is None:
+            candidates = [p for p in core.conf.voters if p != core.id and p in core.prs]
+            if not candidates:
+                raise InvalidArgument("there is no other voter to transfer leadership to")
+            target = max(candidates, key=lambda p: core.prs[p].match)
+        node.transfer_leadership(target)
+        limit = self._timeout(timeout)
+        with trio.move_on_after(limit):
+            with node.lifecycle.leader_changes() as changes:
+                async for info in changes:
+                    if info.leader_id is not None and info.leader_id != core.id:
+                        return info.leader_id
+        raise Timeout(f"leadership did not move to node {target} within {limit:g} s")
+
+
+def _find_dengine_error(exc: BaseException) -> DengineError | None:
+    if isinstance(exc, DengineError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_dengine_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _resolve_config(data_dir: str | os.PathLike[str] | None, config: Config | str | os.PathLike[str] | None) -> Config:
+    if config is None:
+        return Config.single_node(os.fspath(data_dir) if data_dir is not None else None)
+    if isinstance(config, (str, os.PathLike)):
+        loaded = Config.from_toml(os.fspath(config))
+    elif isinstance(config, Config):
+        loaded = config
+    else:
+        raise InvalidArgument(f"config must be a dengine.Config or a path to a TOML file, got {type(config).__name__}")
+    if data_dir is not None:
+        loaded = attrs.evolve(loaded, data_dir=os.fspath(data_dir))
+    return loaded
+
+
+@asynccontextmanager
+async def open_engine(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    config: Config | str | os.PathLike[str] | None = None,
+    network: Any = None,
+    storage: Any = None,
+) -> AsyncIterator[Engine]:
+    """Start an engine and stop it when the block exits.
+
+    ``data_dir`` alone gives a single node. ``config`` is a ``dengine.Config``
+    or the path of a TOML file. ``network`` (a
+    ``dengine.transport.memory.MemoryNetwork``) and ``storage`` (a ``Storage``)
+    replace TCP and the file backend, for tests.
+    """
+    cfg = _resolve_config(data_dir, config)
+    engine: Engine | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            store = storage if storage is not None else await trio.to_thread.run_sync(
+                lambda: FileStorage(cfg.data_dir, segment_size=cfg.storage.segment_size)
+            )
+            stack.callback(store.close)
+            outbox: Any = NullOutbox()
+            inbound = None
+            peers = cfg.peers()
+            if network is not None:
+                transport = await stack.enter_async_context(network.open_transport(cfg.node_id))
+                outbox, inbound = transport, transport.inbound
+            elif peers:
+                from dengine.transport.peer import open_peer_transport
+
+                transport = await stack.enter_async_context(
+                    open_peer_transport(
+                        cfg.node_id,
+                        cfg.peer_address,
+                        peers,
+                        cfg.cluster_id,
+                        max_frame_size=cfg.transport.max_frame_size,
+                    )
+                )
+                outbox, inbound = transport, transport.inbound
+            node = await stack.enter_async_context(open_node(node_options(cfg), store, outbox, inbound))
+            engine = Engine(cfg, node)
+            log.info("dengine node %d started (data dir %s)", cfg.node_id, cfg.data_dir)
+            try:
+                yield engine
+            finally:
+                node.lifecycle.begin_stop()
+                with trio.CancelScope(shield=True):
+                    await _graceful_handover(engine)
+    except BaseExceptionGroup as group:
+        # The engine's tasks and the caller's block share one nursery; give the
+        # caller one clear exception, not a bare ExceptionGroup (STYLE.md, 9).
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        err = _find_dengine_error(group)
+        if err is not None:
+            raise err from group
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(_leaves(inner))
+        return out
+    return [exc]
+
+
+async def _graceful_handover(engine: Engine) -> None:
+    """A leader with voting peers hands leadership over before it stops."""
+    node = engine._node
+    if not engine.config.raft.transfer_leadership_on_stop:
+        return
+    core = node.raw.core
+    if node.current_role is not Role.LEADER or len(core.conf.voters) < 2:
+        return
+    with trio.move_on_after(engine.config.raft.election_ticks * engine.config.raft.tick_interval_ms / 1000):
+        try:
+            await engine.transfer_leadership()
+        except DengineError as exc:
+            log.info("leadership handover on stop did not complete: %s", exc)
+
+
+async def run_engine(config: Config | str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """For applications that manage their own nursery:
+    ``engine = await nursery.start(dengine.run_engine, config)``. Runs until
+    the nursery is cancelled."""
+    async with open_engine(config=config) as engine:
+        await engine.wait_ready()
+        task_status.started(engine)
+        await trio.sleep_forever()
+
+
+__all__ = ["EmbeddedClient", "Engine", "MemoryStorage", "open_engine", "run_engine"]

@@ -1,0 +1,557 @@
+"""One Raft node in one trio nursery: the only place the pure core meets trio.
+
+Task tree (ARCHITECTURE.md, "The trio driver"):
+
+    open_node ─ nursery
+       ├─ ticker      sleeps one tick interval, catches the core up on ticks
+       ├─ raft loop   wakes on any input; turns everything waiting into one Ready
+       ├─ persister   one WAL write + one fsync (in a worker thread) per batch of Readies
+       ├─ applier     committed entries → KV store → results to callers, events to watchers
+       ├─ receiver    inbound peer messages → core.step
+       └─ snapshots   encodes and saves a frozen image off the apply path
+
+Rules:
+* Batching is the performance model. Callers only append to lists and wake
+  the loop; one loop pass proposes every waiting write as ONE entry, takes one
+  Ready, hands it on. The persister merges every Ready waiting for it into one
+  storage call. The applier resolves every waiter of a pass together.
+* The leader sends appends before its own fsync returns (Ready.messages go out
+  at once); votes and acknowledgements leave only after the fsync
+  (``RawNode.on_persisted``).
+* Committed entries handed out in a Ready are already durable locally, so the
+  applier runs in parallel with the persister.
+* A failure in any task stops the node: the nursery unwinds and the embedding
+  layer reports one clear error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from dengine.api import WatchEvent
+from dengine.errors import (
+    EngineStopped,
+    NotLeader,
+    ProposalDropped,
+    StorageCorrupted,
+    Unavailable,
+)
+from dengine.kv.commands import Command, ExpireKeys, encode_batch
+from dengine.kv.snapshot import encode_image, restore
+from dengine.kv.store import ApplyResult, CommandError, KVStore
+from dengine.lifecycle import Lifecycle
+from dengine.raft import membership
+from dengine.raft.core import RaftConfig
+from dengine.raft.messages import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from dengine.raft.rawnode import RawNode
+from dengine.raft.ready import Ready
+from dengine.runtime.waiters import AppliedWaiters, Waiter
+from dengine.storage.base import Storage
+
+log = logging.getLogger("dengine.node")
+
+
+class Outbox(Protocol):
+    def send(self, messages: Sequence[Message]) -> None: ...
+
+
+class NullOutbox:
+    """A single node has nobody to talk to."""
+
+    def send(self, messages: Sequence[Message]) -> None:
+        return None
+
+
+@attrs.frozen
+class NodeOptions:
+    raft: RaftConfig
+    tick_interval: float = 0.1  # seconds
+    snapshot_threshold: int = 10_000
+    max_key_size: int = 4096
+    max_value_size: int = 1 << 20
+    proposal_batch_max: int = 1024
+    ttl_sweep_limit: int = 1000
+    # Wall clock in seconds, used only to stamp writes and filter expired keys.
+    wall_clock: Callable[[], float] = time.time
+    # Peer addresses by node id, for leader hints.
+    addresses: dict[int, str] = attrs.field(factory=dict)
+
+
+# A snapshot's data is the KV image wrapped with a CRC32, so a corrupted
+# snapshot from a peer (or a disk) is refused before it replaces anything.
+def wrap_snapshot_data(image: bytes) -> bytes:
+    return zlib.crc32(image).to_bytes(4, "big") + image
+
+
+def unwrap_snapshot_data(data: bytes, *, source: str) -> bytes:
+    if len(data) < 4:
+        raise StorageCorrupted(f"{source}: snapshot data is {len(data)} bytes, too short", path=source, offset=0)
+    image = data[4:]
+    if zlib.crc32(image).to_bytes(4, "big") != data[:4]:
+        raise StorageCorrupted(f"{source}: snapshot checksum mismatch", path=source, offset=0)
+    return image
+
+
+@attrs.define
+class _Proposal:
+    command: Command
+    waiter: Waiter | None
+
+
+class Node:
+    """The runtime state of one node. Create with :func:`open_node`."""
+
+    def __init__(self, options: NodeOptions, storage: Storage, outbox: Outbox) -> None:
+        self.options = options
+        self.storage = storage
+        self.outbox = outbox
+        self.lifecycle = Lifecycle()
+        state = storage.load()
+        self.kv = KVStore(max_key_size=options.max_key_size, max_value_size=options.max_value_size)
+        snapshot = state.snapshot
+        self.applied_conf = ConfState()
+        self.applied_term = 0
+        if snapshot is not None:
+            image = unwrap_snapshot_data(snapshot.data, source="local snapshot")
+            self.kv = restore(image, max_key_size=options.max_key_size, max_value_size=options.max_value_size)
+            self.applied_conf = snapshot.meta.conf_state
+            self.applied_term = snapshot.meta.term
+        self.raw = RawNode(
+            options.raft,
+            rng=random.Random(),
+            hard_state=state.hard_state,
+            snapshot=snapshot,
+            entries=state.entries,
+        )
+        self.last_snapshot_index = snapshot.meta.index if snapshot else 0
+        self.applied_waiters = AppliedWaiters()
+        self.applied_waiters.applied = self.kv.applied_index
+        # index -> (term, waiters of the commands in that entry, in order)
+        self.proposal_waiters: dict[int, tuple[int, list[Waiter | None]]] = {}
+        self.read_waiters: dict[bytes, Waiter] = {}
+        self._proposals: list[_Proposal] = []
+        self._read_seq = itertools.count(1)
+        self._wakeup = trio.Event()
+        self._persist_queue: list[Ready] = []
+        self._persist_wakeup = trio.Event()
+        self._apply_queue: list[tuple[Snapshot | None, tuple[Entry, ...]]] = []
+        self._apply_wakeup = trio.Event()
+        self._expiring: set[tuple[bytes, int]] = set()
+        self._snapshotting = False
+        self._next_tick_at = 0.0
+        self._stopped = False
+        self.event_sinks: list[Callable[[list[WatchEvent], int], None]] = []
+        self.persisted_batches = 0
+        self.installed_snapshots = 0
+        self.current_role = self.raw.core.role
+        self.current_leader: int | None = None
+        self.current_term = self.raw.core.term
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------
+    # Waking tasks
+    # ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------
+    # Inputs (called by the embedding layer)
+    # ------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self._stopped or self.lifecycle.stopping.is_set():
+            raise EngineStopped("the engine is stopping or has stopped")
+
+    def not_leader(self) -> NotLeader:
+        lead = self.current_leader
+        addr = self.options.addresses.get(lead) if lead is not None else None
+        return NotLeader(
+            f"node {self.raw.id} is not the leader" + (f"; the leader is node {lead}" if lead else "; no leader is known"),
+            leader_id=lead,
+            leader_address=addr,
+        )
+
+    def propose(self, command: Command) -> Waiter:
+        """Queue one write; its waiter yields the command's result."""
+        self.check_open()
+        if self.current_role is not Role.LEADER:
+            raise self.not_leader()
+        waiter = Waiter()
+        self._proposals.append(_Proposal(command, waiter))
+        self.wake()
+        return waiter
+
+    def deliver(self, message: Message) -> None:
+        self.raw.step(message)
+        self.wake()
+
+    async def read_index(self) -> int:
+        """A linearizable read point (ReadIndex, thesis §6.4)."""
+        self.check_open()
+        ctx = next(self._read_seq).to_bytes(8, "big")
+        waiter = Waiter()
+        self.read_waiters[ctx] = waiter
+        self.raw.read_index(ctx)
+        self.wake()
+        try:
+            index: int = await waiter.wait()
+        finally:
+            self.read_waiters.pop(ctx, None)
+        return index
+
+    def lease_read_index(self) -> int | None:
+        self._catch_up_ticks(trio.current_time())
+        return self.raw.lease_read_index()
+
+    async def wait_applied(self, index: int) -> None:
+        waiter = self.applied_waiters.wait_for(index)
+        if waiter is not None:
+            await waiter.wait()
+
+    def now_ms(self) -> int:
+        return int(self.options.wall_clock() * 1000)
+
+    def transfer_leadership(self, target: int) -> None:
+        self.raw.transfer_leader(target)
+        self.wake()
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
+        self.check_open()
+        index, term = self.raw.propose_conf_change(change)
+        self.wake()
+        return index, term
+
+    # ------------------------------------------------------------------
+    # Tasks
+    # ------------------------------------------------------------------
+
+    async def ticker(self) -> None:
+        interval = self.options.tick_interval
+        self._next_tick_at = trio.current_time() + interval
+        while True:
+            await trio.sleep_until(self._next_tick_at)
+            self._catch_up_ticks(trio.current_time())
+            self._sweep_ttl()
+            self.wake()
+
+    def _catch_up_ticks(self, now: float) -> None:
+        """Tick once per interval that has passed. After a long pause (a
+        stopped process, a slow disk) at most 10 election timeouts are
+        replayed: enough for every lease and timer to expire, which is what
+        safety needs; the rest are skipped."""
+        interval = self.options.tick_interval
+        if self._next_tick_at == 0.0:
+            self._next_tick_at = now + interval
+            return
+        cap = 10 * self.options.raft.election_tick
+        n = 0
+        while self._next_tick_at <= now and n < cap:
+            self.raw.tick()
+            self._next_tick_at += interval
+            n += 1
+        if self._next_tick_at <= now:
+            self._next_tick_at = now + interval
+
+    def _sweep_ttl(self) -> None:
+        """Leader only: propose the deletion of keys whose TTL passed, so every
+        replica expires them at the same revision (ARCHITECTURE "Time and TTL")."""
+        if self.current_role is not Role.LEADER or self.kv.next_expiry() is None:
+            return
+        expired = [p for p in self.kv.expired(self.now_ms(), self.options.ttl_sweep_limit) if p not in self._expiring]
+        if not expired:
+            return
+        self._expiring.update(expired)
+        self._proposals.append(_Proposal(ExpireKeys(tuple(expired)), None))
+
+    async def raft_loop(self) -> None:
+        raw = self.raw
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            if self._proposals:
+                self._flush_proposals()
+            while raw.has_ready():
+                self._handle_ready(raw.ready())
+
+    def _flush_proposals(self) -> None:
+        max_batch = self.options.proposal_batch_max
+        while self._proposals:
+            batch, self._proposals = self._proposals[:max_batch], self._proposals[max_batch:]
+            try:
+                payload = encode_batch([p.command for p in batch], self.now_ms())
+                index, term = self.raw.propose([payload])
+            except (NotLeader, ProposalDropped) as exc:
+                err = self.not_leader() if isinstance(exc, NotLeader) else exc
+                for p in batch:
+                    if p.waiter is not None:
+                        p.waiter.fail(err)
+                    elif isinstance(p.command, ExpireKeys):
+                        self._expiring.difference_update(p.command.keys)
+                continue
+            self.proposal_waiters[index] = (term, [p.waiter for p in batch])
+
+    def _handle_ready(self, rd: Ready) -> None:
+        if rd.messages:
+            self.outbox.send(rd.messages)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        for rs in rd.read_states:
+            w = self.read_waiters.get(rs.ctx)
+            if w is not None:
+                w.set(rs.index)
+        for ctx in rd.dropped_reads:
+            w = self.read_waiters.get(ctx)
+            if w is not None:
+                w.fail(self._read_dropped_error())
+        if rd.first_commit_in_term is not None:
+            self.lifecycle.first_commit(rd.first_commit_in_term)
+        self._persist_queue.append(rd)
+        self._persist_wakeup.set()
+        if rd.snapshot is not None or rd.committed:
+            self._apply_queue.append((rd.snapshot, rd.committed))
+            self._apply_wakeup.set()
+
+    def _read_dropped_error(self) -> Exception:
+        if self.current_role is Role.LEADER:
+            return Unavailable("the leader could not confirm its leadership for this read; retry")
+        return self.not_leader()
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        was_leader = self.current_role is Role.LEADER
+        self.current_role = soft.role
+        self.current_leader = soft.leader
+        self.current_term = soft.term
+        self.lifecycle.leader_changed(soft.leader, soft.term)
+        if was_leader and soft.role is not Role.LEADER:
+            # Writes not yet proposed cannot be: fail them with a hint.
+            err = self.not_leader()
+            for p in self._proposals:
+                if p.waiter is not None:
+                    p.waiter.fail(err)
+            self._proposals = []
+            self._expiring.clear()
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self.lifecycle.ready.is_set():
+            return
+        if self.current_leader is not None and self.applied_term == self.current_term and self.current_term > 0:
+            self.lifecycle.mark_ready()
+
+    async def persister(self) -> None:
+        raw = self.raw
+        while True:
+            await self._persist_wakeup.wait()
+            self._persist_wakeup = trio.Event()
+            if not self._persist_queue:
+                continue
+            batch, self._persist_queue = self._persist_queue, []
+            if any(rd.must_persist() for rd in batch):
+                await trio.to_thread.run_sync(self._persist_batch, batch)
+                self.persisted_batches += 1
+            released = raw.on_persisted(batch[-1].number)
+            if released:
+                self.outbox.send(released)
+            self.wake()
+
+    def _persist_batch(self, batch: list[Ready]) -> None:
+        """Blocking: runs in a worker thread. One storage append (one write +
+        one fsync) for all the entries of the batch; a snapshot received from
+        the leader is saved first."""
+        entries: list[Entry] = []
+        hard_state = None
+        for rd in batch:
+            if rd.snapshot is not None:
+                if entries or hard_state is not None:
+                    self.storage.append(entries, hard_state)
+                    entries, hard_state = [], None
+                self.storage.save_snapshot(rd.snapshot)
+            if rd.entries:
+                first = rd.entries[0].index
+                if entries and first <= entries[-1].index:
+                    del entries[first - entries[0].index :]
+                entries.extend(rd.entries)
+            if rd.hard_state is not None:
+                hard_state = rd.hard_state
+        if entries or hard_state is not None:
+            self.storage.append(entries, hard_state)
+
+    async def applier(self) -> None:
+        while True:
+            await self._apply_wakeup.wait()
+            self._apply_wakeup = trio.Event()
+            work, self._apply_queue = self._apply_queue, []
+            for snapshot, entries in work:
+                if snapshot is not None:
+                    self._install_snapshot(snapshot)
+                if entries:
+                    self._apply_entries(entries)
+            self.applied_waiters.advance(self.kv.applied_index)
+            self._maybe_ready()
+            self._maybe_snapshot()
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        image = unwrap_snapshot_data(snapshot.data, source=f"snapshot {snapshot.meta.index} from the leader")
+        self.kv = restore(image, max_key_size=self.options.max_key_size, max_value_size=self.options.max_value_size)
+        self.applied_conf = snapshot.meta.conf_state
+        self.applied_term = snapshot.meta.term
+        self.last_snapshot_index = snapshot.meta.index
+        self.installed_snapshots += 1
+        # Writes we proposed as leader and never saw applied: outcome unknown.
+        for index in [i for i in self.proposal_waiters if i <= snapshot.meta.index]:
+            _, waiters = self.proposal_waiters.pop(index)
+            for w in waiters:
+                if w is not None:
+                    w.fail(Unavailable("leadership changed; the write may or may not have been applied"))
+        for sink in self.event_sinks:
+            sink([], snapshot.meta.index)
+
+    def _apply_entries(self, entries: Iterable[Entry]) -> None:
+        kv = self.kv
+        events: list[WatchEvent] = []
+        for entry in entries:
+            if entry.index <= kv.applied_index:
+                continue
+            if entry.type is EntryType.CONF_CHANGE:
+                kv.apply(entry.index, b"")
+                try:
+                    self.applied_conf = membership.apply(self.applied_conf, ConfChange.decode(entry.data))
+                except ValueError:
+                    pass  # malformed: applies as nothing, as in the core
+                result: ApplyResult | None = None
+            else:
+                result = kv.apply(entry.index, entry.data)
+                if result.events:
+                    events.extend(result.events)
+            self.applied_term = entry.term
+            pending = self.proposal_waiters.pop(entry.index, None)
+            if pending is not None:
+                self._resolve(entry, pending, result)
+        if self._expiring and events:
+            self._expiring.difference_update((e.key, e.revision) for e in events)
+            if len(self._expiring) > 10 * self.options.ttl_sweep_limit:
+                self._expiring.clear()
+        for sink in self.event_sinks:
+            sink(events, kv.applied_index)
+
+    def _resolve(self, entry: Entry, pending: tuple[int, list[Waiter | None]], result: ApplyResult | None) -> None:
+        term, waiters = pending
+        if term != entry.term or result is None:
+            err = ProposalDropped("leadership changed before the write committed; it was not applied")
+            for w in waiters:
+                if w is not None:
+                    w.fail(err)
+            return
+        for w, r in zip(waiters, result.results):
+            if w is None:
+                continue
+            if isinstance(r, CommandError):
+                w.fail(r.to_exception())
+            else:
+                w.set(r)
+        for cmd_waiter in waiters[len(result.results):]:
+            if cmd_waiter is not None:
+                cmd_waiter.fail(ProposalDropped("the write was not applied"))
+        if any(isinstance(r, bool) for r in result.results):
+            pass
+
+    def _maybe_snapshot(self) -> None:
+        kv = self.kv
+        if self._snapshotting or self._nursery is None:
+            return
+        if kv.applied_index - self.last_snapshot_index < self.options.snapshot_threshold:
+            return
+        image = kv.freeze()  # a copy, on the apply path; encoding happens off it
+        meta = SnapshotMeta(index=image.applied_index, term=self.applied_term, conf_state=self.applied_conf)
+        self._snapshotting = True
+        self._nursery.start_soon(self._take_snapshot, image, meta)
+
+    async def _take_snapshot(self, image: Any, meta: SnapshotMeta) -> None:
+        try:
+            data = await trio.to_thread.run_sync(lambda: wrap_snapshot_data(encode_image(image)))
+            snapshot = Snapshot(meta=meta, data=data)
+            await trio.to_thread.run_sync(self.storage.save_snapshot, snapshot)
+            if meta.index > self.raw.core.log.snapshot_index:
+                self.raw.compact(snapshot)
+            await trio.to_thread.run_sync(self.storage.compact, meta.index)
+            self.last_snapshot_index = meta.index
+            log.info("node %d: snapshot at index %d", self.raw.id, meta.index)
+        finally:
+            self._snapshotting = False
+
+    async def receiver(self, inbound: trio.abc.ReceiveChannel[Message]) -> None:
+        async for message in inbound:
+            self.raw.step(message)
+            self.wake()
+
+    # ------------------------------------------------------------------
+    # Stop
+    # ------------------------------------------------------------------
+
+    def fail_pending(self, error: Exception) -> None:
+        for p in self._proposals:
+            if p.waiter is not None:
+                p.waiter.fail(error)
+        self._proposals = []
+        for _, waiters in self.proposal_waiters.values():
+            for w in waiters:
+                if w is not None:
+                    w.fail(error)
+        self.proposal_waiters = {}
+        for w in self.read_waiters.values():
+            w.fail(error)
+        self.applied_waiters.fail_all(error)
+
+
+@asynccontextmanager
+async def open_node(
+    options: NodeOptions,
+    storage: Storage,
+    outbox: Outbox,
+    inbound: trio.abc.ReceiveChannel[Message] | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node until the block exits. The caller owns storage and transport."""
+    node = Node(options, storage, outbox)
+    try:
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            nursery.start_soon(node.raft_loop)
+            nursery.start_soon(node.persister)
+            nursery.start_soon(node.applier)
+            nursery.start_soon(node.ticker)
+            if inbound is not None:
+                nursery.start_soon(node.receiver, inbound)
+            node.wake()
+            try:
+                yield node
+            finally:
+                node.lifecycle.begin_stop()
+                node._stopped = True
+                node.fail_pending(EngineStopped("the engine stopped"))
+                nursery.cancel_scope.cancel()
+    finally:
+        node._stopped = True
+        node.fail_pending(EngineStopped("the engine stopped"))
+        node.lifecycle.finish_stop()

@@ -1,0 +1,125 @@
+"""In-process 3-node clusters, on the memory transport and on loopback TCP."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import trio
+
+import dengine
+from dengine.api import WatchEvent, WatchEventType
+from tests.integration.cluster_helpers import open_cluster
+
+TRANSPORTS = [pytest.param(False, id="memory"), pytest.param(True, id="tcp")]
+
+
+@pytest.mark.parametrize("tcp", TRANSPORTS)
+async def test_writes_through_leader_reads_everywhere(tmp_path: pathlib.Path, tcp: bool) -> None:
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path, tcp=tcp) as cluster:
+            leader = await cluster.wait_leader()
+            rev = await leader.client.put(b"/config/a", b"1")
+            for follower in cluster.followers():
+                await follower.wait_ready(timeout=10)
+                # Linearizable reads on a follower see the write at once.
+                assert await follower.client.get(b"/config/a") == b"1"
+                scan = await follower.client.scan_prefix(b"/config/")
+                assert scan.entries == [(b"/config/a", b"1")] and scan.revision >= rev
+                with pytest.raises(dengine.NotLeader) as info:
+                    await follower.client.put(b"/x", b"y")
+                assert info.value.leader_id == leader.status().node_id
+                assert info.value.leader_address == cluster.addresses[info.value.leader_id]
+                with pytest.raises(dengine.NotLeader):
+                    await follower.client.get(b"/config/a", consistency="lease")
+            assert await leader.client.get(b"/config/a", consistency="lease") == b"1"
+
+
+@pytest.mark.parametrize("tcp", TRANSPORTS)
+async def test_killing_the_leader_elects_a_new_one(tmp_path: pathlib.Path, tcp: bool) -> None:
+    with trio.fail_after(40):
+        async with open_cluster(tmp_path, tcp=tcp, raft={"transfer_leadership_on_stop": False}) as cluster:
+            leader = await cluster.wait_leader()
+            old_id, old_term = leader.status().node_id, leader.current_term()
+            for i in range(20):
+                await leader.client.put(b"/k/%d" % i, b"%d" % i)
+            subs = {nid: e.leader_changed_notify() for nid, e in cluster.engines.items() if nid != old_id}
+            await cluster.stop(old_id)
+            new = await cluster.wait_leader()
+            new_id = new.status().node_id
+            assert new_id != old_id and new.current_term() > old_term
+            # Every surviving node saw the change, in order: ends on the new leader.
+            for nid, sub in subs.items():
+                seen = []
+                while not seen or seen[-1].leader_id != new_id:
+                    seen.append(await sub.receive())
+                terms = [s.term for s in seen]
+                assert terms == sorted(terms)
+                sub.close()
+            scan = await new.client.scan_prefix(b"/k/")
+            assert len(scan.entries) == 20
+            await new.client.put(b"/after", b"kill")
+            # The old leader comes back as a follower and catches up.
+            back = await cluster.start(old_id)
+            await back.wait_ready(timeout=10)
+            assert await back.client.get(b"/after") == b"kill"
+            assert not back.is_leader()
+
+
+async def test_graceful_stop_hands_leadership_over(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path) as cluster:
+            leader = await cluster.wait_leader()
+            old_id = leader.status().node_id
+            await leader.client.put(b"a", b"1")
+            survivor = next(e for nid, e in cluster.engines.items() if nid != old_id)
+            with survivor.leader_changed_notify() as changes:
+                await cluster.stop(old_id)
+                # Handover: a new leader is known without waiting for an election timeout.
+                info = await changes.receive()
+                while info.leader_id in (None, old_id):
+                    info = await changes.receive()
+            assert info.leader_id != old_id
+
+
+async def test_ttl_expiry_identical_on_every_node(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path) as cluster:
+            leader = await cluster.wait_leader()
+            seen: dict[int, list[WatchEvent]] = {nid: [] for nid in cluster.engines}
+            expired = {nid: trio.Event() for nid in cluster.engines}
+            for nid, engine in cluster.engines.items():
+
+                def sink(events: list[WatchEvent], applied: int, nid: int = nid) -> None:
+                    for ev in events:
+                        if ev.type is WatchEventType.DELETE and ev.key == b"/session/s1":
+                            seen[nid].append(ev)
+                            expired[nid].set()
+
+                engine._node.event_sinks.append(sink)
+            await leader.client.put(b"/session/s1", b"alive", ttl=0.3)
+            for event in expired.values():
+                await event.wait()
+            revisions = {nid: [e.revision for e in evs] for nid, evs in seen.items()}
+            assert len({tuple(r) for r in revisions.values()}) == 1, revisions
+            assert len(next(iter(revisions.values()))) == 1
+            for engine in cluster.engines.values():
+                assert await engine.client.get(b"/session/s1") is None
+
+
+async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(40):
+        async with open_cluster(tmp_path, raft={"snapshot_threshold": 20}) as cluster:
+            leader = await cluster.wait_leader()
+            lagging = next(nid for nid in cluster.engines if nid != leader.status().node_id)
+            await cluster.stop(lagging)
+            for i in range(100):
+                await leader.client.put(b"/k/%03d" % i, b"v")
+            assert leader.status().last_snapshot_index > 20
+            back = await cluster.start(lagging)
+            await back.wait_ready(timeout=10)
+            # A linearizable read waits until the follower applied the leader's commit.
+            scan = await back.client.scan_prefix(b"/k/")
+            assert len(scan.entries) == 100
+            # It got there by installing the leader's snapshot: the log it missed was compacted.
+            assert back._node.installed_snapshots >= 1

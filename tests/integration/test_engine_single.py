@@ -1,0 +1,167 @@
+"""A single-node engine on a real data directory: every KV operation, TTL,
+restart, lifecycle, bad input. Every test runs under an absolute deadline."""
+
+from __future__ import annotations
+
+import pathlib
+
+import attrs
+import pytest
+import trio
+
+import dengine
+from dengine import Config, ReadConsistency
+
+
+def single(tmp_path: pathlib.Path, **raft: object) -> Config:
+    cfg = Config.single_node(str(tmp_path / "data"))
+    return attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, **{"tick_interval_ms": 10, **raft}))
+
+
+async def test_every_kv_operation(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            kv = engine.client
+            rev1 = await kv.put(b"/config/timeout", b"30")
+            rev2 = await kv.put(b"/config/retries", b"3")
+            assert rev2 > rev1 > 0
+            assert await kv.get(b"/config/timeout") == b"30"
+            assert await kv.get(b"/missing") is None
+            assert await kv.get(b"/config/timeout", consistency=ReadConsistency.LEASE) == b"30"
+            assert await kv.get(b"/config/timeout", consistency="eventual") == b"30"
+            assert await kv.get_many([b"/config/retries", b"/nope", b"/config/timeout"]) == [b"3", None, b"30"]
+            scan = await kv.scan_prefix(b"/config/")
+            assert scan.entries == [(b"/config/retries", b"3"), (b"/config/timeout", b"30")]
+            assert scan.revision >= rev2
+            assert await kv.compare_and_swap(b"lock", expected=None, new=b"me") is True
+            assert await kv.compare_and_swap(b"lock", expected=None, new=b"you") is False
+            assert await kv.compare_and_swap(b"lock", expected=b"me", new=b"you") is True
+            assert await kv.get(b"lock") == b"you"
+            assert await kv.delete(b"lock") is True
+            assert await kv.delete(b"lock") is False
+            assert await kv.get(b"lock") is None
+            kv_item = await kv.get_kv(b"/config/retries")
+            assert kv_item is not None and kv_item.revision == rev2
+
+
+async def test_restart_keeps_everything(tmp_path: pathlib.Path) -> None:
+    cfg = single(tmp_path, snapshot_threshold=50)
+    with trio.fail_after(30):
+        async with dengine.open_engine(config=cfg) as engine:
+            await engine.wait_ready(timeout=5)
+            for i in range(120):  # crosses two snapshots
+                await engine.client.put(b"/k/%03d" % i, b"v%d" % i)
+            await engine.client.delete(b"/k/007")
+            before = await engine.client.scan_prefix(b"/k/")
+            assert engine.status().last_snapshot_index > 0
+        async with dengine.open_engine(config=cfg) as engine:
+            await engine.wait_ready(timeout=5)
+            after = await engine.client.scan_prefix(b"/k/")
+            assert after.entries == before.entries
+            assert len(after.entries) == 119
+            assert await engine.client.get(b"/k/007") is None
+            assert after.revision > before.revision  # the new term's no-op
+
+
+async def test_ttl_expires_through_the_log(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            kv = engine.client
+            await kv.put(b"/session/a", b"x", ttl=0.2)
+            await kv.put(b"/session/b", b"y", ttl=0.2)
+            await kv.put(b"/session/b", b"y2")  # a put without ttl clears the TTL
+            assert await kv.get(b"/session/a") == b"x"
+            applied_before = engine.status().applied_index
+            # Wait until the leader's sweeper proposed the deletion and it applied.
+            while await kv.get(b"/session/a", consistency="eventual") is not None or (
+                engine.status().applied_index == applied_before
+            ):
+                await trio.sleep(0.02)
+            assert await kv.get(b"/session/a") is None
+            assert await kv.get(b"/session/b") == b"y2"
+
+
+async def test_lifecycle_notifications(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            stop = engine.stop_notify()
+            stopped = engine.stopped_notify()
+            changes = engine.leader_changed_notify()
+            firsts = engine.first_commit_notify()
+            await engine.ready_notify().wait()
+            assert engine.is_leader() and engine.current_leader() == 1
+            assert engine.current_term() >= 2
+            info = await changes.receive()
+            while info.leader_id is None:
+                info = await changes.receive()
+            assert info == dengine.LeaderInfo(leader_id=1, term=engine.current_term())
+            assert await firsts.receive() > 0
+            status = engine.status()
+            assert status.role == "leader" and status.leader_id == 1 and status.node_id == 1
+            assert [m.node_id for m in status.members] == [1]
+            assert not stop.is_set()
+        assert stop.is_set() and stopped.is_set()
+        # Subscriptions end when the engine stops.
+        assert [i async for i in changes] == []
+
+
+async def test_calls_after_stop_raise_engine_stopped(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            kv = engine.client
+        with pytest.raises(dengine.EngineStopped):
+            await kv.put(b"k", b"v")
+        with pytest.raises(dengine.Unavailable):
+            await kv.get(b"k")
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda kv: kv.put("k", b"v"), "key must be bytes"),
+        (lambda kv: kv.put(b"", b"v"), "empty"),
+        (lambda kv: kv.put(b"k" * 5000, b"v"), "key"),
+        (lambda kv: kv.put(b"k", b"v" * (2 << 20)), "value"),
+        (lambda kv: kv.put(b"k", "v"), "value"),
+        (lambda kv: kv.put(b"k", b"v", ttl=0), "ttl"),
+        (lambda kv: kv.put(b"k", b"v", ttl=-1), "ttl"),
+        (lambda kv: kv.get(b"k", consistency="strong-ish"), "strong-ish"),
+        (lambda kv: kv.get(b"k", timeout=-1), "timeout"),
+        (lambda kv: kv.get_many(b"k"), "list"),
+        (lambda kv: kv.scan_prefix("/config/"), "prefix"),
+        (lambda kv: kv.compare_and_swap(b"k", expected="x", new=b"v"), "value"),
+    ],
+)
+async def test_bad_input_raises_invalid_argument(tmp_path: pathlib.Path, call: object, needle: str) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            with pytest.raises(dengine.InvalidArgument) as info:
+                await call(engine.client)  # type: ignore[operator]
+            assert needle in str(info.value).lower()
+            assert info.value.code == dengine.ErrorCode.INVALID_ARGUMENT
+            # The engine keeps working.
+            assert await engine.client.put(b"ok", b"1") > 0
+
+
+async def test_second_engine_on_same_dir_is_refused(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            with pytest.raises(dengine.StorageError) as info:
+                async with dengine.open_engine(config=single(tmp_path)):
+                    pass  # pragma: no cover
+            assert "lock" in str(info.value).lower()
+
+
+async def test_run_engine_in_callers_nursery(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            engine = await nursery.start(dengine.run_engine, single(tmp_path))
+            assert engine.is_leader()
+            assert await engine.client.put(b"a", b"b") > 0
+            nursery.cancel_scope.cancel()
+        assert engine.stopped_notify().is_set()
