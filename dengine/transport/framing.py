@@ -179,8 +179,7 @@ async def send_frames(
     if not data:
         await trio.lowlevel.checkpoint()
         return 0
-    with trio.CancelScope(shield=True) as scope:
-        scope.relative_deadline = write_timeout
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + write_timeout) as scope:
         await stream.send_all(data)
     if scope.cancelled_caught:
         raise Timeout(f"writing {len(data)} bytes did not complete within {write_timeout}s; the stream must be closed")

@@ -225,6 +225,19 @@ async def test_update_peers_adds_and_removes() -> None:
                 t1.inbound.receive_nowait()
 
 
+async def test_update_peers_with_a_new_address_reconnects_there() -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_peer_transport(2, "127.0.0.1:0", {}, CLUSTER) as gone:
+            dead_address = gone.listen_address
+        async with mesh(2) as (t1, t2):
+            t1.update_peers({2: dead_address})
+            t1.send([hb(1, 2, 1)])
+            await t1.wait_statistics(lambda s: s.connect_failures == 1)
+            t1.update_peers({2: t2.listen_address})  # a fresh sender: no backoff carried over
+            t1.send([hb(1, 2, 2)])
+            assert (await t2.inbound.receive()) == hb(1, 2, 2)
+
+
 async def test_a_message_over_the_frame_limit_is_dropped_not_sent() -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with mesh(2, max_frame_size=500) as (t1, t2):
