@@ -534,6 +534,13 @@ class RaftCore:
             self._handle_vote(m)
         elif self.role is Role.LEADER:
             self._step_leader(m)
+        elif isinstance(m, ReadIndexRequest):
+            # §6.4: only the leader can confirm a read index. Say so (the
+            # ``reject`` of ReadIndexResponse) so the requester fails its reads
+            # now instead of holding them until it notices the leader change.
+            self._send(
+                ReadIndexResponse(frm=self.id, to=m.frm, term=self.term, ctxs=m.ctxs, index=0, reject=True)
+            )
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             self._step_candidate(m)
         else:

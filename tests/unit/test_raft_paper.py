@@ -613,6 +613,52 @@ def test_6_4_follower_read_is_confirmed_by_the_leader() -> None:
     assert net[2].read_states == [ReadState(b"f", leader.log.committed)]
 
 
+def test_6_4_read_forwarded_to_a_node_no_longer_leader_is_dropped_at_once() -> None:
+    net = Net(3)
+    old = net.elect(1)
+    term = old.term
+    net.isolate(1)
+    for _ in range(2 * old.config.election_tick):
+        net.tick(1)
+        net.stabilize()
+    assert (old.role, old.term) == (Role.FOLLOWER, term)  # check-quorum, same term
+    net.heal()
+    assert net.core(2).lead == 1  # node 2 has not noticed yet
+    net[2].raw.read_index(b"f")
+    net.stabilize()
+    # The caller can retry elsewhere now rather than after an election timeout.
+    assert net[2].dropped_reads == [b"f"] and net[2].read_states == []
+    assert net.core(2).forwarded_reads == []
+
+
+def test_6_4_read_index_excludes_entries_not_yet_committed() -> None:
+    net = Net(3)
+    leader = net.elect(1)
+    commit = leader.log.committed
+    net[1].raw.propose([b"x"])
+    net[1].raw.read_index(b"r")
+    net.process(1)
+    held = net.take(AppendEntries)
+    net.stabilize()
+    assert leader.log.last_index() == commit + 1
+    assert net[1].read_states == [ReadState(b"r", commit)]
+    net.queue.extend(held)
+    net.stabilize()
+
+
+def test_5_2_follower_stays_follower_while_it_hears_heartbeats() -> None:
+    net = Net(3)
+    leader = net.elect(1)
+    term = leader.term
+    for _ in range(5 * leader.config.election_tick):
+        net.tick_all()
+        net.stabilize()
+    for nid in (2, 3):
+        asks = [m for r in net[nid].readies for m in r.messages + r.after_persist if isinstance(m, RequestVote)]
+        assert asks == [], nid
+    assert (leader.role, leader.term) == (Role.LEADER, term)
+
+
 def test_6_4_1_lease_read_valid_after_quorum_heartbeat_ack() -> None:
     net = Net(3)
     leader = net.elect(1)
