@@ -821,6 +821,22 @@ def test_4_removed_voter_no_longer_counts() -> None:
     assert leader.log.committed == index
 
 
+def test_4_7_learner_added_after_compaction_joins_from_the_snapshot() -> None:
+    net = Net(3)
+    leader = net.elect(1)
+    net[1].raw.propose([b"a", b"b"])
+    net.stabilize()
+    snap = net.compact(1)
+    add_learner(net, 1, 4)
+    learner = net.core(4)
+    assert net[4].durable.snapshot == snap
+    assert learner.role is Role.LEARNER and learner.conf.learners == {4}
+    assert learner.log.committed == leader.log.committed
+    net[1].raw.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, 4))
+    net.stabilize()
+    assert learner.role is Role.FOLLOWER and learner.conf.voters == {1, 2, 3, 4}
+
+
 def test_4_one_membership_change_at_a_time() -> None:
     net = Net(3)
     net.elect(1)
