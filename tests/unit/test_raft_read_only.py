@@ -54,7 +54,7 @@ def test_an_answer_to_round_r_acknowledges_every_older_round() -> None:
 def test_lease_starts_at_the_send_tick_of_the_newest_confirmed_round_and_never_moves_back() -> None:
     ro = ReadOnly()
     assert ro.lease_start_tick is None
-    r1 = ro.open_round(1, tick=4, commit=1, take_reads=True)
+    ro.open_round(1, tick=4, commit=1, take_reads=True)
     r2 = ro.open_round(1, tick=9, commit=1, take_reads=True)
     ro.ack(2, r2, {1, 2, 3})
     assert ro.lease_start_tick == 9
@@ -62,7 +62,6 @@ def test_lease_starts_at_the_send_tick_of_the_newest_confirmed_round_and_never_m
     r3 = ro.open_round(1, tick=2, commit=1, take_reads=True)
     ro.ack(2, r3, {1, 2, 3})
     assert ro.lease_start_tick == 9
-    del r1
 
 
 def test_expire_drops_rounds_older_than_max_age() -> None:
