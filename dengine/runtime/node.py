@@ -543,6 +543,10 @@ async def open_node(
             nursery.start_soon(node.ticker)
             if inbound is not None:
                 nursery.start_soon(node.receiver, inbound)
+            if node.raw.core.conf.voters == {node.raw.id}:
+                # A single voter needs nobody's vote: lead at once, not after
+                # an election timeout.
+                node.raw.campaign()
             node.wake()
             try:
                 yield node
