@@ -76,6 +76,8 @@ _MIB = 1024 * 1024
 _INT_MAX = 2**63 - 1
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 _META = "dengine.config"
+# Settings that map node ids to addresses: TOML tables, yet leaves, not sections.
+_MEMBER_MAPS = frozenset({"initial", "client_addresses"})
 
 
 # --------------------------------------------------------------------------
@@ -282,6 +284,13 @@ class ClusterSettings:
         "bool",
         "True for a node added to a running cluster by a membership change: it starts with no voters and "
         "learns the membership from the leader; `initial` then only lists peers to contact.",
+    )
+    client_addresses: dict[int, str] = _setting(
+        None,
+        "members",
+        "Client endpoints of the members of a standalone-server cluster, node id -> client host:port. "
+        "A server uses it to tell clients the leader's client address (in NotLeader hints and `members`); "
+        "a node missing here is reported without one, and clients fall back to the endpoints they were given.",
     )
 
 
@@ -619,7 +628,7 @@ def _env_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "initial":
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in _MEMBER_MAPS:
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -688,8 +697,8 @@ def _toml_value(value: Any) -> str:
 
 
 def _toml_tables(data: Mapping[str, Any], prefix: tuple[str, ...], lines: list[str]) -> None:
-    scalars = {k: v for k, v in data.items() if not (isinstance(v, dict) and k != "initial")}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict) and k != "initial"}
+    scalars = {k: v for k, v in data.items() if not (isinstance(v, dict) and k not in _MEMBER_MAPS)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict) and k not in _MEMBER_MAPS}
     if prefix:
         if lines:
             lines.append("")
@@ -843,7 +852,7 @@ class Config:
                     continue
                 if isinstance(value, ReadConsistency):
                     value = value.value
-                elif isinstance(value, dict) and key == "initial":
+                elif isinstance(value, dict) and key in _MEMBER_MAPS:
                     value = {str(k): v for k, v in value.items()}
                 elif isinstance(value, dict):
                     value = plain(value)
