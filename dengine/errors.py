@@ -142,6 +142,12 @@ class ProposalDropped(ClusterError):
     code = ErrorCode.PROPOSAL_DROPPED
 
 
+class MembershipChangeInProgress(ProposalDropped):
+    """Only one membership change may be in flight; retry once it committed."""
+
+    code = ErrorCode.MEMBERSHIP_CHANGE_IN_PROGRESS
+
+
 # --- the disk failed ------------------------------------------------------------
 
 

@@ -41,8 +41,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from dengine.errors import InvalidArgument, NotLeader, ProposalDropped
-from dengine.errors import ErrorCode
+from dengine.errors import InvalidArgument, MembershipChangeInProgress, NotLeader, ProposalDropped
 from dengine.raft import membership
 from dengine.raft.log import RaftLog
 from dengine.raft.messages import (
@@ -73,10 +72,6 @@ from dengine.raft.messages import (
 from dengine.raft.progress import Inflights, Progress, ProgressState
 from dengine.raft.quorum import VoteResult, committed_index, has_quorum, vote_result
 from dengine.raft.read_only import PendingRead, ReadOnly, Round
-
-
-class MembershipChangeInProgress(ProposalDropped):
-    code = ErrorCode.MEMBERSHIP_CHANGE_IN_PROGRESS
 
 
 @attrs.frozen
