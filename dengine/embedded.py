@@ -32,6 +32,7 @@ from dengine.api import (
     ScanResult,
     Status,
     validate_key,
+    validate_prefix,
     validate_scan_prefix,
     validate_ttl,
     validate_value,
@@ -52,6 +53,7 @@ from dengine.raft.messages import Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
 from dengine.storage.file import FileStorage
 from dengine.storage.memory import MemoryStorage
+from dengine.watch.dispatcher import DispatcherStatistics, Watch
 
 log = logging.getLogger("dengine.engine")
 
@@ -68,6 +70,7 @@ def node_options(config: Config) -> NodeOptions:
         max_value_size=raft.max_value_size,
         proposal_batch_max=raft.proposal_batch_max,
         addresses=dict(config.initial_cluster),
+        watch=raft.watch,
     )
 
 
@@ -182,6 +185,40 @@ class EmbeddedClient:
         entries = node.kv.scan_prefix(prefix, node.now_ms())
         return ScanResult(entries=entries, revision=node.kv.applied_index)
 
+    # -- watches --------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_watch(
+        self,
+        key: bytes,
+        *,
+        prefix: bool = False,
+        prev_kv: bool = False,
+        start_revision: int | None = None,
+    ) -> AsyncIterator[Watch]:
+        """Watch ``key`` (or, with ``prefix=True``, every key under a prefix
+        that starts and ends with ``/``) on this node; works on any node.
+
+        Yields a :class:`~dengine.watch.Watch`: iterate it for PUT, DELETE,
+        PROGRESS and a final CANCELED event. ``prev_kv=True`` fills
+        ``prev_value``. ``start_revision=R`` first replays retained changes
+        with revision >= R, then continues live with no gap; if R is older
+        than the retained history the watch gets CANCELED(COMPACTED). The
+        watch is registered when the block is entered and removed when it is
+        left. See docs/watch.md."""
+        max_key = self._engine.config.raft.max_key_size
+        if prefix:
+            validate_prefix(key, max_key)
+        else:
+            validate_key(key, max_key)
+        node = self._node
+        node.check_open()
+        watch = node.watch.open_watch(key, prefix=prefix, prev_kv=prev_kv, start_revision=start_revision)
+        try:
+            yield watch
+        finally:
+            watch.close()
+
     async def _read_point(self, consistency: ReadConsistency | str | None, timeout: float | None) -> None:
         engine = self._engine
         level = (
@@ -279,6 +316,10 @@ class Engine:
 
     def is_leader(self) -> bool:
         return self._node.current_role is Role.LEADER
+
+    def watch_statistics(self) -> DispatcherStatistics:
+        """Counters of this node's watch dispatcher: events, lag, cancellations."""
+        return self._node.watch.statistics()
 
     def status(self) -> Status:
         node = self._node
@@ -426,6 +467,8 @@ async def _graceful_handover(engine: Engine) -> None:
     core = node.raw.core
     if node.current_role is not Role.LEADER or len(core.conf.voters) < 2:
         return
+    if node._nursery is None or node._nursery.cancel_scope.cancel_called:
+        return  # the node's tasks are gone (it failed): nothing can hand over
     with trio.move_on_after(engine.config.raft.election_ticks * engine.config.raft.tick_interval_ms / 1000):
         try:
             await engine.transfer_leadership()

@@ -123,3 +123,36 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
             assert len(scan.entries) == 100
             # It got there by installing the leader's snapshot: the log it missed was compacted.
             assert back._node.installed_snapshots >= 1
+
+
+async def test_cluster_starts_with_a_quorum_of_initial_members(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path, n=3) as cluster:
+            await cluster.stop(3)  # node 3 never comes back: 2 of 3 is a quorum
+            leader = await cluster.wait_leader()
+            assert await leader.client.put(b"k", b"v") > 0
+            for engine in cluster.engines.values():
+                assert await engine.client.get(b"k") == b"v"
+
+
+async def test_ttl_expiry_survives_a_leader_change(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path, raft={"transfer_leadership_on_stop": False}) as cluster:
+            leader = await cluster.wait_leader()
+            old_id = leader.status().node_id
+            gone = {nid: trio.Event() for nid in cluster.engines if nid != old_id}
+            for nid, event in gone.items():
+
+                def sink(events: list[WatchEvent], applied: int, event: trio.Event = event) -> None:
+                    if any(e.type is WatchEventType.DELETE and e.key == b"/lease/x" for e in events):
+                        event.set()
+
+                cluster.engines[nid]._node.event_sinks.append(sink)
+            await leader.client.put(b"/lease/x", b"held", ttl=0.5)
+            await cluster.stop(old_id)  # the leader that stamped the TTL dies
+            new = await cluster.wait_leader()
+            assert await new.client.get(b"/lease/x") in (b"held", None)
+            for event in gone.values():
+                await event.wait()  # the new leader proposed the expiry
+            for engine in cluster.engines.values():
+                assert await engine.client.get(b"/lease/x") is None

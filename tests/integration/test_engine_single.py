@@ -10,6 +10,8 @@ import pytest
 import trio
 
 import dengine
+import dengine.embedded
+import dengine.errors
 from dengine import Config, ReadConsistency
 
 
@@ -165,3 +167,31 @@ async def test_run_engine_in_callers_nursery(tmp_path: pathlib.Path) -> None:
             assert await engine.client.put(b"a", b"b") > 0
             nursery.cancel_scope.cancel()
         assert engine.stopped_notify().is_set()
+
+
+class FailingStorage(dengine.embedded.MemoryStorage):
+    """Fails its fsync after a few batches, as a dying disk would."""
+
+    def __init__(self, fail_after: int) -> None:
+        super().__init__()
+        self.left = fail_after
+
+    def append(self, entries, hard_state=None):  # type: ignore[no-untyped-def]
+        self.left -= 1
+        if self.left < 0:
+            raise dengine.errors.StorageFailed("fsync failed: Input/output error (simulated)")
+        return super().append(entries, hard_state)
+
+
+async def test_a_dying_task_stops_the_engine_with_one_clear_error(tmp_path: pathlib.Path) -> None:
+    stop = None
+    with trio.fail_after(20):
+        with pytest.raises(dengine.errors.StorageFailed) as info:
+            async with dengine.open_engine(config=single(tmp_path), storage=FailingStorage(5)) as engine:
+                stop = engine.stop_notify()
+                await engine.wait_ready(timeout=5)
+                for i in range(100):
+                    await engine.client.put(b"k%d" % i, b"v")
+    assert "fsync failed" in str(info.value)
+    assert stop is not None and stop.is_set()
+    assert engine.stopped_notify().is_set()
