@@ -12,6 +12,7 @@ from dengine.api import (
 )
 from dengine.config import Config
 from dengine.embedded import EmbeddedClient, Engine, open_engine, run_engine
+from dengine.watch import Watch, WatchStatistics
 from dengine.errors import (
     ClusterError,
     ConfigError,
@@ -42,8 +43,10 @@ __all__ = [
     "ReadConsistency",
     "ScanResult",
     "Status",
+    "Watch",
     "WatchEvent",
     "WatchEventType",
+    "WatchStatistics",
     "open_engine",
     "run_engine",
     "ClusterError",

@@ -39,6 +39,7 @@ import attrs
 import trio
 
 from dengine.api import WatchEvent
+from dengine.config import WatchSettings
 from dengine.errors import (
     EngineStopped,
     NotLeader,
@@ -66,6 +67,7 @@ from dengine.raft.rawnode import RawNode
 from dengine.raft.ready import Ready
 from dengine.runtime.waiters import AppliedWaiters, Waiter
 from dengine.storage.base import Storage
+from dengine.watch.dispatcher import WatchDispatcher
 
 log = logging.getLogger("dengine.node")
 
@@ -94,6 +96,7 @@ class NodeOptions:
     wall_clock: Callable[[], float] = time.time
     # Peer addresses by node id, for leader hints.
     addresses: dict[int, str] = attrs.field(factory=dict)
+    watch: WatchSettings = attrs.field(factory=WatchSettings)
 
 
 # A snapshot's data is the KV image wrapped with a CRC32, so a corrupted
@@ -160,6 +163,8 @@ class Node:
         self._next_tick_at = 0.0
         self._stopped = False
         self.event_sinks: list[Callable[[list[WatchEvent], int], None]] = []
+        # Watchers: fed synchronously by the applier, never blocking it.
+        self.watch = WatchDispatcher(options.watch, applied_index=self.kv.applied_index)
         self.persisted_batches = 0
         self.installed_snapshots = 0
         self.current_role = self.raw.core.role
@@ -425,6 +430,7 @@ class Node:
             for w in waiters:
                 if w is not None:
                     w.fail(Unavailable("leadership changed; the write may or may not have been applied"))
+        self.watch.publish_snapshot(snapshot.meta.index)
         for sink in self.event_sinks:
             sink([], snapshot.meta.index)
 
@@ -453,6 +459,7 @@ class Node:
             self._expiring.difference_update((e.key, e.revision) for e in events)
             if len(self._expiring) > 10 * self.options.ttl_sweep_limit:
                 self._expiring.clear()
+        self.watch.publish(events, kv.applied_index)
         for sink in self.event_sinks:
             sink(events, kv.applied_index)
 
@@ -523,6 +530,7 @@ class Node:
         for w in self.read_waiters.values():
             w.fail(error)
         self.applied_waiters.fail_all(error)
+        self.watch.close(EngineStopped(str(error)) if not isinstance(error, EngineStopped) else error)
 
 
 @asynccontextmanager
@@ -541,6 +549,7 @@ async def open_node(
             nursery.start_soon(node.persister)
             nursery.start_soon(node.applier)
             nursery.start_soon(node.ticker)
+            nursery.start_soon(node.watch.run)
             if inbound is not None:
                 nursery.start_soon(node.receiver, inbound)
             if node.raw.core.conf.voters == {node.raw.id}:
