@@ -705,6 +705,7 @@ class RaftCore:
                 if peer in self.prs:
                     self._maybe_send_append(peer, send_if_empty=True)
             self.dirty = {}
+            self._coalesce_heartbeats()
         elif self.reads_to_forward:
             if self.lead is not None:
                 ctxs = tuple(self.reads_to_forward)
@@ -713,6 +714,20 @@ class RaftCore:
             else:
                 self.dropped_reads.extend(self.reads_to_forward)
             self.reads_to_forward = []
+
+    def _coalesce_heartbeats(self) -> None:
+        """Several heartbeat ticks between two Readies (a busy loop, ticks
+        caught up after a pause) need only the newest heartbeat per peer: an
+        answer to round r acknowledges every round <= r."""
+        last: dict[int, int] = {}
+        for pos, msg in enumerate(self.msgs):
+            if isinstance(msg, Heartbeat):
+                last[msg.to] = pos
+        if len(last) == sum(1 for m in self.msgs if isinstance(m, Heartbeat)):
+            return
+        self.msgs = [
+            m for pos, m in enumerate(self.msgs) if not isinstance(m, Heartbeat) or last[m.to] == pos
+        ]
 
     def _maybe_send_append(self, peer: int, send_if_empty: bool) -> None:
         pr = self.prs[peer]
