@@ -206,10 +206,6 @@ class Node:
         self.wake()
         return waiter
 
-    def deliver(self, message: Message) -> None:
-        self.raw.step(message)
-        self.wake()
-
     async def read_index(self) -> int:
         """A linearizable read point (ReadIndex, thesis §6.4)."""
         self.check_open()
@@ -481,8 +477,6 @@ class Node:
         for cmd_waiter in waiters[len(result.results):]:
             if cmd_waiter is not None:
                 cmd_waiter.fail(ProposalDropped("the write was not applied"))
-        if any(isinstance(r, bool) for r in result.results):
-            pass
 
     def _maybe_snapshot(self) -> None:
         kv = self.kv

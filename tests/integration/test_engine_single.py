@@ -195,3 +195,31 @@ async def test_a_dying_task_stops_the_engine_with_one_clear_error(tmp_path: path
     assert "fsync failed" in str(info.value)
     assert stop is not None and stop.is_set()
     assert engine.stopped_notify().is_set()
+
+
+async def test_bad_config_is_refused_with_a_clear_error(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(10):
+        with pytest.raises(dengine.ConfigError) as info:
+            async with dengine.open_engine(config=str(tmp_path / "missing.toml")):
+                pass  # pragma: no cover
+        assert "missing.toml" in str(info.value)
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[raft]\nelection_ticks = 1\nheartbeat_ticks = 1\n")
+        with pytest.raises(dengine.ConfigError) as info:
+            async with dengine.open_engine(config=str(bad)):
+                pass  # pragma: no cover
+        assert "election_ticks" in str(info.value)
+        with pytest.raises(dengine.InvalidArgument) as info2:
+            async with dengine.open_engine(config=42):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        assert "config must be" in str(info2.value)
+
+
+async def test_status_is_a_frozen_value(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(10):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            status = engine.status()
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                status.term = 99  # type: ignore[misc]
+            assert status.commit_index >= status.applied_index > 0
