@@ -13,6 +13,8 @@ from dengine.api import (
 from dengine.config import Config
 from dengine.embedded import EmbeddedClient, Engine, open_engine, run_engine
 from dengine.watch import Watch, WatchStatistics
+from dengine.client import Client, RemoteWatch, open_client
+from dengine.server import Server, open_server, serve
 from dengine.errors import (
     ClusterError,
     ConfigError,
@@ -33,6 +35,12 @@ from dengine.errors import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Client",
+    "RemoteWatch",
+    "Server",
+    "open_client",
+    "open_server",
+    "serve",
     "Config",
     "EmbeddedClient",
     "Engine",

@@ -1,0 +1,686 @@
+"""The client endpoint: client protocol connections -> the engine.
+
+Rules of this service (docs/protocol.md is the wire contract):
+
+* One task per listener accepts; one nursery per connection. A connection
+  first passes the client handshake (``kind = "client"``, same protocol
+  version and cluster id), bounded by ``handshake_timeout``; a client that
+  connects and sends nothing is closed when it passes.
+* At most ``max_connections`` connections are served at once. One more is
+  answered with a handshake refusal ``RESOURCE_EXHAUSTED`` and closed; the
+  connections already served are not touched.
+* After the handshake a reader decodes requests, and each request runs in
+  its own task, so many are in flight on one connection; at most
+  ``max_inflight`` per connection (the reader then stops reading: TCP
+  backpressure). One writer sends everything queued on the connection's
+  bounded send queue as a batch of frames in one shielded ``send_all``,
+  bounded by ``write_timeout`` (a client that stops reading is closed).
+* A final response waits for room on the send queue. A stream item never
+  waits: if the queue is full the client is not keeping up, and that stream
+  is ended with a CANCELED event and a ``WATCH_BUFFER_OVERFLOW`` error
+  (events are never dropped silently). The server and its other clients
+  are unaffected.
+* A request that cannot be read (unknown op, wrong field types) gets an
+  error for its id; a frame that breaks the framing or is not a request at
+  all gets a connection-level error (nil id) and the connection is closed.
+  Either way only that connection is affected.
+* ``NotLeader`` from the engine carries the leader's *peer* address; the
+  service replaces it with the leader's *client* address from
+  ``cluster.client_addresses`` (nil when unknown).
+* Stop (:meth:`ClientService.stop`): listeners close, readers stop, streams
+  end with ``UNAVAILABLE`` "server stopping", requests in flight finish and
+  their responses are flushed, all under a deadline, then everything is
+  cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from dengine.api import LeaderInfo, Member, WatchEvent, WatchEventType
+from dengine.embedded import Engine
+from dengine.errors import (
+    DengineError,
+    EngineStopped,
+    ErrorCode,
+    InvalidArgument,
+    NotLeader,
+    ProtocolError,
+    ResourceExhausted,
+    Timeout,
+    Unavailable,
+)
+from dengine.transport.client_protocol import (
+    OPS,
+    STATUS_ERROR,
+    STATUS_ITEM,
+    STATUS_OK,
+    Request,
+    RequestError,
+    decode_request,
+    encode_error,
+    encode_leader,
+    encode_member,
+    encode_response,
+    encode_status,
+    encode_watch_event,
+)
+from dengine.transport.framing import FrameDecoder, send_frames
+from dengine.transport.handshake import (
+    _first_frame,
+    accept_handshake,
+    decode_hello,
+    encode_reply,
+    refusal_for,
+)
+
+__all__ = ["ClientService", "ServerStatistics", "ServiceOptions"]
+
+log = logging.getLogger("dengine.server")
+
+_RECEIVE_SIZE = 256 * 1024
+_ACCEPT_CAPACITY_ERRNOS = frozenset(e for e in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS) if e)
+_ACCEPT_RETRY_DELAY = 0.1
+_NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, DengineError, trio.TooSlowError)
+# A refusal is a courtesy: never wait long to deliver it.
+_REFUSAL_TIMEOUT = 1.0
+
+
+@attrs.frozen
+class ServiceOptions:
+    max_connections: int = 10000
+    max_frame_size: int = 16 * 1024 * 1024
+    handshake_timeout: float = 5.0
+    idle_timeout: float = 0.0  # 0: never
+    write_timeout: float = 10.0
+    send_queue_size: int = 1024  # frames queued per connection
+    max_inflight: int = 1024  # requests in flight per connection
+    drain_timeout: float = 2.0
+
+
+@attrs.frozen
+class ServerStatistics:
+    """Counters of the client endpoint (for tests and operators)."""
+
+    connections_open: int
+    connections_accepted: int
+    connections_refused: int  # over max_connections
+    handshake_failures: int
+    protocol_errors: int  # connections closed for breaking the protocol
+    idle_closed: int
+    requests: int
+    request_errors: int  # requests answered with an error
+    streams_open: int
+    slow_consumers: int  # streams ended / connections closed because a client did not read
+
+
+@attrs.define
+class _Counters:
+    connections_open: int = 0
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    handshake_failures: int = 0
+    protocol_errors: int = 0
+    idle_closed: int = 0
+    requests: int = 0
+    request_errors: int = 0
+    streams_open: int = 0
+    slow_consumers: int = 0
+    _event: trio.Event = attrs.field(factory=trio.Event)
+
+    def changed(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    def snapshot(self) -> ServerStatistics:
+        return ServerStatistics(**{f.name: getattr(self, f.name) for f in attrs.fields(ServerStatistics)})
+
+
+class _SlowConsumer(Exception):
+    """A stream's items do not fit in the send queue."""
+
+
+class ClientService:
+    """Serves the client protocol for one engine. Create it, ``start_soon``
+    :meth:`serve_listener` for each bound listener, call :meth:`stop` to
+    drain."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        nursery: trio.Nursery,
+        options: ServiceOptions,
+        *,
+        client_addresses: dict[int, str],
+    ) -> None:
+        self.engine = engine
+        self.options = options
+        self._nursery = nursery
+        self._client_addresses = client_addresses
+        self._counters = _Counters()
+        self._connections: set[_Connection] = set()
+        self._stopping = False
+        self._listener_scopes: list[trio.CancelScope] = []
+        self._node_id = engine.config.node_id
+        self._cluster_id = engine.config.cluster_id
+
+    # -- statistics ---------------------------------------------------------
+
+    def statistics(self) -> ServerStatistics:
+        return self._counters.snapshot()
+
+    async def wait_statistics(self, predicate: Callable[[ServerStatistics], bool]) -> ServerStatistics:
+        """Wait until ``predicate(statistics())`` holds; return those statistics."""
+        while True:
+            stats = self.statistics()
+            if predicate(stats):
+                return stats
+            await self._counters._event.wait()
+
+    def client_address_of(self, node_id: int | None) -> str | None:
+        if node_id is None:
+            return None
+        return self._client_addresses.get(node_id)
+
+    def members(self) -> tuple[Member, ...]:
+        return tuple(
+            attrs.evolve(m, client_address=self.client_address_of(m.node_id)) for m in self.engine.status().members
+        )
+
+    # -- listeners ------------------------------------------------------------
+
+    async def serve_listener(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        with trio.CancelScope() as scope:
+            self._listener_scopes.append(scope)
+            try:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        log.error("accept failed (%s); retrying in %ss", exc, _ACCEPT_RETRY_DELAY)
+                        await trio.sleep(_ACCEPT_RETRY_DELAY)
+                        continue
+                    if len(self._connections) >= self.options.max_connections:
+                        self._counters.connections_refused += 1
+                        self._counters.changed()
+                        self._nursery.start_soon(self._refuse, stream, name="dengine client refusal")
+                        continue
+                    conn = _Connection(self, stream)
+                    self._connections.add(conn)
+                    self._counters.connections_open += 1
+                    self._counters.connections_accepted += 1
+                    self._counters.changed()
+                    self._nursery.start_soon(self._run_connection, conn, name="dengine client connection")
+            finally:
+                await trio.aclose_forcefully(listener)
+
+    async def _run_connection(self, conn: _Connection) -> None:
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+            self._counters.connections_open -= 1
+            self._counters.changed()
+
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
+        """Over the connection limit: read the hello (so closing does not reset
+        the connection under the refusal), answer RESOURCE_EXHAUSTED, close."""
+        err = ResourceExhausted(
+            f"node {self._node_id} already serves its maximum of {self.options.max_connections} client connections"
+        )
+        try:
+            with trio.move_on_after(min(self.options.handshake_timeout, _REFUSAL_TIMEOUT)):
+                try:
+                    decode_hello(await _first_frame(stream, FrameDecoder(self.options.max_frame_size)))
+                except _NETWORK_ERRORS:
+                    pass
+                await send_frames(stream, [encode_reply(refusal_for(err))], write_timeout=_REFUSAL_TIMEOUT)
+        except _NETWORK_ERRORS:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # -- stop -------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop accepting, end streams, let requests in flight finish and be
+        answered (under ``drain_timeout``), then close every connection."""
+        self._stopping = True
+        for scope in self._listener_scopes:
+            scope.cancel()
+        for conn in list(self._connections):
+            conn.begin_stop()
+        with trio.move_on_after(self.options.drain_timeout):
+            await self.wait_statistics(lambda s: s.connections_open == 0)
+        for conn in list(self._connections):
+            conn.cancel()
+
+
+class _Connection:
+    def __init__(self, service: ClientService, stream: trio.abc.Stream) -> None:
+        self.service = service
+        self.engine = service.engine
+        self.stream = stream
+        self.remote = _remote_name(stream)
+        opts = service.options
+        self._send, self._receive = trio.open_memory_channel[bytes](opts.send_queue_size)
+        self._scope = trio.CancelScope()
+        self._reader_scope = trio.CancelScope()
+        self._idle_scope: trio.CancelScope | None = None
+        self._inflight: dict[int, trio.CancelScope | None] = {}  # request id -> stream scope
+        self._slots = trio.Semaphore(opts.max_inflight)
+        self._stream_tasks: dict[int, trio.CancelScope] = {}
+        self._client_cancelled: set[int] = set()
+        self._stopping = False
+
+    # -- control from the service ------------------------------------------------
+
+    def begin_stop(self) -> None:
+        self._stopping = True
+        self._reader_scope.cancel()
+        for scope in list(self._stream_tasks.values()):
+            scope.cancel()
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    # -- the connection ------------------------------------------------------------
+
+    async def run(self) -> None:
+        counters = self.service._counters
+        opts = self.service.options
+        decoder = FrameDecoder(opts.max_frame_size)
+        with self._scope:
+            try:
+                try:
+                    await accept_handshake(
+                        self.stream,
+                        decoder,
+                        cluster_id=self.service._cluster_id,
+                        node_id=self.service._node_id,
+                        kind="client",
+                        timeout=opts.handshake_timeout,
+                    )
+                except _NETWORK_ERRORS as exc:
+                    counters.handshake_failures += 1
+                    counters.changed()
+                    log.info("refused a client connection from %s: %s", self.remote, _describe(exc))
+                    return
+                if self.service._stopping:
+                    return
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(self._writer, outer.cancel_scope)
+                    try:
+                        async with trio.open_nursery() as requests:
+                            await self._read(decoder, requests)
+                            if self._stopping:
+                                # Streams end with "stopping"; requests in flight finish.
+                                for scope in list(self._stream_tasks.values()):
+                                    scope.cancel()
+                            else:
+                                # The client went away, idled, or broke the protocol.
+                                requests.cancel_scope.cancel()
+                    finally:
+                        self._send.close()
+            except _NETWORK_ERRORS as exc:
+                log.info("client connection from %s ended: %s", self.remote, _describe(exc))
+            finally:
+                await trio.aclose_forcefully(self.stream)
+
+    async def _read(self, decoder: FrameDecoder, requests: trio.Nursery) -> None:
+        """Read requests until the client goes away, the server stops, the
+        connection idles out, or the client breaks the protocol (then the
+        connection-level error is queued)."""
+        counters = self.service._counters
+        idle = self.service.options.idle_timeout
+        data: bytes = b""
+        with self._reader_scope:
+            while True:
+                try:
+                    bodies = decoder.feed(data)
+                except ProtocolError as exc:
+                    self._protocol_error(exc)
+                    return
+                for body in bodies:
+                    try:
+                        request = decode_request(body)
+                    except RequestError as exc:
+                        if exc.request_id is None:
+                            self._protocol_error(exc.error)
+                            return
+                        counters.requests += 1
+                        await self._reply_error(exc.request_id, exc.error)
+                        continue
+                    counters.requests += 1
+                    await self._start(request, requests)
+                counters.changed()
+                with trio.CancelScope() as idle_scope:
+                    self._idle_scope = idle_scope
+                    if idle > 0 and not self._inflight:
+                        idle_scope.deadline = trio.current_time() + idle
+                    try:
+                        data = await self.stream.receive_some(_RECEIVE_SIZE)
+                    except _NETWORK_ERRORS as exc:
+                        log.info("client %s: connection broke: %s", self.remote, _describe(exc))
+                        return
+                    finally:
+                        self._idle_scope = None
+                if idle_scope.cancelled_caught:
+                    counters.idle_closed += 1
+                    counters.changed()
+                    log.info("client %s: closing an idle connection", self.remote)
+                    return
+                if not data:
+                    try:
+                        decoder.close()
+                    except ProtocolError as exc:
+                        log.info("client %s: %s", self.remote, exc)
+                    return
+
+    def _protocol_error(self, exc: DengineError) -> None:
+        counters = self.service._counters
+        counters.protocol_errors += 1
+        counters.changed()
+        log.warning("client %s broke the protocol; closing the connection: %s", self.remote, exc)
+        try:
+            self._send.send_nowait(encode_response(None, STATUS_ERROR, encode_error(exc)))
+        except trio.WouldBlock:
+            pass  # it is not reading anyway
+
+    # -- writer ------------------------------------------------------------------------
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        opts = self.service.options
+        try:
+            async for body in self._receive:
+                batch = [body]
+                while len(batch) < 256:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await send_frames(self.stream, batch, write_timeout=opts.write_timeout)
+        except Timeout:
+            counters = self.service._counters
+            counters.slow_consumers += 1
+            counters.changed()
+            log.warning("client %s stopped reading; closing the connection", self.remote)
+            scope.cancel()
+        except _NETWORK_ERRORS as exc:
+            log.info("client %s: write failed: %s", self.remote, _describe(exc))
+            scope.cancel()
+
+    async def _queue(self, body: bytes) -> None:
+        try:
+            await self._send.send(body)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the connection is going away
+
+    def _queue_item(self, body: bytes) -> None:
+        try:
+            self._send.send_nowait(body)
+        except trio.WouldBlock:
+            raise _SlowConsumer from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _reply_error(self, request_id: int, exc: DengineError) -> None:
+        counters = self.service._counters
+        counters.request_errors += 1
+        counters.changed()
+        leader_address = self.service.client_address_of(exc.leader_id) if isinstance(exc, NotLeader) else None
+        await self._queue(encode_response(request_id, STATUS_ERROR, encode_error(exc, leader_address=leader_address)))
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _busy(self) -> None:
+        if self._idle_scope is not None:
+            self._idle_scope.deadline = math.inf
+
+    def _maybe_idle(self) -> None:
+        idle = self.service.options.idle_timeout
+        if idle > 0 and not self._inflight and self._idle_scope is not None:
+            self._idle_scope.deadline = trio.current_time() + idle
+
+    async def _start(self, request: Request, requests: trio.Nursery) -> None:
+        if request.op == "cancel":
+            target = request.args["request_id"]
+            scope = self._stream_tasks.get(target)
+            if scope is not None:
+                self._client_cancelled.add(target)
+                scope.cancel()
+            await self._queue(encode_response(request.id, STATUS_OK, {"canceled": scope is not None}))
+            return
+        if request.id in self._inflight:
+            await self._reply_error(
+                request.id, InvalidArgument(f"request id {request.id} is already in flight on this connection")
+            )
+            return
+        await self._slots.acquire()
+        self._inflight[request.id] = None
+        self._busy()
+        requests.start_soon(self._serve, request, name=f"dengine request {request.op}")
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            if OPS[request.op].stream:
+                await self._serve_stream(request)
+            else:
+                try:
+                    result = await _UNARY[request.op](self, request.args)
+                except DengineError as exc:
+                    await self._reply_error(request.id, _public(exc))
+                else:
+                    await self._queue(encode_response(request.id, STATUS_OK, result))
+        finally:
+            del self._inflight[request.id]
+            self._slots.release()
+            self._maybe_idle()
+
+    async def _serve_stream(self, request: Request) -> None:
+        counters = self.service._counters
+        counters.streams_open += 1
+        counters.changed()
+        scope = trio.CancelScope()
+        self._stream_tasks[request.id] = scope
+        final: DengineError | None = None
+        try:
+            with scope:
+                if self._stopping:
+                    scope.cancel()
+                try:
+                    await _STREAMS[request.op](self, request)
+                except _SlowConsumer:
+                    counters.slow_consumers += 1
+                    counters.changed()
+                    log.warning("client %s does not keep up with stream %d (%s); ending it",
+                                self.remote, request.id, request.op)
+                    final = _SlowStream(request.op)
+                except DengineError as exc:
+                    final = _public(exc)
+            if scope.cancelled_caught:
+                # Cancelled by the client (its cancel was answered) or by a stop.
+                final = None if request.id in self._client_cancelled else EngineStopped(
+                    f"node {self.service._node_id} is stopping"
+                )
+            if final is None and not scope.cancelled_caught:
+                await self._queue(encode_response(request.id, STATUS_OK, {}))  # the server ended it cleanly
+            elif final is not None:
+                if request.op == "watch" and isinstance(final, _SlowStream):
+                    canceled = WatchEvent(WatchEventType.CANCELED, b"", b"", None, 0, ErrorCode.WATCH_BUFFER_OVERFLOW)
+                    await self._queue(encode_response(request.id, STATUS_ITEM, encode_watch_event(canceled)))
+                await self._reply_error(request.id, final)
+        finally:
+            self._stream_tasks.pop(request.id, None)
+            self._client_cancelled.discard(request.id)
+            counters.streams_open -= 1
+            counters.changed()
+
+
+class _SlowStream(Unavailable):
+    code = ErrorCode.WATCH_BUFFER_OVERFLOW
+
+    def __init__(self, op: str) -> None:
+        super().__init__(f"the {op} stream was ended because the client did not read it fast enough")
+
+
+def _public(exc: DengineError) -> DengineError:
+    return exc
+
+
+def _seconds(timeout_ms: int | None) -> float | None:
+    if timeout_ms is None:
+        return None
+    if timeout_ms == 0:
+        raise InvalidArgument("timeout_ms must be greater than 0")
+    return timeout_ms / 1000
+
+
+def _ttl(ttl_ms: int | None) -> float | None:
+    """Seconds whose validate_ttl() is exactly ``ttl_ms`` again."""
+    if ttl_ms is None:
+        return None
+    if ttl_ms == 0:
+        raise InvalidArgument("ttl_ms must be greater than 0")
+    seconds = ttl_ms / 1000
+    while math.ceil(seconds * 1000) > ttl_ms:
+        seconds = math.nextafter(seconds, 0.0)
+    return seconds
+
+
+# -- unary operations -----------------------------------------------------------------
+
+
+async def _put(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    rev = await conn.engine.client.put(a["key"], a["value"], ttl=_ttl(a["ttl_ms"]), timeout=_seconds(a["timeout_ms"]))
+    return {"revision": rev}
+
+
+async def _get(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    kv = await conn.engine.client.get_kv(a["key"], consistency=a["consistency"], timeout=_seconds(a["timeout_ms"]))
+    return {"value": None if kv is None else kv.value, "revision": 0 if kv is None else kv.revision}
+
+
+async def _get_many(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    values = await conn.engine.client.get_many(a["keys"], consistency=a["consistency"], timeout=_seconds(a["timeout_ms"]))
+    return {"values": values}
+
+
+async def _delete(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    return {"deleted": await conn.engine.client.delete(a["key"], timeout=_seconds(a["timeout_ms"]))}
+
+
+async def _cas(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    swapped = await conn.engine.client.compare_and_swap(
+        a["key"], expected=a["expected"], new=a["new"], ttl=_ttl(a["ttl_ms"]), timeout=_seconds(a["timeout_ms"])
+    )
+    return {"swapped": swapped}
+
+
+async def _scan(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {"timeout": _seconds(a["timeout_ms"])}
+    if a["consistency"] is not None:
+        kw["consistency"] = a["consistency"]
+    result = await conn.engine.client.scan_prefix(a["prefix"], **kw)
+    return {"entries": [[k, v] for k, v in result.entries], "revision": result.revision}
+
+
+async def _status(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    await trio.lowlevel.checkpoint()
+    status = attrs.evolve(conn.engine.status(), members=conn.service.members())
+    return encode_status(status)
+
+
+async def _members(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    await trio.lowlevel.checkpoint()
+    return {
+        "members": [encode_member(m) for m in conn.service.members()],
+        "leader_id": conn.engine.current_leader(),
+    }
+
+
+async def _leader(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    await trio.lowlevel.checkpoint()
+    info = LeaderInfo(leader_id=conn.engine.current_leader(), term=conn.engine.current_term())
+    return encode_leader(info, conn.service.client_address_of(info.leader_id))
+
+
+_UNARY: dict[str, Callable[[_Connection, dict[str, Any]], Any]] = {
+    "put": _put,
+    "get": _get,
+    "get_many": _get_many,
+    "delete": _delete,
+    "cas": _cas,
+    "scan_prefix": _scan,
+    "status": _status,
+    "members": _members,
+    "leader": _leader,
+}
+
+
+# -- streams ----------------------------------------------------------------------------
+
+
+async def _watch_leader(conn: _Connection, request: Request) -> None:
+    with conn.engine.leader_changed_notify() as changes:
+        async for info in changes:
+            body = encode_leader(info, conn.service.client_address_of(info.leader_id))
+            conn._queue_item(encode_response(request.id, STATUS_ITEM, body))
+    raise EngineStopped(f"node {conn.service._node_id} is stopping")
+
+
+async def _watch(conn: _Connection, request: Request) -> None:
+    """Items: ``{"created": true, "start_revision": n}``, then events; the
+    stream ends (final ``ok``) after a CANCELED event."""
+    a = request.args
+    async with conn.engine.client.open_watch(
+        a["key"], prefix=a["prefix"], prev_kv=a["prev_kv"], start_revision=a["start_revision"]
+    ) as watch:
+        created = {"created": True, "start_revision": _start_revision(conn, watch, a["start_revision"])}
+        conn._queue_item(encode_response(request.id, STATUS_ITEM, created))
+        async for event in watch:
+            conn._queue_item(encode_response(request.id, STATUS_ITEM, encode_watch_event(event)))
+            if event.type == WatchEventType.CANCELED:
+                return
+    raise EngineStopped(f"node {conn.service._node_id} is stopping")  # pragma: no cover - iteration ends on CANCELED
+
+
+def _start_revision(conn: _Connection, watch: Any, asked: int | None) -> int:
+    """The first revision the watch can deliver (a live watch: applied + 1)."""
+    if asked is not None:
+        return asked
+    start = getattr(watch, "_min_rev", None)  # TODO: a public Watch.start_revision
+    if isinstance(start, int):
+        return start
+    return int(conn.engine.status().applied_index) + 1
+
+
+_STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {"watch": _watch, "watch_leader": _watch_leader}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _remote_name(stream: trio.abc.Stream) -> str:
+    sock_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(sock_stream, trio.SocketStream):
+        try:
+            host, port = sock_stream.socket.getpeername()[:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            pass
+    return "an unknown address"
+

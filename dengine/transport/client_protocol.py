@@ -1,0 +1,485 @@
+"""The client protocol: requests, responses and stream items (sans-IO).
+
+Rules of the protocol (version 1; docs/protocol.md is the full text):
+
+* A connection starts with the handshake of :mod:`dengine.transport.handshake`
+  with ``kind = "client"``; then both sides send frames (``u32 BE length +
+  msgpack body``) of the shapes below, and nothing else.
+* A request is ``[request_id, op, args]``: ``request_id`` a non-negative
+  integer chosen by the client, unique among that connection's requests
+  still in flight; ``op`` a string from :data:`OPS`; ``args`` a map from
+  string field names to values (fields not listed for the op are an error;
+  optional fields may be left out or nil).
+* A response is ``[request_id, status, body]`` with ``status`` one of
+  ``"ok"`` (final; ``body`` is the op's result map), ``"error"`` (final;
+  ``body`` is an error map) or ``"item"`` (one element of a stream; more
+  follow). Unary ops get exactly one final response. Stream ops (``watch``,
+  ``watch_leader``) get items, and end with a final response only when the
+  server ends the stream; a stream the client cancels (``cancel``) ends
+  with the cancel's own ``ok``. Responses to different requests may come
+  in any order.
+* A request the server can read the id of but not accept (unknown op,
+  wrong field types, bad values) is answered with an ``"error"`` for that
+  id; the connection stays open. A frame that is not msgpack, or not a
+  request at all, is answered with ``[nil, "error", {...}]`` and the
+  connection is closed: its framing can no longer be trusted.
+* Errors are maps ``{"code": int, "message": str, "leader_id": int|nil,
+  "leader_address": str|nil}``; codes are the stable ones of
+  :class:`dengine.errors.ErrorCode`. ``leader_address`` is the leader's
+  *client* address, when the server knows it.
+* Bytes are msgpack ``bin``; text is msgpack ``str``; integers are
+  non-negative unless said otherwise.
+
+Decoding never trusts its input: every function that reads a message
+raises :class:`~dengine.errors.MalformedMessage` (or
+:class:`~dengine.errors.UnknownOperation`) naming the field, and
+:class:`RequestError` carries the request id when it is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+
+from dengine.api import KeyValue, LeaderInfo, Member, ReadConsistency, ScanResult, Status, WatchEvent, WatchEventType
+from dengine.codec import pack, unpack
+from dengine.errors import (
+    DengineError,
+    ErrorCode,
+    MalformedMessage,
+    NotLeader,
+    ProtocolError,
+    UnknownOperation,
+    error_for_code,
+)
+
+__all__ = [
+    "CANCEL",
+    "OPS",
+    "STATUS_ERROR",
+    "STATUS_ITEM",
+    "STATUS_OK",
+    "STREAM_OPS",
+    "WRITE_OPS",
+    "OpSpec",
+    "Request",
+    "RequestError",
+    "Response",
+    "decode_error",
+    "decode_leader",
+    "decode_members",
+    "decode_request",
+    "decode_response",
+    "decode_status",
+    "decode_watch_item",
+    "encode_error",
+    "encode_leader",
+    "encode_member",
+    "encode_request",
+    "encode_response",
+    "encode_status",
+    "encode_watch_event",
+    "error_from_map",
+]
+
+STATUS_OK: Final = "ok"
+STATUS_ERROR: Final = "error"
+STATUS_ITEM: Final = "item"
+_STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_ITEM)
+_UINT64_MAX = 2**64 - 1
+
+
+# --------------------------------------------------------------------------
+# Field types
+# --------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bin(value: Any, name: str) -> bytes:
+    if type(value) is not bytes:
+        raise MalformedMessage(f"field {name!r} must be bytes (msgpack bin), got {_show(value)}")
+    return value
+
+
+def _bin_or_nil(value: Any, name: str) -> bytes | None:
+    return None if value is None else _bin(value, name)
+
+
+def _uint(value: Any, name: str) -> int:
+    if type(value) is not int or not 0 <= value <= _UINT64_MAX:
+        raise MalformedMessage(f"field {name!r} must be a non-negative integer, got {_show(value)}")
+    return value
+
+
+def _uint_or_nil(value: Any, name: str) -> int | None:
+    return None if value is None else _uint(value, name)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if type(value) is not bool:
+        raise MalformedMessage(f"field {name!r} must be true or false, got {_show(value)}")
+    return value
+
+
+def _str(value: Any, name: str) -> str:
+    if type(value) is not str:
+        raise MalformedMessage(f"field {name!r} must be a string, got {_show(value)}")
+    return value
+
+
+def _str_or_nil(value: Any, name: str) -> str | None:
+    return None if value is None else _str(value, name)
+
+
+def _bin_list(value: Any, name: str) -> list[bytes]:
+    if type(value) is not list:
+        raise MalformedMessage(f"field {name!r} must be an array of bytes, got {_show(value)}")
+    return [_bin(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def _consistency(value: Any, name: str) -> ReadConsistency | None:
+    if value is None:
+        return None
+    text = _str(value, name)
+    try:
+        return ReadConsistency(text)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in ReadConsistency)
+        raise MalformedMessage(f"field {name!r} must be one of {allowed}, got {_show(value)}") from None
+
+
+_Check = Callable[[Any, str], Any]
+
+
+@attrs.frozen
+class OpSpec:
+    """One operation: its argument fields (name -> (check, required)),
+    whether it streams, whether it writes, whether it reads (takes a
+    ``consistency``)."""
+
+    name: str
+    fields: Mapping[str, tuple[_Check, bool]]
+    stream: bool = False
+    write: bool = False
+
+
+_TIMEOUT: dict[str, tuple[_Check, bool]] = {"timeout_ms": (_uint_or_nil, False)}
+_READ: dict[str, tuple[_Check, bool]] = {**_TIMEOUT, "consistency": (_consistency, False)}
+
+#: The operation table: every op a server accepts, with its argument fields.
+OPS: Final[dict[str, OpSpec]] = {
+    spec.name: spec
+    for spec in (
+        OpSpec("put", {"key": (_bin, True), "value": (_bin, True), "ttl_ms": (_uint_or_nil, False), **_TIMEOUT},
+               write=True),
+        OpSpec("get", {"key": (_bin, True), **_READ}),
+        OpSpec("get_many", {"keys": (_bin_list, True), **_READ}),
+        OpSpec("delete", {"key": (_bin, True), **_TIMEOUT}, write=True),
+        OpSpec(
+            "cas",
+            {"key": (_bin, True), "expected": (_bin_or_nil, False), "new": (_bin, True),
+             "ttl_ms": (_uint_or_nil, False), **_TIMEOUT},
+            write=True,
+        ),
+        OpSpec("scan_prefix", {"prefix": (_bin, True), **_READ}),
+        OpSpec(
+            "watch",
+            {"key": (_bin, True), "prefix": (_bool, False), "prev_kv": (_bool, False),
+             "start_revision": (_uint_or_nil, False)},
+            stream=True,
+        ),
+        OpSpec("cancel", {"request_id": (_uint, True)}),
+        OpSpec("status", {}),
+        OpSpec("members", {}),
+        OpSpec("leader", {}),
+        OpSpec("watch_leader", {}, stream=True),
+    )
+}
+CANCEL: Final = "cancel"
+STREAM_OPS: Final = frozenset(n for n, s in OPS.items() if s.stream)
+WRITE_OPS: Final = frozenset(n for n, s in OPS.items() if s.write)
+
+
+# --------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Request:
+    """A checked request: ``args`` holds every field of the op (absent
+    optional fields as None; ``prefix``/``prev_kv`` default to False)."""
+
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+class RequestError(Exception):
+    """A request that cannot be served. ``request_id`` is None when not even
+    the id could be read (the connection must then be closed)."""
+
+    def __init__(self, request_id: int | None, error: DengineError) -> None:
+        super().__init__(str(error))
+        self.request_id = request_id
+        self.error = error
+
+
+def encode_request(request_id: int, op: str, args: Mapping[str, Any]) -> bytes:
+    """The body of a request frame. Fields whose value is None are left out."""
+    return pack([request_id, op, {k: v for k, v in args.items() if v is not None}])
+
+
+def decode_request(body: bytes) -> Request:
+    """Parse and check one request body; raise RequestError."""
+    try:
+        obj = unpack(body, what="request")
+    except MalformedMessage as exc:
+        raise RequestError(None, exc) from None
+    if type(obj) is not list or len(obj) != 3:
+        raise RequestError(None, MalformedMessage(f"a request is [request_id, op, args], got {_show(obj)}"))
+    raw_id, op, args = obj
+    if type(raw_id) is not int or not 0 <= raw_id <= _UINT64_MAX:
+        raise RequestError(None, MalformedMessage(f"a request id must be a non-negative integer, got {_show(raw_id)}"))
+    try:
+        if type(op) is not str:
+            raise MalformedMessage(f"field 'op' must be a string, got {_show(op)}")
+        spec = OPS.get(op)
+        if spec is None:
+            raise UnknownOperation(f"unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
+        if type(args) is not dict:
+            raise MalformedMessage(f"the arguments of {op!r} must be a map, got {_show(args)}")
+        out: dict[str, Any] = {}
+        for name in args:
+            if name not in spec.fields:
+                raise MalformedMessage(f"{op!r} has no field {name!r}; its fields are {', '.join(spec.fields) or 'none'}")
+        for name, (check, required) in spec.fields.items():
+            if name not in args or (args[name] is None and check is not _bin_or_nil):
+                if required:
+                    raise MalformedMessage(f"{op!r} needs the field {name!r}")
+                out[name] = None
+                continue
+            out[name] = check(args[name], name)
+        if op == "watch":
+            out["prefix"] = bool(out["prefix"])
+            out["prev_kv"] = bool(out["prev_kv"])
+    except DengineError as exc:
+        raise RequestError(raw_id, exc) from None
+    return Request(raw_id, op, out)
+
+
+# --------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Response:
+    """One response frame. ``id`` is None only for a connection-level error."""
+
+    id: int | None
+    status: str
+    body: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        return self.status != STATUS_ITEM
+
+
+def encode_response(request_id: int | None, status: str, body: Mapping[str, Any]) -> bytes:
+    return pack([request_id, status, dict(body)])
+
+
+def decode_response(body: bytes) -> Response:
+    obj = unpack(body, what="response")
+    if type(obj) is not list or len(obj) != 3:
+        raise MalformedMessage(f"a response is [request_id, status, body], got {_show(obj)}")
+    raw_id, status, payload = obj
+    if raw_id is not None:
+        _uint(raw_id, "request_id")
+    if status not in _STATUSES:
+        raise MalformedMessage(f"a response status must be one of {', '.join(_STATUSES)}, got {_show(status)}")
+    if type(payload) is not dict:
+        raise MalformedMessage(f"a response body must be a map, got {_show(payload)}")
+    if raw_id is None and status != STATUS_ERROR:
+        raise MalformedMessage("only an error response may have a nil request id")
+    return Response(raw_id, status, payload)
+
+
+def _field(body: Mapping[str, Any], name: str, check: _Check) -> Any:
+    return check(body.get(name), name)
+
+
+# -- errors -------------------------------------------------------------------
+
+
+def encode_error(exc: DengineError, *, leader_address: str | None = None) -> dict[str, Any]:
+    """The error map of ``exc``. For NotLeader, ``leader_address`` (the
+    leader's client address) replaces the peer address the engine knows."""
+    code = exc.code or ErrorCode.PROTOCOL_ERROR
+    out: dict[str, Any] = {"code": code, "message": exc.message, "leader_id": None, "leader_address": None}
+    if isinstance(exc, NotLeader):
+        out["leader_id"] = exc.leader_id
+        out["leader_address"] = leader_address
+    return out
+
+
+def decode_error(body: Mapping[str, Any]) -> tuple[int, str, int | None, str | None]:
+    code = _field(body, "code", _uint)
+    message = _field(body, "message", _str)
+    return code, message, _field(body, "leader_id", _uint_or_nil), _field(body, "leader_address", _str_or_nil)
+
+
+def error_from_map(body: Mapping[str, Any]) -> DengineError:
+    """The dengine exception an error map stands for (its class chosen by code)."""
+    code, message, leader_id, leader_address = decode_error(body)
+    cls = error_for_code(code)
+    if cls is NotLeader:
+        return NotLeader(message, leader_id=leader_id, leader_address=leader_address)
+    try:
+        err = cls(message)
+    except Exception:  # a class with another constructor: keep the code in the text
+        err = ProtocolError(f"{message} (code {code})")
+    if cls is DengineError:
+        err = ProtocolError(f"{message} (unknown error code {code})")
+    return err
+
+
+# -- results --------------------------------------------------------------------
+
+
+def encode_watch_event(event: WatchEvent) -> dict[str, Any]:
+    return {
+        "type": int(event.type),
+        "key": event.key,
+        "value": event.value,
+        "prev_value": event.prev_value,
+        "revision": event.revision,
+        "error": event.error,
+    }
+
+
+def decode_watch_item(body: Mapping[str, Any]) -> WatchEvent | int:
+    """A watch item: a WatchEvent, or (for the first item, ``{"created":
+    true, "start_revision": n}``) the first revision the watch can deliver."""
+    if body.get("created") is True:
+        return _field(body, "start_revision", _uint)
+    raw_type = _field(body, "type", _uint)
+    try:
+        kind = WatchEventType(raw_type)
+    except ValueError:
+        raise MalformedMessage(f"unknown watch event type {raw_type}") from None
+    return WatchEvent(
+        type=kind,
+        key=_field(body, "key", _bin),
+        value=_field(body, "value", _bin),
+        prev_value=_field(body, "prev_value", _bin_or_nil),
+        revision=_field(body, "revision", _uint),
+        error=_field(body, "error", _uint),
+    )
+
+
+def encode_member(member: Member) -> dict[str, Any]:
+    return {
+        "node_id": member.node_id,
+        "peer_address": member.peer_address,
+        "client_address": member.client_address,
+        "is_learner": member.is_learner,
+    }
+
+
+def _decode_member(obj: Any) -> Member:
+    if type(obj) is not dict:
+        raise MalformedMessage(f"a member must be a map, got {_show(obj)}")
+    return Member(
+        node_id=_field(obj, "node_id", _uint),
+        peer_address=_field(obj, "peer_address", _str),
+        client_address=_field(obj, "client_address", _str_or_nil),
+        is_learner=_field(obj, "is_learner", _bool),
+    )
+
+
+def _member_list(body: Mapping[str, Any]) -> tuple[Member, ...]:
+    raw = body.get("members")
+    if type(raw) is not list:
+        raise MalformedMessage(f"field 'members' must be an array, got {_show(raw)}")
+    return tuple(_decode_member(m) for m in raw)
+
+
+def encode_status(status: Status) -> dict[str, Any]:
+    return {
+        "node_id": status.node_id,
+        "role": status.role,
+        "term": status.term,
+        "leader_id": status.leader_id,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_snapshot_index": status.last_snapshot_index,
+        "members": [encode_member(m) for m in status.members],
+    }
+
+
+def decode_status(body: Mapping[str, Any]) -> Status:
+    return Status(
+        node_id=_field(body, "node_id", _uint),
+        role=_field(body, "role", _str),
+        term=_field(body, "term", _uint),
+        leader_id=_field(body, "leader_id", _uint_or_nil),
+        commit_index=_field(body, "commit_index", _uint),
+        applied_index=_field(body, "applied_index", _uint),
+        members=_member_list(body),
+        last_snapshot_index=_field(body, "last_snapshot_index", _uint),
+    )
+
+
+def decode_members(body: Mapping[str, Any]) -> list[Member]:
+    return list(_member_list(body))
+
+
+def encode_leader(info: LeaderInfo, client_address: str | None) -> dict[str, Any]:
+    return {"leader_id": info.leader_id, "term": info.term, "client_address": client_address}
+
+
+def decode_leader(body: Mapping[str, Any]) -> tuple[LeaderInfo, str | None]:
+    info = LeaderInfo(leader_id=_field(body, "leader_id", _uint_or_nil), term=_field(body, "term", _uint))
+    return info, _field(body, "client_address", _str_or_nil)
+
+
+def decode_revision(body: Mapping[str, Any]) -> int:
+    return _field(body, "revision", _uint)  # type: ignore[no-any-return]
+
+
+def decode_flag(body: Mapping[str, Any], name: str) -> bool:
+    return _field(body, name, _bool)  # type: ignore[no-any-return]
+
+
+def decode_kv(key: bytes, body: Mapping[str, Any]) -> KeyValue | None:
+    value = _field(body, "value", _bin_or_nil)
+    if value is None:
+        return None
+    return KeyValue(key=key, value=value, revision=_field(body, "revision", _uint))
+
+
+def decode_values(body: Mapping[str, Any], count: int) -> list[bytes | None]:
+    raw = body.get("values")
+    if type(raw) is not list or len(raw) != count:
+        raise MalformedMessage(f"field 'values' must be an array of {count} values, got {_show(raw)}")
+    return [_bin_or_nil(v, f"values[{i}]") for i, v in enumerate(raw)]
+
+
+def decode_scan(body: Mapping[str, Any]) -> ScanResult:
+    raw = body.get("entries")
+    if type(raw) is not list:
+        raise MalformedMessage(f"field 'entries' must be an array, got {_show(raw)}")
+    entries: list[tuple[bytes, bytes]] = []
+    for i, item in enumerate(raw):
+        if type(item) is not list or len(item) != 2:
+            raise MalformedMessage(f"entries[{i}] must be [key, value], got {_show(item)}")
+        entries.append((_bin(item[0], f"entries[{i}].key"), _bin(item[1], f"entries[{i}].value")))
+    return ScanResult(entries=entries, revision=_field(body, "revision", _uint))
