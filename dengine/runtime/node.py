@@ -138,6 +138,8 @@ class Node:
             self.kv = restore(image, max_key_size=options.max_key_size, max_value_size=options.max_value_size)
             self.applied_conf = snapshot.meta.conf_state
             self.applied_term = snapshot.meta.term
+        self._durable_hs = state.hard_state
+        self._latest_hs = state.hard_state
         self.raw = RawNode(
             options.raft,
             rng=random.Random(),
@@ -369,7 +371,10 @@ class Node:
             if not self._persist_queue:
                 continue
             batch, self._persist_queue = self._persist_queue, []
-            if any(rd.must_persist() for rd in batch):
+            for rd in batch:
+                if rd.hard_state is not None:
+                    self._latest_hs = rd.hard_state
+            if any(self._needs_io(rd) for rd in batch):
                 await trio.to_thread.run_sync(self._persist_batch, batch)
                 self.persisted_batches += 1
             released = raw.on_persisted(batch[-1].number)
@@ -377,27 +382,40 @@ class Node:
                 self.outbox.send(released)
             self.wake()
 
+    def _needs_io(self, rd: Ready) -> bool:
+        """Whether a Ready must reach the disk before its messages leave.
+        Term and vote must be durable (votes), entries and snapshots too
+        (acknowledgements); a hard state that only moved the commit index is
+        not: commit is re-learned after a restart, so it rides along with the
+        next batch of entries instead of costing an fsync of its own."""
+        if rd.entries or rd.snapshot is not None:
+            return True
+        hs = rd.hard_state
+        return hs is not None and (hs.term, hs.vote) != (self._durable_hs.term, self._durable_hs.vote)
+
     def _persist_batch(self, batch: list[Ready]) -> None:
         """Blocking: runs in a worker thread. One storage append (one write +
         one fsync) for all the entries of the batch; a snapshot received from
         the leader is saved first."""
         entries: list[Entry] = []
-        hard_state = None
         for rd in batch:
             if rd.snapshot is not None:
-                if entries or hard_state is not None:
-                    self.storage.append(entries, hard_state)
-                    entries, hard_state = [], None
+                if entries:
+                    self.storage.append(entries, None)
+                    entries = []
                 self.storage.save_snapshot(rd.snapshot)
             if rd.entries:
                 first = rd.entries[0].index
                 if entries and first <= entries[-1].index:
                     del entries[first - entries[0].index :]
                 entries.extend(rd.entries)
-            if rd.hard_state is not None:
-                hard_state = rd.hard_state
+        # The newest hard state seen, including commit-only changes that were
+        # not worth an fsync of their own (see _needs_io).
+        hard_state = self._latest_hs if self._latest_hs != self._durable_hs else None
         if entries or hard_state is not None:
             self.storage.append(entries, hard_state)
+            if hard_state is not None:
+                self._durable_hs = hard_state
 
     async def applier(self) -> None:
         while True:
