@@ -86,6 +86,7 @@ from dengine.transport.client_protocol import (
     decode_status,
     decode_values,
     decode_watch_item,
+    single_leaf,
 )
 
 __all__ = ["Client", "LeaderWatch", "RemoteWatch", "open_client"]
@@ -618,18 +619,24 @@ async def open_client(
     limit = _check_timeout(timeout)
     if cluster_id is not None and (not isinstance(cluster_id, str) or not cluster_id):
         raise InvalidArgument(f"cluster_id must be a non-empty string, got {cluster_id!r}")
-    async with trio.open_nursery() as nursery:
-        client = Client(
-            endpoints,
-            nursery,
-            timeout=limit,
-            auto_resume=bool(auto_resume),
-            cluster_id=cluster_id if cluster_id is not None else DEFAULT_CLUSTER_ID,
-            ssl_context=ssl_context,
-            rng=rng if rng is not None else random.Random(),
-        )
-        try:
-            yield client
-        finally:
-            await client.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            client = Client(
+                endpoints,
+                nursery,
+                timeout=limit,
+                auto_resume=bool(auto_resume),
+                cluster_id=cluster_id if cluster_id is not None else DEFAULT_CLUSTER_ID,
+                ssl_context=ssl_context,
+                rng=rng if rng is not None else random.Random(),
+            )
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None

@@ -29,6 +29,7 @@ from dengine.config import Config, parse_address
 from dengine.embedded import Engine, open_engine
 from dengine.errors import InvalidArgument
 from dengine.lifecycle import Subscription
+from dengine.transport.client_protocol import single_leaf
 from dengine.server.service import ClientService, ServerStatistics, ServiceOptions
 
 __all__ = ["Server", "open_server", "serve", "server_ssl_context"]
@@ -142,23 +143,31 @@ async def open_server(
     host, port = parse_address(config.client_address)
     ssl_context = server_ssl_context(config)
     opts = options if options is not None else _service_options(config)
-    async with open_engine(config=config, network=network) as engine:
-        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(await trio.open_tcp_listeners(port, host=host))
-        bound = tuple(_format(*listener.socket.getsockname()[:2]) for listener in listeners)  # type: ignore[attr-defined]
-        if ssl_context is not None:
-            listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
-        client_addresses = dict(config.cluster.client_addresses)
-        client_addresses.setdefault(config.node_id, bound[0])
-        async with trio.open_nursery() as nursery:
-            service = ClientService(engine, nursery, opts, client_addresses=client_addresses)
-            for listener in listeners:
-                nursery.start_soon(service.serve_listener, listener, name="dengine client listener")
-            try:
-                yield Server(engine, service, bound)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await service.stop()
-                nursery.cancel_scope.cancel()
+    try:
+        async with open_engine(config=config, network=network) as engine:
+            listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
+                await trio.open_tcp_listeners(port, host=host)
+            )
+            bound = tuple(_format(*lst.socket.getsockname()[:2]) for lst in listeners)  # type: ignore[attr-defined]
+            if ssl_context is not None:
+                listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
+            client_addresses = dict(config.cluster.client_addresses)
+            client_addresses.setdefault(config.node_id, bound[0])
+            async with trio.open_nursery() as nursery:
+                service = ClientService(engine, nursery, opts, client_addresses=client_addresses)
+                for listener in listeners:
+                    nursery.start_soon(service.serve_listener, listener, name="dengine client listener")
+                try:
+                    yield Server(engine, service, bound)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await service.stop()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None
 
 
 async def serve(config: Config | str | None = None, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -56,6 +56,7 @@ from dengine.errors import (
 )
 
 __all__ = [
+    "single_leaf",
     "CANCEL",
     "OPS",
     "STATUS_ERROR",
@@ -195,9 +196,9 @@ OPS: Final[dict[str, OpSpec]] = {
             stream=True,
         ),
         OpSpec("cancel", {"request_id": (_uint, True)}),
-        OpSpec("status", {}),
-        OpSpec("members", {}),
-        OpSpec("leader", {}),
+        OpSpec("status", {**_TIMEOUT}),
+        OpSpec("members", {**_TIMEOUT}),
+        OpSpec("leader", {**_TIMEOUT}),
         OpSpec("watch_leader", {}, stream=True),
     )
 }
@@ -483,3 +484,17 @@ def decode_scan(body: Mapping[str, Any]) -> ScanResult:
             raise MalformedMessage(f"entries[{i}] must be [key, value], got {_show(item)}")
         entries.append((_bin(item[0], f"entries[{i}].key"), _bin(item[1], f"entries[{i}].value")))
     return ScanResult(entries=entries, revision=_field(body, "revision", _uint))
+
+
+def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception (other than trio.Cancelled) inside ``group``, or
+    None: lets an ``open_*`` raise one clear error, not an ExceptionGroup."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif type(exc).__name__ != "Cancelled":
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
