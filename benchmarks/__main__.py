@@ -1,4 +1,7 @@
-"""Dispatch ``python -m benchmarks <scenario> [args...]``.
+"""Dispatch ``python -m benchmarks [<scenario>] [args...]``.
+
+Without a scenario name (``python -m benchmarks [--quick] ...``) the whole
+suite runs: dengine beside etcd and PySyncObj (benchmarks/suite.py).
 
 To add a scenario: write ``benchmarks/<name>.py`` with ``main(argv) -> int``
 and add it to SCENARIOS."""
@@ -11,11 +14,17 @@ import sys
 
 # name -> (module, one-line description); modules are imported only when run.
 SCENARIOS: dict[str, tuple[str, str]] = {
+    "suite": ("benchmarks.suite", "the whole suite, dengine beside etcd and PySyncObj (the default)"),
     "storage": ("benchmarks.storage", "WAL append throughput vs raw disk, and recovery time"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        from benchmarks.suite import main as suite_main
+
+        return suite_main(argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="dengine benchmarks")
     parser.add_argument("scenario", choices=sorted(SCENARIOS), help="; ".join(f"{k}: {v[1]}" for k, v in SCENARIOS.items()))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="options for the scenario (see <scenario> --help)")

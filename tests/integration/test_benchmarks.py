@@ -1,0 +1,115 @@
+"""The benchmark suite: its histogram against a sorted-list oracle, and a
+``--quick`` run of one scenario (embedded single node, no peers) that must
+produce a report. No speed is asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.histogram import Histogram
+from benchmarks.report import parse_watch_output
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def exact_percentile(values: list[int], p: float) -> int:
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * p / 100))
+    return ordered[rank - 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10**11), min_size=1, max_size=300),
+       st.sampled_from([0, 1, 50, 90, 99, 99.9, 100]))
+def test_percentile_within_relative_error_of_the_exact_one(values: list[int], p: float) -> None:
+    h = Histogram(precision_bits=7)
+    for v in values:
+        h.record_ns(v)
+    exact = exact_percentile(values, p)
+    got = h.percentile(p) * 1e9
+    assert abs(got - exact) <= max(1.0, exact / 128), (got, exact)
+    assert min(values) <= round(got) <= max(values)
+
+
+def test_mean_count_min_max_are_exact_and_merge_adds() -> None:
+    rng = random.Random(7)
+    a, b, whole = Histogram(), Histogram(), Histogram()
+    values = [rng.randrange(1, 10**9) for _ in range(5000)]
+    for i, v in enumerate(values):
+        (a if i % 2 else b).record_ns(v)
+        whole.record_ns(v)
+    a.merge(b)
+    assert a.count == whole.count == 5000
+    assert a.mean() == whole.mean() == pytest.approx(sum(values) / 5000 / 1e9)
+    assert (a.min_ns, a.max_ns) == (min(values), max(values))
+    assert a.counts == whole.counts
+    for p in (50, 99, 99.9):
+        assert a.percentile(p) == whole.percentile(p)
+
+
+def test_round_trips_through_a_dict_and_rejects_mixed_precision() -> None:
+    h = Histogram()
+    for v in (0, 5, 127, 128, 129, 10**6, 3 * 10**9):
+        h.record(v / 1e9)
+    again = Histogram.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert again.counts == h.counts and again.summary() == h.summary()
+    with pytest.raises(ValueError):
+        h.merge(Histogram(precision_bits=4))
+    assert Histogram().percentile(99) == 0.0 and Histogram().mean() == 0.0
+
+
+def test_buckets_are_monotonic_and_cover_their_values() -> None:
+    h = Histogram(precision_bits=3)
+    last = -1
+    for ns in list(range(0, 5000)) + [2**40 + 12345]:
+        b = h._bucket(ns)
+        low, high = h._bounds(b)
+        assert low <= ns < high
+        assert b >= last
+        last = b
+
+
+def test_watch_output_tables_are_read_back() -> None:
+    text = """machine: 2 CPUs
+latency, apply -> watcher receipt (one write at a time)
+  watchers    p50 µs    p99 µs
+         1        60        90
+       100       400       900
+
+delivered events/s (32 concurrent writers, prefix watches, one reader task each)
+  watchers    events   deliveries/s  canceled
+         1    19,968         50,000         0
+    10,000       192      1,234,567         0
+"""
+    parsed = parse_watch_output(text)
+    assert parsed["latency"] == [[1, 60, 90], [100, 400, 900]]
+    assert parsed["fanout"][1] == [10000, 192, 1234567, 0]
+
+
+def test_quick_run_of_one_scenario_writes_a_report(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--systems", "dengine-embedded-1",
+         "--scenarios", "write-100", "--seconds", "0.3", "--dir", str(tmp_path), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dengine-embedded-1: write-100" in proc.stderr  # progress lines
+    report = (out / "suite-quick.md").read_text()
+    assert "### write-100" in report and "| dengine-embedded-1 |" in report
+    assert "fsync on the data disk" in report and "Command: `python -m benchmarks --quick" in report
+    data = json.loads((out / "suite-quick.json").read_text())
+    res = data["systems"]["dengine-embedded-1"]["results"]["write-100"]
+    assert res["ops"] > 0 and res["errors"] == 0 and res["throughput"] > 0
+    assert Histogram.from_dict(res["histogram"]).count == res["ops"]
+    assert data["machine"]["cpus"] >= 1 and data["machine"]["fsync"]["p50_ms"] > 0
+    assert not list(tmp_path.glob("dengine-suite-*"))  # its data directories are gone
