@@ -1,0 +1,148 @@
+"""The client protocol codec: round trips, the op table, untrusted input, and
+the worked byte-level example of docs/protocol.md (checked against the real
+encoder)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from dengine.api import LeaderInfo, Member, Status, WatchEvent, WatchEventType
+from dengine.codec import pack
+from dengine.errors import (
+    ErrorCode,
+    InvalidArgument,
+    MalformedMessage,
+    NotLeader,
+    ProtocolError,
+    Timeout,
+    UnknownOperation,
+)
+from dengine.transport.client_protocol import (
+    OPS,
+    STREAM_OPS,
+    WRITE_OPS,
+    RequestError,
+    decode_leader,
+    decode_request,
+    decode_response,
+    decode_status,
+    decode_watch_item,
+    encode_error,
+    encode_leader,
+    encode_request,
+    encode_response,
+    encode_status,
+    encode_watch_event,
+    error_from_map,
+)
+from dengine.transport.framing import encode_frame
+from dengine.transport.handshake import Hello, Welcome, encode_hello, encode_reply
+
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def _doc_hex_blocks() -> list[bytes]:
+    text = DOC.read_text()
+    blocks = re.findall(r"```\n((?:[0-9a-f]{2}[ \n])+)```", text)
+    return [bytes.fromhex(b.replace("\n", " ")) for b in blocks]
+
+
+def test_doc_worked_example_matches_the_encoder() -> None:
+    expected = [
+        encode_frame(encode_hello(Hello(protocol_version=1, cluster_id="dengine", node_id=None, kind="client"))),
+        encode_frame(encode_reply(Welcome(1))),
+        encode_frame(encode_request(1, "put", {"key": b"k", "value": b"v"})),
+        encode_frame(encode_response(1, "ok", {"revision": 3})),
+        encode_frame(encode_response(2, "error", encode_error(
+            NotLeader("not leader", leader_id=2, leader_address="peer:7002"), leader_address="127.0.0.1:9082"))),
+    ]
+    assert _doc_hex_blocks() == expected
+
+
+def test_op_table() -> None:
+    assert set(OPS) == {"put", "get", "get_many", "delete", "cas", "scan_prefix", "watch", "cancel",
+                        "status", "members", "leader", "watch_leader"}
+    assert STREAM_OPS == {"watch", "watch_leader"}
+    assert WRITE_OPS == {"put", "delete", "cas"}
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "expected"),
+    [
+        ("put", {"key": b"k", "value": b"", "ttl_ms": 5}, {"key": b"k", "value": b"", "ttl_ms": 5, "timeout_ms": None}),
+        ("get", {"key": b"k", "consistency": "lease"}, {"key": b"k", "consistency": "lease", "timeout_ms": None}),
+        ("get_many", {"keys": [b"a", b"b"]}, {"keys": [b"a", b"b"], "consistency": None, "timeout_ms": None}),
+        ("cas", {"key": b"k", "new": b"n"}, {"key": b"k", "expected": None, "new": b"n", "ttl_ms": None,
+                                             "timeout_ms": None}),
+        ("watch", {"key": b"/p/", "prefix": True}, {"key": b"/p/", "prefix": True, "prev_kv": False,
+                                                    "start_revision": None}),
+        ("cancel", {"request_id": 7}, {"request_id": 7}),
+        ("status", {}, {"timeout_ms": None}),
+    ],
+)
+def test_request_round_trip(op: str, args: dict, expected: dict) -> None:
+    req = decode_request(encode_request(42, op, args))
+    assert (req.id, req.op) == (42, op)
+    if "consistency" in expected and expected["consistency"] is not None:
+        assert req.args["consistency"].value == expected.pop("consistency")
+        req.args.pop("consistency")
+    assert req.args == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "has_id"),
+    [
+        (b"\xc1", MalformedMessage, False),  # not msgpack
+        (pack({"a": 1}), MalformedMessage, False),
+        (pack([1, "get"]), MalformedMessage, False),
+        (pack([-1, "get", {}]), MalformedMessage, False),
+        (pack(["x", "get", {}]), MalformedMessage, False),
+        (pack([1, "frobnicate", {}]), UnknownOperation, True),
+        (pack([1, 5, {}]), MalformedMessage, True),
+        (pack([1, "get", []]), MalformedMessage, True),
+        (pack([1, "get", {}]), MalformedMessage, True),  # missing key
+        (pack([1, "get", {"key": "text"}]), MalformedMessage, True),
+        (pack([1, "get", {"key": b"k", "extra": 1}]), MalformedMessage, True),
+        (pack([1, "get", {"key": b"k", "consistency": "strong"}]), MalformedMessage, True),
+        (pack([1, "put", {"key": b"k", "value": b"v", "ttl_ms": -5}]), MalformedMessage, True),
+        (pack([1, "watch", {"key": b"k", "prefix": 1}]), MalformedMessage, True),
+        (pack([1, "get_many", {"keys": [b"a", 2]}]), MalformedMessage, True),
+    ],
+)
+def test_bad_requests(body: bytes, error: type, has_id: bool) -> None:
+    with pytest.raises(RequestError) as info:
+        decode_request(body)
+    assert isinstance(info.value.error, error)
+    assert (info.value.request_id is not None) == has_id
+
+
+def test_error_maps_round_trip() -> None:
+    err = error_from_map(encode_error(NotLeader("x", leader_id=3, leader_address="p"), leader_address="c:1"))
+    assert isinstance(err, NotLeader) and (err.leader_id, err.leader_address) == (3, "c:1")
+    assert isinstance(error_from_map(encode_error(Timeout("slow"))), Timeout)
+    assert isinstance(error_from_map(encode_error(InvalidArgument("bad"))), InvalidArgument)
+    unknown = error_from_map({"code": 9999, "message": "future", "leader_id": None, "leader_address": None})
+    assert isinstance(unknown, ProtocolError) and "9999" in str(unknown)
+    with pytest.raises(MalformedMessage):
+        error_from_map({"code": "x", "message": "m"})
+
+
+def test_responses_and_results() -> None:
+    resp = decode_response(encode_response(5, "item", {"a": 1}))
+    assert (resp.id, resp.status, resp.final) == (5, "item", False)
+    assert decode_response(encode_response(None, "error", {})).id is None
+    for bad in (pack([1, "maybe", {}]), pack([None, "ok", {}]), pack([1, "ok", []]), pack("x")):
+        with pytest.raises(MalformedMessage):
+            decode_response(bad)
+    ev = WatchEvent(WatchEventType.PUT, b"k", b"v", b"old", 9)
+    assert decode_watch_item(encode_watch_event(ev)) == ev
+    assert decode_watch_item({"created": True, "start_revision": 4}) == 4
+    with pytest.raises(MalformedMessage):
+        decode_watch_item({"type": 99, "key": b"", "value": b"", "prev_value": None, "revision": 1, "error": 0})
+    st = Status(1, "leader", 2, 1, 5, 5, (Member(1, "a:1", "c:1", False),), 0)
+    assert decode_status(encode_status(st)) == st
+    assert decode_leader(encode_leader(LeaderInfo(None, 3), None)) == (LeaderInfo(None, 3), None)
+    assert ErrorCode.UNKNOWN_OPERATION == 4003
