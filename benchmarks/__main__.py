@@ -16,6 +16,7 @@ import sys
 SCENARIOS: dict[str, tuple[str, str]] = {
     "suite": ("benchmarks.suite", "the whole suite, dengine beside etcd and PySyncObj (the default)"),
     "storage": ("benchmarks.storage", "WAL append throughput vs raw disk, and recovery time"),
+    "watch": ("benchmarks.watch", "watch latency, delivered events/s, write overhead of idle watchers"),
 }
 
 
