@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -426,6 +427,8 @@ async def open_engine(
                         peers,
                         cfg.cluster_id,
                         max_frame_size=cfg.transport.max_frame_size,
+                        ssl_context=_peer_ssl_context(cfg, server_side=True),
+                        client_ssl_context=_peer_ssl_context(cfg, server_side=False),
                     )
                 )
                 outbox, inbound = transport, transport.inbound
@@ -448,6 +451,20 @@ async def open_engine(
         if err is not None:
             raise err from group
         raise
+
+
+def _peer_ssl_context(cfg: Config, *, server_side: bool) -> ssl.SSLContext | None:
+    """Mutual TLS between peers when ``server.peer_tls``: each side presents
+    ``server.tls_cert`` and accepts only certificates ``server.tls_ca`` signed."""
+    s = cfg.server
+    if not s.peer_tls or s.tls_cert is None or s.tls_key is None or s.tls_ca is None:
+        return None
+    purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
+    ctx = ssl.create_default_context(purpose, cafile=s.tls_ca)
+    ctx.load_cert_chain(s.tls_cert, s.tls_key)
+    if server_side:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
