@@ -47,9 +47,8 @@ from typing import Any
 
 import trio
 
+from dengine.transport.framing import DEFAULT_MAX_FRAME_SIZE
 from dengine.api import (
-    DEFAULT_MAX_KEY_SIZE,
-    DEFAULT_MAX_VALUE_SIZE,
     KeyValue,
     LeaderInfo,
     Member,
@@ -135,8 +134,11 @@ class Client:
         self._node_endpoints: dict[int, str] = {}  # learned from welcomes and hints
         self._leader: str | None = None
         self._next = 0
-        self.max_key_size = DEFAULT_MAX_KEY_SIZE
-        self.max_value_size = DEFAULT_MAX_VALUE_SIZE
+        # The client cannot know each server's configured limits: it only
+        # refuses what no server could take in one frame; the server checks
+        # its own max_key_size / max_value_size and answers InvalidArgument.
+        self.max_key_size = DEFAULT_MAX_FRAME_SIZE // 2
+        self.max_value_size = DEFAULT_MAX_FRAME_SIZE // 2
         self._closed = False
 
     @property

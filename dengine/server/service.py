@@ -645,23 +645,13 @@ async def _watch(conn: _Connection, request: Request) -> None:
     async with conn.engine.client.open_watch(
         a["key"], prefix=a["prefix"], prev_kv=a["prev_kv"], start_revision=a["start_revision"]
     ) as watch:
-        created = {"created": True, "start_revision": _start_revision(conn, watch, a["start_revision"])}
+        created = {"created": True, "start_revision": watch.start_revision}
         conn._queue_item(encode_response(request.id, STATUS_ITEM, created))
         async for event in watch:
             conn._queue_item(encode_response(request.id, STATUS_ITEM, encode_watch_event(event)))
             if event.type == WatchEventType.CANCELED:
                 return
     raise EngineStopped(f"node {conn.service._node_id} is stopping")  # pragma: no cover - iteration ends on CANCELED
-
-
-def _start_revision(conn: _Connection, watch: Any, asked: int | None) -> int:
-    """The first revision the watch can deliver (a live watch: applied + 1)."""
-    if asked is not None:
-        return asked
-    start = getattr(watch, "_min_rev", None)  # TODO: a public Watch.start_revision
-    if isinstance(start, int):
-        return start
-    return int(conn.engine.status().applied_index) + 1
 
 
 _STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {"watch": _watch, "watch_leader": _watch_leader}

@@ -187,6 +187,12 @@ class Watch:
     def prefix(self) -> bool:
         return self._spec.prefix
 
+    @property
+    def start_revision(self) -> int:
+        """The first revision this watch can deliver: its ``start_revision``,
+        or for a live watch the applied index at registration + 1."""
+        return self._min_rev
+
     async def receive(self) -> WatchEvent:
         """The next event. Raises ``trio.EndOfChannel`` after the CANCELED
         event was received, :class:`dengine.EngineStopped` once the engine

@@ -240,3 +240,29 @@ async def test_duplicate_request_id_in_flight_is_refused(server: Server) -> None
         await raw.send(pack([8, "cancel", {"request_id": 7}]))
         assert await raw.receive() == [8, "ok", {"canceled": True}]
         await raw.stream.aclose()
+
+
+async def test_thousands_of_connections(tmp_path: pathlib.Path) -> None:
+    """2,000 clients connected at once, each with a request in flight: all
+    are served, and the server still serves a newcomer afterwards."""
+    count = 2000
+    options = ServiceOptions(max_connections=count + 10, handshake_timeout=20.0, write_timeout=5.0)
+    with trio.fail_after(60):
+        async with dengine.open_server(_config(tmp_path), options=options) as srv:
+            await srv.wait_ready(timeout=5)
+            raws: list[Raw] = []
+            try:
+                for _ in range(count):
+                    raws.append(await _raw(srv))
+                for raw in raws:
+                    assert await raw.receive() == ["welcome", 1]
+                assert srv.statistics().connections_open == count
+                for n, raw in enumerate(raws):
+                    await raw.send(pack([1, "get", {"key": b"/many/%d" % (n % 7), "consistency": "linearizable"}]))
+                replies = [await raw.receive() for raw in raws]
+                assert all(r[0] == 1 and r[1] == "ok" for r in replies)
+            finally:
+                for raw in raws:
+                    await raw.stream.aclose()
+            await srv.wait_statistics(lambda s: s.connections_open == 0)
+            await _still_serves(srv, b"after-thousands")
