@@ -86,6 +86,8 @@ class EmbeddedClient:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._max_key = engine.config.raft.max_key_size
+        self._clock_ms = engine._node.now_ms
 
     @property
     def _node(self) -> Node:
@@ -130,13 +132,14 @@ class EmbeddedClient:
 
     async def _write(self, command: Any, timeout: float | None) -> Any:
         limit = self._engine._timeout(timeout)
-        waiter = self._node.propose(command)
-        with trio.move_on_after(limit) as scope:
-            return await waiter.wait()
-        assert scope.cancelled_caught
-        raise Timeout(
-            f"the write did not complete within {limit:g} s; it may or may not have been applied"
+        node = self._node
+        waiter = node.propose(command)
+        node.expire(
+            waiter,
+            trio.current_time() + limit,
+            f"the write did not complete within {limit:g} s; it may or may not have been applied",
         )
+        return await waiter.wait()
 
     # -- reads ----------------------------------------------------------
 
@@ -146,6 +149,16 @@ class EmbeddedClient:
         validate_key(key, self._engine.config.raft.max_key_size)
         await self._read_point(consistency, timeout)
         return self._node.kv.get(key, self._node.now_ms())
+
+    def get_nowait(self, key: bytes) -> bytes | None:
+        """An EVENTUAL read without awaiting: the local state machine, now.
+        The fastest read there is (embedded only); it may be behind the
+        leader, as any eventual read."""
+        node = self._node
+        if node._stopped or type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            node.check_open()
+            validate_key(key, self._max_key)
+        return node.local_get(key, self._clock_ms)
 
     async def get_kv(
         self, key: bytes, *, consistency: ReadConsistency | str | None = None, timeout: float | None = None
@@ -222,28 +235,26 @@ class EmbeddedClient:
 
     async def _read_point(self, consistency: ReadConsistency | str | None, timeout: float | None) -> None:
         engine = self._engine
-        level = (
-            engine.default_consistency if consistency is None else ReadConsistency.parse(consistency)
-        )
+        level = engine.default_consistency if consistency is None else ReadConsistency.parse(consistency)
         node = self._node
         node.check_open()
         if level is ReadConsistency.EVENTUAL:
             return
         limit = engine._timeout(timeout)
-        with trio.move_on_after(limit):
-            if level is ReadConsistency.LEASE:
-                if node.current_role is not Role.LEADER:
-                    raise node.not_leader()
-                index = node.lease_read_index()
-                if index is None:
-                    # Lease not (yet) established: fall back to ReadIndex.
-                    index = await engine._read_index_with_retry()
-            else:
-                index = await engine._read_index_with_retry()
-            await node.wait_applied(index)
-            return
-        raise Timeout(f"the read did not complete within {limit:g} s (no leader could confirm it)")
-
+        deadline = trio.current_time() + limit
+        message = f"the read did not complete within {limit:g} s (no leader could confirm it)"
+        index: int | None = None
+        if level is ReadConsistency.LEASE:
+            if node.current_role is not Role.LEADER:
+                raise node.not_leader()
+            index = node.lease_read_index()
+        if index is None:
+            # Linearizable, or a lease not (yet) established: ReadIndex.
+            index = await engine._read_index_with_retry(deadline, message)
+        waiter = node.applied_waiter(index)
+        if waiter is not None:
+            node.expire(waiter, deadline, message)
+            await waiter.wait()
 
 class Engine:
     """A running engine. Obtain it from :func:`open_engine` or :func:`run_engine`."""
@@ -261,19 +272,24 @@ class Engine:
             raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
         return float(timeout)
 
-    async def _read_index_with_retry(self) -> int:
+    async def _read_index_with_retry(self, deadline: float, message: str) -> int:
         """ReadIndex, retried while the cluster has no leader (elections)."""
         node = self._node
         delay = 0.005
         while True:
-            node.check_open()
+            waiter = node.request_read_index()
+            node.expire(waiter, deadline, message)
             try:
-                return await node.read_index()
+                index: int = await waiter.wait()
+                return index
             except (NotLeader, Unavailable) as exc:
                 if isinstance(exc, EngineStopped):
                     raise
                 # No leader right now (or it lost leadership): wait a little.
-                await trio.sleep(delay)
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    raise Timeout(message) from exc
+                await trio.sleep(min(delay, left))
                 delay = min(delay * 2, 0.1)
 
     # -- lifecycle (the LifecycleNotifier request) -----------------------------

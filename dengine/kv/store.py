@@ -279,6 +279,16 @@ class KVStore:
             return None
         return value
 
+    def get_lazy(self, key: bytes, clock_ms: Callable[[], int]) -> bytes | None:
+        """Like :meth:`get`, reading the clock only if ``key`` has a TTL (the
+        hot path of local reads: most keys have none)."""
+        value = self._values.get(key)
+        if value is None or key not in self._ttl._expire_at:
+            return value
+        if self._ttl.is_expired(key, self._cutoff(clock_ms())):
+            return None
+        return value
+
     def get_kv(self, key: bytes, now_ms: int) -> KeyValue | None:
         """Like :meth:`get` with the revision that last set the value."""
         value = self.get(key, now_ms)

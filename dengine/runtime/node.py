@@ -26,6 +26,7 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import random
@@ -45,6 +46,7 @@ from dengine.errors import (
     NotLeader,
     ProposalDropped,
     StorageCorrupted,
+    Timeout,
     Unavailable,
 )
 from dengine.kv.commands import Command, ExpireKeys, encode_batch
@@ -148,11 +150,21 @@ class Node:
             entries=state.entries,
         )
         self.last_snapshot_index = snapshot.meta.index if snapshot else 0
+        # The local read of the current store (replaced when a snapshot is
+        # installed), bound once for the hottest read path.
+        self.local_get = self.kv.get_lazy
         self.applied_waiters = AppliedWaiters()
         self.applied_waiters.applied = self.kv.applied_index
         # index -> (term, waiters of the commands in that entry, in order)
         self.proposal_waiters: dict[int, tuple[int, list[Waiter | None]]] = {}
-        self.read_waiters: dict[bytes, Waiter] = {}
+        # Reads asked for since the last loop pass: they share one ReadIndex
+        # request to the core; in flight ones by their ctx.
+        self._read_batch: list[Waiter] = []
+        self.read_waiters: dict[bytes, list[Waiter]] = {}
+        # Deadlines of callers' waiters, expired by the ticker (one check per
+        # tick instead of one cancel scope per call).
+        self._deadlines: list[tuple[float, int, Waiter, str]] = []
+        self._deadline_seq = itertools.count()
         self._proposals: list[_Proposal] = []
         self._read_seq = itertools.count(1)
         self._wakeup = trio.Event()
@@ -208,28 +220,38 @@ class Node:
         self.wake()
         return waiter
 
-    async def read_index(self) -> int:
-        """A linearizable read point (ReadIndex, thesis §6.4)."""
+    def request_read_index(self) -> Waiter:
+        """A linearizable read point (ReadIndex, thesis §6.4). Every read asked
+        for before the next loop pass shares one request to the core."""
         self.check_open()
-        ctx = next(self._read_seq).to_bytes(8, "big")
         waiter = Waiter()
-        self.read_waiters[ctx] = waiter
-        self.raw.read_index(ctx)
-        self.wake()
-        try:
-            index: int = await waiter.wait()
-        finally:
-            self.read_waiters.pop(ctx, None)
-        return index
+        if not self._read_batch:
+            self.wake()
+        self._read_batch.append(waiter)
+        return waiter
+
+    def expire(self, waiter: Waiter, deadline: float, message: str) -> None:
+        """Fail ``waiter`` with Timeout(message) if it is still pending at
+        ``deadline`` (trio time). Enforced by the ticker, within one tick."""
+        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), waiter, message))
+
+    def _expire_deadlines(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, waiter, message = heapq.heappop(heap)
+            waiter.fail(Timeout(message))
+        if len(heap) > 10_000:
+            # Entries of answered calls linger until their deadline; drop them.
+            self._deadlines = [e for e in heap if not e[2].done()]
+            heapq.heapify(self._deadlines)
 
     def lease_read_index(self) -> int | None:
         self._catch_up_ticks(trio.current_time())
         return self.raw.lease_read_index()
 
-    async def wait_applied(self, index: int) -> None:
-        waiter = self.applied_waiters.wait_for(index)
-        if waiter is not None:
-            await waiter.wait()
+    def applied_waiter(self, index: int) -> Waiter | None:
+        """A waiter set once ``index`` is applied (None if it already is)."""
+        return self.applied_waiters.wait_for(index)
 
     def now_ms(self) -> int:
         return int(self.options.wall_clock() * 1000)
@@ -253,7 +275,9 @@ class Node:
         self._next_tick_at = trio.current_time() + interval
         while True:
             await trio.sleep_until(self._next_tick_at)
-            self._catch_up_ticks(trio.current_time())
+            now = trio.current_time()
+            self._catch_up_ticks(now)
+            self._expire_deadlines(now)
             self._sweep_ttl()
             self.wake()
 
@@ -293,6 +317,10 @@ class Node:
             self._wakeup = trio.Event()
             if self._proposals:
                 self._flush_proposals()
+            if self._read_batch:
+                ctx = next(self._read_seq).to_bytes(8, "big")
+                self.read_waiters[ctx], self._read_batch = self._read_batch, []
+                raw.read_index(ctx)
             while raw.has_ready():
                 self._handle_ready(raw.ready())
 
@@ -319,13 +347,14 @@ class Node:
         if rd.soft_state is not None:
             self._on_soft_state(rd)
         for rs in rd.read_states:
-            w = self.read_waiters.get(rs.ctx)
-            if w is not None:
+            for w in self.read_waiters.pop(rs.ctx, ()):
                 w.set(rs.index)
         for ctx in rd.dropped_reads:
-            w = self.read_waiters.get(ctx)
-            if w is not None:
-                w.fail(self._read_dropped_error())
+            dropped = self.read_waiters.pop(ctx, ())
+            if dropped:
+                err = self._read_dropped_error()
+                for w in dropped:
+                    w.fail(err)
         if rd.first_commit_in_term is not None:
             self.lifecycle.first_commit(rd.first_commit_in_term)
         self._persist_queue.append(rd)
@@ -434,6 +463,7 @@ class Node:
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         image = unwrap_snapshot_data(snapshot.data, source=f"snapshot {snapshot.meta.index} from the leader")
         self.kv = restore(image, max_key_size=self.options.max_key_size, max_value_size=self.options.max_value_size)
+        self.local_get = self.kv.get_lazy
         self.applied_conf = snapshot.meta.conf_state
         self.applied_term = snapshot.meta.term
         self.last_snapshot_index = snapshot.meta.index
@@ -539,8 +569,13 @@ class Node:
                 if w is not None:
                     w.fail(error)
         self.proposal_waiters = {}
-        for w in self.read_waiters.values():
+        for waiters in self.read_waiters.values():
+            for w in waiters:
+                w.fail(error)
+        self.read_waiters = {}
+        for w in self._read_batch:
             w.fail(error)
+        self._read_batch = []
         self.applied_waiters.fail_all(error)
         self.watch.close(EngineStopped(str(error)) if not isinstance(error, EngineStopped) else error)
 

@@ -156,3 +156,22 @@ async def test_ttl_expiry_survives_a_leader_change(tmp_path: pathlib.Path) -> No
                 await event.wait()  # the new leader proposed the expiry
             for engine in cluster.engines.values():
                 assert await engine.client.get(b"/lease/x") is None
+
+
+async def test_deadlines_without_a_quorum(tmp_path: pathlib.Path) -> None:
+    """No quorum: a write times out saying its outcome is unknown, a
+    linearizable read times out, an eventual read still answers."""
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path, raft={"transfer_leadership_on_stop": False}) as cluster:
+            leader = await cluster.wait_leader()
+            await leader.client.put(b"k", b"v")
+            for nid in [n for n in list(cluster.engines) if n != leader.status().node_id]:
+                await cluster.stop(nid)
+            t0 = trio.current_time()
+            with pytest.raises(dengine.Timeout) as info:
+                await leader.client.put(b"k", b"w", timeout=0.3)
+            assert "may or may not have been applied" in str(info.value)
+            assert trio.current_time() - t0 >= 0.3
+            with pytest.raises((dengine.Timeout, dengine.NotLeader, dengine.Unavailable)):
+                await leader.client.get(b"k", timeout=0.3)
+            assert await leader.client.get(b"k", consistency="eventual") == b"v"

@@ -223,3 +223,25 @@ async def test_status_is_a_frozen_value(tmp_path: pathlib.Path) -> None:
             with pytest.raises(attrs.exceptions.FrozenInstanceError):
                 status.term = 99  # type: ignore[misc]
             assert status.commit_index >= status.applied_index > 0
+
+
+async def test_get_nowait_reads_the_local_state_machine(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path)) as engine:
+            await engine.wait_ready(timeout=5)
+            kv = engine.client
+            await kv.put(b"a", b"1")
+            await kv.put(b"t", b"short-lived", ttl=0.05)
+            assert kv.get_nowait(b"a") == b"1"
+            assert kv.get_nowait(b"missing") is None
+            with pytest.raises(dengine.InvalidArgument):
+                kv.get_nowait("a")  # type: ignore[arg-type]
+            with pytest.raises(dengine.InvalidArgument):
+                kv.get_nowait(b"")
+            # An expired key is hidden even before its deletion commits.
+            deadline = trio.current_time() + 5
+            while kv.get_nowait(b"t") is not None:
+                assert trio.current_time() < deadline
+                await trio.sleep(0.01)
+        with pytest.raises(dengine.EngineStopped):
+            kv.get_nowait(b"a")
