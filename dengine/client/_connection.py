@@ -3,13 +3,21 @@
 Rules:
 
 * A connection is opened with the client handshake and then carries many
-  requests at once, matched to responses by request id. One reader task
-  (in the client's nursery) dispatches every response; writers share one
-  lock and write whole frames (the write is shielded).
+  requests at once, matched to responses by request id. Per connection, two
+  tasks (in the client's nursery) do all the IO: one **writer** takes every
+  frame queued since its last write and sends them with ONE ``send_all``
+  (callers never touch the socket and never wait for each other), and one
+  **reader** decodes every response of one receive and wakes each waiting
+  caller once (by request id). A call therefore costs one enqueue and one
+  wake-up, whatever the number of callers.
 * When the connection breaks, every request waiting on it fails with
-  :class:`ConnectionLost`, whose ``sent`` says whether the request had been
-  written completely (if not, the server cannot have acted on it: a frame
-  cut short is never decoded).
+  :class:`ConnectionLost`, whose ``sent`` says whether the request may have
+  reached the server: a request still queued was never written (``sent`` is
+  False, the server cannot have acted on it). Of a batch whose write failed,
+  the last frame was surely cut short (a frame cut short is never decoded);
+  the frames before it may have been written in full.
+* A caller that gives up (cancelled: its deadline passed) before its frame
+  was written takes the frame back: it is never sent.
 * A stream keeps at most ``stream_buffer`` items the application has not
   read; one more and the stream is cancelled on the server and ends with
   ``ResourceExhausted`` locally (never a silent drop).
@@ -23,6 +31,7 @@ import ssl
 from collections import deque
 from typing import Any
 
+import outcome
 import trio
 
 from dengine.errors import DengineError, ResourceExhausted
@@ -33,13 +42,20 @@ from dengine.transport.client_protocol import (
     encode_request,
     error_from_map,
 )
-from dengine.transport.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, send_frames
+from dengine.transport.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from dengine.transport.handshake import PROTOCOL_VERSION, Hello, connect_handshake
 
 log = logging.getLogger("dengine.client")
 
 _RECEIVE_SIZE = 256 * 1024
+_WRITE_TIMEOUT = 10.0
 NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+
+# Where a request's frame is.
+_QUEUED = 0  # in the outbox: never written
+_WRITING = 1  # in the batch being written
+_SENT = 2  # written in full (or may have been: see _fail_all)
+_DROPPED = 3  # its caller gave up before it was written: never written
 
 
 class ConnectionLost(Exception):
@@ -53,11 +69,15 @@ class ConnectionLost(Exception):
 
 
 class _Pending:
-    __slots__ = ("event", "response")
+    """One unary request: its frame's state and its waiting task."""
 
-    def __init__(self) -> None:
-        self.event = trio.Event()
+    __slots__ = ("frame", "response", "state", "task")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.state = _QUEUED
         self.response: Response | None = None
+        self.task: trio.lowlevel.Task | None = None
 
 
 class Stream:
@@ -107,16 +127,13 @@ class Stream:
             await self._event.wait()
 
     async def aclose(self) -> None:
-        """Cancel the stream on the server (best effort) and forget it."""
+        """Cancel the stream on the server (best effort: the cancel is queued
+        for the writer) and forget it."""
         ended = self._end is not None
         self._finish(trio.ClosedResourceError("this stream was closed"))
         if self.conn._streams.pop(self.request_id, None) is not None and not ended:
-            with trio.move_on_after(1.0) as scope:
-                scope.shield = True
-                try:
-                    await self.conn._send_request(self.conn._next_id(), "cancel", {"request_id": self.request_id})
-                except (ConnectionLost, DengineError):
-                    pass
+            self.conn._cancel_soon(self.request_id)
+        await trio.lowlevel.checkpoint()
 
 
 class Connection:
@@ -128,11 +145,12 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._streams: dict[int, Stream] = {}
-        self._send_lock = trio.Lock()
         self._scope = trio.CancelScope()
         self._closed: str | None = None
-        self._cancels: list[int] = []
-        self._cancel_event = trio.Event()
+        # Frames waiting for the writer, with their request (None: a stream's
+        # or a cancel's frame).
+        self._outbox: list[tuple[bytes, _Pending | None]] = []
+        self._writer_lot = trio.lowlevel.ParkingLot()
 
     @classmethod
     async def open(
@@ -174,14 +192,14 @@ class Connection:
     # -- running ------------------------------------------------------------
 
     async def run(self) -> None:
-        """The reader (and the canceller of streams the application dropped);
-        runs in the client's nursery until the connection closes."""
+        """The reader and the writer; runs in the client's nursery until the
+        connection closes."""
         reason = "closed"
         try:
             with self._scope:
                 try:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._canceller)
+                        nursery.start_soon(self._writer)
                         reason = await self._read()
                         nursery.cancel_scope.cancel()
                 except NETWORK_ERRORS as exc:
@@ -216,74 +234,118 @@ class Connection:
         pending = self._pending.get(response.id)
         if pending is not None and pending.response is None and response.final:
             pending.response = response
-            pending.event.set()
+            pending.state = _SENT
+            self._wake(pending)
         # anything else answers a request nobody waits for any more
 
-    async def _canceller(self) -> None:
+    @staticmethod
+    def _wake(pending: _Pending) -> None:
+        task, pending.task = pending.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(None))
+
+    async def _writer(self) -> None:
+        """Send every queued frame with one ``send_all`` per batch."""
+        stream = self._stream
         while True:
-            await self._cancel_event.wait()
-            self._cancel_event = trio.Event()
-            ids, self._cancels = self._cancels, []
-            for rid in ids:
-                try:
-                    await self._send_request(self._next_id(), "cancel", {"request_id": rid})
-                except ConnectionLost:
-                    return
+            while not self._outbox:
+                await self._writer_lot.park()
+            batch, self._outbox = self._outbox, []
+            frames: list[bytes] = []
+            written: list[_Pending | None] = []
+            for frame, pending in batch:
+                if pending is not None:
+                    if pending.state == _DROPPED:
+                        continue
+                    pending.state = _WRITING
+                frames.append(frame)
+                written.append(pending)
+            if not frames:
+                continue
+            data = b"".join(frames)
+            try:
+                with trio.move_on_after(_WRITE_TIMEOUT) as timeout:
+                    await stream.send_all(data)
+                if timeout.cancelled_caught:
+                    raise trio.TooSlowError(f"writing {len(data)} bytes took over {_WRITE_TIMEOUT:g} s")
+            except BaseException:
+                # Only the batch's last frame was surely cut short; the
+                # frames before it may have reached the server.
+                last = written[-1]
+                for pending in written:
+                    if pending is not None:
+                        pending.state = _QUEUED if pending is last else _SENT
+                raise
+            for pending in written:
+                if pending is not None and pending.state == _WRITING:
+                    pending.state = _SENT
+
+    def _enqueue(self, frame: bytes, pending: _Pending | None) -> None:
+        self._outbox.append((frame, pending))
+        if self._writer_lot:
+            self._writer_lot.unpark()
 
     def _cancel_soon(self, request_id: int) -> None:
+        """Forget a stream and queue its cancel for the server (best effort)."""
         self._streams.pop(request_id, None)
-        self._cancels.append(request_id)
-        self._cancel_event.set()
+        if self._closed is None:
+            frame = encode_frame(encode_request(self._next_id(), "cancel", {"request_id": request_id}))
+            self._enqueue(frame, None)
 
     def _fail_all(self, reason: str) -> None:
         self._closed = reason
         for pending in self._pending.values():
-            pending.event.set()
+            self._wake(pending)
         for stream in self._streams.values():
             stream._finish(ConnectionLost(self.endpoint, sent=True, reason=reason))
         self._streams.clear()
+        self._outbox = []
 
     def close(self) -> None:
         self._scope.cancel()
 
     # -- requests -------------------------------------------------------------
 
-    async def _send_request(self, request_id: int, op: str, args: dict[str, Any]) -> None:
-        if self._closed is not None:
-            raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
-        body = encode_request(request_id, op, args)
-        try:
-            async with self._send_lock:
-                await send_frames(self._stream, [body], write_timeout=10.0)
-        except (*NETWORK_ERRORS, DengineError) as exc:
-            # A frame cut short is never decoded: the server did not act on it.
-            self.close()
-            raise ConnectionLost(self.endpoint, sent=False, reason=str(exc)) from None
-
     async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """One unary request: its result map, or raise its DengineError /
         ConnectionLost."""
-        rid = self._next_id()
-        pending = self._pending[rid] = _Pending()
+        if self._closed is not None:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
+        rid = next(self._ids)
+        pending = _Pending(encode_frame(encode_request(rid, op, args)))
+        self._pending[rid] = pending
         try:
-            await self._send_request(rid, op, args)
-            await pending.event.wait()
-            response = pending.response
-            if response is None:
-                raise ConnectionLost(self.endpoint, sent=True, reason=self._closed or "closed")
+            self._enqueue(pending.frame, pending)
+            pending.task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                pending.task = None
+                if pending.state == _QUEUED:
+                    pending.state = _DROPPED  # never written: the writer skips it
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         finally:
             del self._pending[rid]
+        response = pending.response
+        if response is None:
+            raise ConnectionLost(
+                self.endpoint, sent=pending.state not in (_QUEUED, _DROPPED), reason=self._closed or "closed"
+            )
         if response.status != "ok":
             raise error_from_map(response.body)
         return response.body
 
     async def open_stream(self, op: str, args: dict[str, Any], *, limit: int) -> Stream:
-        rid = self._next_id()
+        """Register a stream and queue its request; its items (or its end)
+        arrive through :meth:`Stream.receive`."""
+        if self._closed is not None:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
+        rid = next(self._ids)
         stream = Stream(self, rid, limit)
         self._streams[rid] = stream
-        try:
-            await self._send_request(rid, op, args)
-        except BaseException:
-            self._streams.pop(rid, None)
-            raise
+        self._enqueue(encode_frame(encode_request(rid, op, args)), None)
+        await trio.lowlevel.checkpoint()
         return stream

@@ -228,8 +228,10 @@ class Client:
             while True:
                 endpoint = self._pick(to_leader, avoid)
                 avoid = None
+                conn = self._conns.get(endpoint)
                 try:
-                    conn = await self._connection(endpoint, deadline)
+                    if conn is None or conn.closed:
+                        conn = await self._connection(endpoint, deadline)
                 except (*NETWORK_ERRORS, ProtocolError) as exc:
                     self._drop(endpoint)
                     last, avoid = exc, endpoint

@@ -9,12 +9,17 @@ Rules of this service (docs/protocol.md is the wire contract):
 * At most ``max_connections`` connections are served at once. One more is
   answered with a handshake refusal ``RESOURCE_EXHAUSTED`` and closed; the
   connections already served are not touched.
-* After the handshake a reader decodes requests, and each request runs in
-  its own task, so many are in flight on one connection; at most
+* After the handshake a reader decodes every complete request of one
+  receive and dispatches them in the same pass: ops that need no waiting
+  (``cancel``, ``status``, ``members``, ``leader``) are answered inline;
+  every other request runs in its own task, all started before any of them
+  runs, so the writes of one receive reach the engine together (one Raft
+  entry) and many are in flight on one connection; at most
   ``max_inflight`` per connection (the reader then stops reading: TCP
   backpressure). One writer sends everything queued on the connection's
   bounded send queue as a batch of frames in one shielded ``send_all``,
   bounded by ``write_timeout`` (a client that stops reading is closed).
+  Queueing a response never switches tasks unless the queue is full.
 * A final response waits for room on the send queue. A stream item never
   waits: if the queue is full the client is not keeping up, and that stream
   is ended with a CANCELED event and a ``WATCH_BUFFER_OVERFLOW`` error
@@ -272,12 +277,17 @@ class _Connection:
         self.stream = stream
         self.remote = _remote_name(stream)
         opts = service.options
-        self._send, self._receive = trio.open_memory_channel[bytes](opts.send_queue_size)
+        # The send queue: response bodies for the writer, at most
+        # send_queue_size of them; finals wait in _room when it is full.
+        self._out: list[bytes] = []
+        self._out_closed = False
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self._slot_freed: trio.Event | None = None  # set when a request finishes
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
         self._idle_scope: trio.CancelScope | None = None
         self._inflight: dict[int, trio.CancelScope | None] = {}  # request id -> stream scope
-        self._slots = trio.Semaphore(opts.max_inflight)
         self._stream_tasks: dict[int, trio.CancelScope] = {}
         self._client_cancelled: set[int] = set()
         self._stopping = False
@@ -330,7 +340,7 @@ class _Connection:
                                 # The client went away, idled, or broke the protocol.
                                 requests.cancel_scope.cancel()
                     finally:
-                        self._send.close()
+                        self._close_queue()
             except _NETWORK_ERRORS as exc:
                 log.info("client connection from %s ended: %s", self.remote, _describe(exc))
             finally:
@@ -362,7 +372,8 @@ class _Connection:
                         continue
                     counters.requests += 1
                     await self._start(request, requests)
-                counters.changed()
+                if bodies:
+                    counters.changed()
                 with trio.CancelScope() as idle_scope:
                     self._idle_scope = idle_scope
                     if idle > 0 and not self._inflight:
@@ -391,23 +402,24 @@ class _Connection:
         counters.protocol_errors += 1
         counters.changed()
         log.warning("client %s broke the protocol; closing the connection: %s", self.remote, exc)
-        try:
-            self._send.send_nowait(encode_response(None, STATUS_ERROR, encode_error(exc)))
-        except trio.WouldBlock:
-            pass  # it is not reading anyway
+        # If the queue is full it is not reading anyway.
+        self._queue_nowait(encode_response(None, STATUS_ERROR, encode_error(exc)))
 
     # -- writer ------------------------------------------------------------------------
 
     async def _writer(self, scope: trio.CancelScope) -> None:
+        """Send everything queued since the last write as one batch, until
+        the queue is closed and empty."""
         opts = self.service.options
         try:
-            async for body in self._receive:
-                batch = [body]
-                while len(batch) < 256:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+            while True:
+                while not self._out:
+                    if self._out_closed:
+                        return
+                    await self._writer_lot.park()
+                batch, self._out = self._out, []
+                if self._room:
+                    self._room.unpark_all()
                 await send_frames(self.stream, batch, write_timeout=opts.write_timeout)
         except Timeout:
             counters = self.service._counters
@@ -418,20 +430,37 @@ class _Connection:
         except _NETWORK_ERRORS as exc:
             log.info("client %s: write failed: %s", self.remote, _describe(exc))
             scope.cancel()
+        finally:
+            self._close_queue()
+
+    def _close_queue(self) -> None:
+        """No more responses: the writer sends what is queued and ends;
+        responses queued later are dropped (the connection is going away)."""
+        self._out_closed = True
+        self._writer_lot.unpark_all()
+        self._room.unpark_all()
+
+    def _queue_nowait(self, body: bytes) -> bool:
+        """Queue ``body`` for the writer; False if the queue is full. Once
+        the queue is closed, bodies are dropped (True)."""
+        if self._out_closed:
+            return True
+        out = self._out
+        if len(out) >= self.service.options.send_queue_size:
+            return False
+        out.append(body)
+        if self._writer_lot:
+            self._writer_lot.unpark()
+        return True
 
     async def _queue(self, body: bytes) -> None:
-        try:
-            await self._send.send(body)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # the connection is going away
+        """Queue a final response, waiting for room if the queue is full."""
+        while not self._queue_nowait(body):
+            await self._room.park()
 
     def _queue_item(self, body: bytes) -> None:
-        try:
-            self._send.send_nowait(body)
-        except trio.WouldBlock:
-            raise _SlowConsumer from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        if not self._queue_nowait(body):
+            raise _SlowConsumer
 
     async def _reply_error(self, request_id: int, exc: DengineError) -> None:
         counters = self.service._counters
@@ -452,6 +481,8 @@ class _Connection:
             self._idle_scope.deadline = trio.current_time() + idle
 
     async def _start(self, request: Request, requests: trio.Nursery) -> None:
+        """Dispatch one request. Switches tasks only when the connection is
+        at ``max_inflight`` or its send queue is full."""
         if request.op == "cancel":
             target = request.args["request_id"]
             scope = self._stream_tasks.get(target)
@@ -465,7 +496,18 @@ class _Connection:
                 request.id, InvalidArgument(f"request id {request.id} is already in flight on this connection")
             )
             return
-        await self._slots.acquire()
+        inline = _INLINE.get(request.op)
+        if inline is not None:
+            try:
+                result = inline(self, request.args)
+            except DengineError as exc:
+                await self._reply_error(request.id, _public(exc))
+            else:
+                await self._queue(encode_response(request.id, STATUS_OK, result))
+            return
+        while len(self._inflight) >= self.service.options.max_inflight:
+            self._slot_freed = event = trio.Event()
+            await event.wait()
         self._inflight[request.id] = None
         self._busy()
         requests.start_soon(self._serve, request, name=f"dengine request {request.op}")
@@ -483,7 +525,9 @@ class _Connection:
                     await self._queue(encode_response(request.id, STATUS_OK, result))
         finally:
             del self._inflight[request.id]
-            self._slots.release()
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+                self._slot_freed = None
             self._maybe_idle()
 
     async def _serve_stream(self, request: Request) -> None:
@@ -594,22 +638,19 @@ async def _scan(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     return {"entries": [[k, v] for k, v in result.entries], "revision": result.revision}
 
 
-async def _status(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    await trio.lowlevel.checkpoint()
+def _status(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     status = attrs.evolve(conn.engine.status(), members=conn.service.members())
     return encode_status(status)
 
 
-async def _members(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    await trio.lowlevel.checkpoint()
+def _members(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     return {
         "members": [encode_member(m) for m in conn.service.members()],
         "leader_id": conn.engine.current_leader(),
     }
 
 
-async def _leader(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    await trio.lowlevel.checkpoint()
+def _leader(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     info = LeaderInfo(leader_id=conn.engine.current_leader(), term=conn.engine.current_term())
     return encode_leader(info, conn.service.client_address_of(info.leader_id))
 
@@ -621,6 +662,10 @@ _UNARY: dict[str, Callable[[_Connection, dict[str, Any]], Any]] = {
     "delete": _delete,
     "cas": _cas,
     "scan_prefix": _scan,
+}
+
+# Ops answered inline by the reader: they never wait.
+_INLINE: dict[str, Callable[[_Connection, dict[str, Any]], dict[str, Any]]] = {
     "status": _status,
     "members": _members,
     "leader": _leader,
