@@ -29,7 +29,6 @@ command that installs it; the suite installs nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex

@@ -44,7 +44,6 @@ from dengine.errors import (
     EngineStopped,
     InvalidArgument,
     NotLeader,
-    ProposalDropped,
     Timeout,
     Unavailable,
 )

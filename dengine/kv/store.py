@@ -41,6 +41,8 @@ the log):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bisect import bisect_left, insort
 from typing import Iterable, Union
 

@@ -29,7 +29,7 @@ from dengine.raft.messages import MESSAGE_TYPES, Message
 
 _MESSAGE_TYPES = frozenset(MESSAGE_TYPES)
 
-__all__ = ["PeerQueue", "Transport", "TransportStatistics"]
+__all__ = ["PeerQueue", "Transport", "TransportCommon", "TransportStatistics"]
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -251,3 +251,45 @@ def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException 
             return None
         leaf = leaf.exceptions[0]
     return leaf
+
+
+class TransportCommon:
+    """The half of the Transport interface both transports implement alike:
+    subclasses set ``_node_id``, ``_inbound_receive``, ``_counters``,
+    ``_closed``, ``_peers`` (values with a ``queue``) and ``_queue_for``."""
+
+    _kind = "transport"
+    _node_id: int
+    _inbound_receive: trio.MemoryReceiveChannel[Message]
+    _counters: Counters
+    _closed: bool
+    _peers: Mapping[int, object]
+
+    @property
+    def node_id(self) -> int:
+        return self._node_id
+
+    @property
+    def inbound(self) -> trio.MemoryReceiveChannel[Message]:
+        return self._inbound_receive
+
+    def receive(self) -> AsyncIterator[Message]:
+        return self._inbound_receive
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue messages for their ``to`` peers; never blocks. Messages to
+        unknown peers or to a full queue are dropped and counted. Raises
+        InvalidArgument for something that is not a Raft message (those before
+        it are queued) and ClosedResourceError once the transport is closed."""
+        if self._closed:
+            raise trio.ClosedResourceError(f"the {self._kind} is closed")
+        route(checked_messages(messages), self._queue_for, self._counters)
+
+    def _queue_for(self, node_id: int) -> PeerQueue | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def statistics(self) -> TransportStatistics:
+        return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))  # type: ignore[attr-defined]
+
+    async def wait_statistics(self, predicate: Callable[[TransportStatistics], bool]) -> TransportStatistics:
+        return await self._counters.wait(self.statistics, predicate)

@@ -26,7 +26,7 @@ Rules:
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 import attrs
@@ -38,10 +38,8 @@ from dengine.raft.messages import Message
 from dengine.transport.base import (
     Counters,
     PeerQueue,
-    TransportStatistics,
+    TransportCommon,
     check_queue_size,
-    checked_messages,
-    route,
     single_exception,
 )
 
@@ -163,8 +161,10 @@ class MemoryNetwork:
             inbound_send.close()
 
 
-class MemoryTransport:
+class MemoryTransport(TransportCommon):
     """One node's end of a :class:`MemoryNetwork`."""
+
+    _kind = "memory transport"
 
     def __init__(
         self,
@@ -187,31 +187,8 @@ class MemoryTransport:
         self._closed = False
 
     @property
-    def node_id(self) -> int:
-        return self._node_id
-
-    @property
     def network(self) -> MemoryNetwork:
         return self._network
-
-    @property
-    def inbound(self) -> trio.MemoryReceiveChannel[Message]:
-        return self._inbound_receive
-
-    def receive(self) -> AsyncIterator[Message]:
-        return self._inbound_receive
-
-    def send(self, messages: Iterable[Message]) -> None:
-        """Queue messages for their ``to`` peers; never blocks (see the module rules)."""
-        if self._closed:
-            raise trio.ClosedResourceError("the memory transport is closed")
-        route(checked_messages(messages), self._queue_for, self._counters)
-
-    def statistics(self) -> TransportStatistics:
-        return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))
-
-    async def wait_statistics(self, predicate: Callable[[TransportStatistics], bool]) -> TransportStatistics:
-        return await self._counters.wait(self.statistics, predicate)
 
     def update_peers(self, peers: Mapping[int, str]) -> None:
         """Make the keys of ``peers`` the peer set (addresses are ignored)."""

@@ -35,22 +35,20 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
 from dengine.codec import decode_message, encode_message
-from dengine.errors import DengineError, InvalidArgument, ProtocolError, Timeout
+from dengine.errors import DengineError, InvalidArgument, ProtocolError
 from dengine.raft.messages import Message
 from dengine.transport.base import (
     Counters,
     PeerQueue,
-    TransportStatistics,
+    TransportCommon,
     check_queue_size,
-    checked_messages,
-    route,
     single_exception,
 )
 from dengine.transport.framing import (
@@ -112,8 +110,10 @@ class _Peer:
     failing: bool = False
 
 
-class PeerTransport:
+class PeerTransport(TransportCommon):
     """The running transport (from :func:`open_peer_transport`)."""
+
+    _kind = "peer transport"
 
     def __init__(
         self,
@@ -156,10 +156,6 @@ class PeerTransport:
     # -- the Transport interface ----------------------------------------------
 
     @property
-    def node_id(self) -> int:
-        return self._node_id
-
-    @property
     def cluster_id(self) -> str:
         return self._cluster_id
 
@@ -176,28 +172,6 @@ class PeerTransport:
     def peers(self) -> dict[int, str]:
         """The current peers (node id -> address), a copy."""
         return {nid: p.address for nid, p in self._peers.items()}
-
-    @property
-    def inbound(self) -> trio.MemoryReceiveChannel[Message]:
-        return self._inbound_receive
-
-    def receive(self) -> AsyncIterator[Message]:
-        return self._inbound_receive
-
-    def send(self, messages: Iterable[Message]) -> None:
-        """Queue messages for their ``to`` peers; never blocks. Messages to
-        unknown peers or to a full queue are dropped and counted. Raises
-        InvalidArgument for something that is not a Raft message (those before
-        it are queued) and ClosedResourceError once the transport is closed."""
-        if self._closed:
-            raise trio.ClosedResourceError("the peer transport is closed")
-        route(checked_messages(messages), self._queue_for, self._counters)
-
-    def statistics(self) -> TransportStatistics:
-        return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))
-
-    async def wait_statistics(self, predicate: Callable[[TransportStatistics], bool]) -> TransportStatistics:
-        return await self._counters.wait(self.statistics, predicate)
 
     def update_peers(self, peers: Mapping[int, str]) -> None:
         """Make ``peers`` (node id -> address) the peer set. New peers get a

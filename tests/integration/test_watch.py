@@ -267,13 +267,12 @@ async def test_restart_then_resume_with_start_revision_has_no_gap(tmp_path: path
 
 async def _random_writes(kv: dengine.EmbeddedClient, n: int, seed: int, progress: trio.Event) -> int:
     rng = random.Random(seed)
-    last = 0
     for i in range(n):
         key = b"/reg/%d" % rng.randrange(12)
         if rng.random() < 0.25:
             await kv.delete(key)
         else:
-            last = await kv.put(key, b"%d" % i)
+            await kv.put(key, b"%d" % i)
         if i == n // 3:
             progress.set()
     return await kv.put(b"/reg/~done", b"")
