@@ -57,6 +57,7 @@ from dengine.raft import membership
 from dengine.raft.core import RaftConfig
 from dengine.raft.messages import (
     ConfChange,
+    InstallSnapshot,
     ConfState,
     Entry,
     EntryType,
@@ -181,6 +182,7 @@ class Node:
         self.watch = WatchDispatcher(options.watch, applied_index=self.kv.applied_index)
         self.persisted_batches = 0
         self.installed_snapshots = 0
+        self.rejected_snapshots = 0
         self.current_role = self.raw.core.role
         self.current_leader: int | None = None
         self.current_term = self.raw.core.term
@@ -552,8 +554,22 @@ class Node:
 
     async def receiver(self, inbound: trio.abc.ReceiveChannel[Message]) -> None:
         async for message in inbound:
+            if type(message) is InstallSnapshot and not self._snapshot_intact(message):
+                continue
             self.raw.step(message)
             self.wake()
+
+    def _snapshot_intact(self, message: InstallSnapshot) -> bool:
+        """Verify a snapshot's checksum on receipt, before the core adopts it
+        and the persister writes it: a damaged one is dropped (the leader
+        sends it again after an election timeout), never installed."""
+        try:
+            unwrap_snapshot_data(message.snapshot.data, source=f"snapshot from node {message.frm}")
+        except StorageCorrupted as exc:
+            self.rejected_snapshots += 1
+            log.warning("node %d: dropped a damaged snapshot: %s", self.raw.id, exc)
+            return False
+        return True
 
     # ------------------------------------------------------------------
     # Stop
