@@ -12,9 +12,11 @@ Rules of this service (docs/protocol.md is the wire contract):
 * After the handshake a reader decodes every complete request of one
   receive and dispatches them in the same pass: ops that need no waiting
   (``cancel``, ``status``, ``members``, ``leader``) are answered inline;
-  every other request runs in its own task, all started before any of them
-  runs, so the writes of one receive reach the engine together (one Raft
-  entry) and many are in flight on one connection; at most
+  every other request is queued for the connection's workers (a worker
+  serves one request at a time; one is started only when none is idle), all
+  queued before any of them runs, so the writes of one receive reach the
+  engine together (one Raft entry) and many are in flight on one
+  connection; at most
   ``max_inflight`` per connection (the reader then stops reading: TCP
   backpressure). One writer sends everything queued on the connection's
   bounded send queue as a batch of frames in one shielded ``send_all``,
@@ -43,6 +45,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -284,6 +287,10 @@ class _Connection:
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         self._slot_freed: trio.Event | None = None  # set when a request finishes
+        # Requests waiting for a worker; idle workers park in _idle_workers.
+        self._work: deque[Request] = deque()
+        self._idle_workers = trio.lowlevel.ParkingLot()
+        self._dispatching = True
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
         self._idle_scope: trio.CancelScope | None = None
@@ -331,7 +338,10 @@ class _Connection:
                     outer.start_soon(self._writer, outer.cancel_scope)
                     try:
                         async with trio.open_nursery() as requests:
-                            await self._read(decoder, requests)
+                            try:
+                                await self._read(decoder, requests)
+                            finally:
+                                self._end_dispatch()
                             if self._stopping:
                                 # Streams end with "stopping"; requests in flight finish.
                                 for scope in list(self._stream_tasks.values()):
@@ -510,7 +520,28 @@ class _Connection:
             await event.wait()
         self._inflight[request.id] = None
         self._busy()
-        requests.start_soon(self._serve, request, name=f"dengine request {request.op}")
+        self._work.append(request)
+        if self._idle_workers:
+            self._idle_workers.unpark()
+        else:
+            requests.start_soon(self._worker, name="dengine request worker")
+
+    async def _worker(self) -> None:
+        """Serve queued requests one at a time; park when there are none.
+        Workers are started only when none is idle, so a connection has as
+        many as it has had requests in flight at once."""
+        work = self._work
+        while True:
+            while work:
+                await self._serve(work.popleft())
+            if not self._dispatching:
+                return
+            await self._idle_workers.park()
+
+    def _end_dispatch(self) -> None:
+        """The reader is done: idle workers end once the queue is empty."""
+        self._dispatching = False
+        self._idle_workers.unpark_all()
 
     async def _serve(self, request: Request) -> None:
         try:
