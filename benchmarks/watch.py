@@ -161,7 +161,7 @@ async def _run(quick: bool) -> None:
 
     print()
     writes = 4_000 if quick else 20_000
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else 11
     off, on = [], []
     for _ in range(rounds):
         off.append(await _write_rate(0, writes))
