@@ -12,6 +12,7 @@ JSON line on stdout:
   scenario's result (only the leader is asked to run: the load is generated
   in the leader's process, as an application embedding dengine would)
 * ``{"cmd": "dict-get", "seconds": S}`` -> a bare dict.get loop, same process
+* ``{"cmd": "local-get", "seconds": S}`` -> the same loop over ``client.get_nowait``
 * ``{"cmd": "fsync", "seconds": S}`` -> raw write+fsync latency in the data dir
 * ``{"cmd": "stop"}`` (or end of stdin) -> the engine is closed and the process exits.
 
@@ -30,7 +31,7 @@ import attrs
 import trio
 
 import dengine
-from benchmarks.workload import PREFILL, SCENARIOS, KeyPlan, drive_trio, dict_get_baseline
+from benchmarks.workload import PREFILL, SCENARIOS, KeyPlan, dict_get_baseline, drive_trio, local_get_loop
 
 
 class EngineKV:
@@ -88,6 +89,8 @@ async def serve(args: argparse.Namespace) -> None:
                 emit(fsync_latency(args.dir, float(cmd["seconds"])))
             elif what == "dict-get":
                 emit(dict_get_baseline(max(plan.written, PREFILL), float(cmd["seconds"])))
+            elif what == "local-get":
+                emit(local_get_loop(engine.client.get_nowait, max(plan.written, PREFILL), float(cmd["seconds"])))
             elif what == "run":
                 emit(await run_scenario(engine, kv, plan, cmd))
             else:

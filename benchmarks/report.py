@@ -67,7 +67,10 @@ def goals(data: dict[str, Any]) -> list[dict[str, Any]]:
         ratio(data, "dengine-embedded-3", "etcd-3", "read-linearizable"), 3)
     ev = _result(data, "dengine-embedded-1", "read-eventual")
     dg = data["systems"].get("dengine-embedded-1", {}).get("dict_get")
-    add("read-eventual, embedded 1 node / bare dict.get loop",
+    lg = data["systems"].get("dengine-embedded-1", {}).get("local_get")
+    add("read-eventual (client.get_nowait in the dict.get loop), embedded 1 node / bare dict.get loop",
+        lg["throughput"] / dg["throughput"] if lg and dg else None, 0.25, "%")
+    add("read-eventual (awaited get through the load driver), embedded 1 node / bare dict.get loop",
         ev["throughput"] / dg["throughput"] if ev and dg else None, 0.25, "%")
     w1 = _result(data, "dengine-embedded-1", "write-1")
     fs_p50 = fsync_p50(data)
@@ -145,6 +148,10 @@ def markdown(data: dict[str, Any]) -> str:
     dg = data["systems"].get("dengine-embedded-1", {}).get("dict_get")
     if dg:
         lines += [f"Bare `dict.get` loop over the same keys, same process: {dg['throughput']:,.0f} ops/s.", ""]
+    lg = data["systems"].get("dengine-embedded-1", {}).get("local_get")
+    if lg:
+        lines += [f"The same loop over `client.get_nowait` (local eventual read): {lg['throughput']:,.0f} ops/s"
+                  f" ({lg.get('errors', 0):,} misses).", ""]
 
     # Ratios: every dengine 3-node system over every 3-node peer.
     pairs = [(a, b) for a in DENGINE_3 if a in data["systems"] for b in PEERS_3 if b in data["systems"]]

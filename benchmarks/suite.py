@@ -287,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 def extra(st: Started) -> dict[str, Any]:
                     progress("dengine-embedded-1: bare dict.get loop in the same process")
-                    return {"dict_get": st.driver.ask({"cmd": "dict-get", "seconds": min(seconds, 2.0)}, 60)}
+                    progress("dengine-embedded-1: the same loop over client.get_nowait (local read)")
+                    return {
+                        "dict_get": st.driver.ask({"cmd": "dict-get", "seconds": min(seconds, 2.0)}, 60),
+                        "local_get": st.driver.ask({"cmd": "local-get", "seconds": min(seconds, 2.0)}, 60),
+                    }
             elif name == "dengine-embedded-3":
                 start = lambda d, c: start_dengine_embedded(d, c, 3, ns.tick_ms)  # noqa: E731
             elif name == "dengine-standalone-3":
