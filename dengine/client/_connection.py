@@ -16,8 +16,13 @@ Rules:
   False, the server cannot have acted on it). Of a batch whose write failed,
   the last frame was surely cut short (a frame cut short is never decoded);
   the frames before it may have been written in full.
-* A caller that gives up (cancelled: its deadline passed) before its frame
-  was written takes the frame back: it is never sent.
+* A request may carry a deadline, enforced by the connection rather than by
+  a cancel scope per call: deadlines sit in a heap, and one timer task per
+  connection sleeps until the earliest and wakes the callers whose deadline
+  passed with :class:`Expired`. Answered requests leave the heap lazily
+  (each new request pops the answered ones at its top).
+* A caller that gives up (cancelled, or its deadline passed) before its
+  frame was written takes the frame back: it is never sent.
 * A stream keeps at most ``stream_buffer`` items the application has not
   read; one more and the stream is cancelled on the server and ends with
   ``ResourceExhausted`` locally (never a silent drop).
@@ -25,8 +30,10 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import math
 import ssl
 from collections import deque
 from typing import Any
@@ -68,16 +75,30 @@ class ConnectionLost(Exception):
         self.sent = sent
 
 
-class _Pending:
-    """One unary request: its frame's state and its waiting task."""
+class Expired(Exception):
+    """A request's deadline passed before its answer came. ``sent``: its
+    frame had been written (the server may act on it)."""
 
-    __slots__ = ("frame", "response", "state", "task")
+    def __init__(self, *, sent: bool) -> None:
+        super().__init__("the request's deadline passed before its answer came")
+        self.sent = sent
+
+
+class _Pending:
+    """One unary request: its frame's state and its waiting task (None once
+    it was woken or gave up)."""
+
+    __slots__ = ("expired", "frame", "response", "state", "task")
 
     def __init__(self, frame: bytes) -> None:
         self.frame = frame
         self.state = _QUEUED
         self.response: Response | None = None
         self.task: trio.lowlevel.Task | None = None
+        self.expired = False
+
+    def __lt__(self, other: _Pending) -> bool:  # heap ties (same deadline): any order
+        return False
 
 
 class Stream:
@@ -151,6 +172,11 @@ class Connection:
         # or a cancel's frame).
         self._outbox: list[tuple[bytes, _Pending | None]] = []
         self._writer_lot = trio.lowlevel.ParkingLot()
+        # Deadlines of requests (answered ones leave lazily) and the timer
+        # that expires them; _timer_at is when the timer will look next.
+        self._deadlines: list[tuple[float, _Pending]] = []
+        self._timer_lot = trio.lowlevel.ParkingLot()
+        self._timer_at = math.inf
 
     @classmethod
     async def open(
@@ -200,6 +226,7 @@ class Connection:
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._writer)
+                        nursery.start_soon(self._timer)
                         reason = await self._read()
                         nursery.cancel_scope.cancel()
                 except NETWORK_ERRORS as exc:
@@ -280,6 +307,29 @@ class Connection:
                 if pending is not None and pending.state == _WRITING:
                     pending.state = _SENT
 
+    async def _timer(self) -> None:
+        """Wake the callers whose deadline passed (one cancel scope per
+        sleep, none per request)."""
+        heap = self._deadlines
+        while True:
+            while heap and heap[0][1].task is None:
+                heapq.heappop(heap)
+            if not heap:
+                self._timer_at = math.inf
+                await self._timer_lot.park()
+                continue
+            at, pending = heap[0]
+            if at <= trio.current_time():
+                heapq.heappop(heap)
+                pending.expired = True
+                if pending.state == _QUEUED:
+                    pending.state = _DROPPED  # never written: the writer skips it
+                self._wake(pending)
+                continue
+            self._timer_at = at
+            with trio.move_on_at(at):
+                await self._timer_lot.park()
+
     def _enqueue(self, frame: bytes, pending: _Pending | None) -> None:
         self._outbox.append((frame, pending))
         if self._writer_lot:
@@ -306,9 +356,10 @@ class Connection:
 
     # -- requests -------------------------------------------------------------
 
-    async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def request(self, op: str, args: dict[str, Any], *, deadline: float = math.inf) -> dict[str, Any]:
         """One unary request: its result map, or raise its DengineError /
-        ConnectionLost."""
+        ConnectionLost, or :class:`Expired` once ``deadline`` (trio time)
+        passes."""
         if self._closed is not None:
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
@@ -318,6 +369,14 @@ class Connection:
         try:
             self._enqueue(pending.frame, pending)
             pending.task = trio.lowlevel.current_task()
+            if deadline != math.inf:
+                heap = self._deadlines
+                while heap and heap[0][1].task is None:
+                    heapq.heappop(heap)  # answered: leave now, not at their deadline
+                heapq.heappush(heap, (deadline, pending))
+                if deadline < self._timer_at:
+                    self._timer_at = deadline
+                    self._timer_lot.unpark()
 
             def abort(_: Any) -> trio.lowlevel.Abort:
                 pending.task = None
@@ -329,6 +388,8 @@ class Connection:
         finally:
             del self._pending[rid]
         response = pending.response
+        if pending.expired:
+            raise Expired(sent=pending.state != _DROPPED)
         if response is None:
             raise ConnectionLost(
                 self.endpoint, sent=pending.state not in (_QUEUED, _DROPPED), reason=self._closed or "closed"

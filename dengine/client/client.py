@@ -74,7 +74,7 @@ from dengine.errors import (
     Timeout,
     Unavailable,
 )
-from dengine.client._connection import NETWORK_ERRORS, Connection, ConnectionLost, Stream
+from dengine.client._connection import NETWORK_ERRORS, Connection, ConnectionLost, Expired, Stream
 from dengine.transport.client_protocol import (
     decode_flag,
     decode_kv,
@@ -214,6 +214,16 @@ class Client:
         delay = min(_BACKOFF_MAX, _BACKOFF_MIN * (2 ** min(attempt, 16)))
         await trio.sleep(delay * (0.5 + self._rng.random() / 2))
 
+    async def _backoff_until(self, attempt: int, deadline: float) -> bool:
+        """Back off before the next attempt; False if the deadline passed."""
+        if trio.current_time() >= deadline:
+            await trio.lowlevel.checkpoint()
+            return False
+        with trio.move_on_at(deadline):
+            await self._backoff(attempt)
+            return True
+        return False
+
     async def _call(
         self, op: str, args: dict[str, Any], *, timeout: float | None, write: bool, to_leader: bool
     ) -> dict[str, Any]:
@@ -224,61 +234,69 @@ class Client:
         last: BaseException | None = None
         avoid: str | None = None
         attempt = 0
-        with trio.move_on_at(deadline):
-            while True:
-                endpoint = self._pick(to_leader, avoid)
-                avoid = None
-                conn = self._conns.get(endpoint)
-                try:
-                    if conn is None or conn.closed:
+        # The deadline: the connection enforces it on the request itself
+        # (no cancel scope per call); connecting and backing off run under
+        # a scope of their own, only when they happen.
+        while True:
+            endpoint = self._pick(to_leader, avoid)
+            avoid = None
+            conn = self._conns.get(endpoint)
+            if conn is None or conn.closed:
+                conn = None
+                with trio.move_on_at(deadline):
+                    try:
                         conn = await self._connection(endpoint, deadline)
-                except (*NETWORK_ERRORS, ProtocolError) as exc:
-                    self._drop(endpoint)
-                    last, avoid = exc, endpoint
-                    if isinstance(exc, ProtocolError):
-                        raise  # wrong cluster / protocol version: retrying cannot help
-                    await self._backoff(attempt)
+                    except (*NETWORK_ERRORS, ProtocolError) as exc:
+                        self._drop(endpoint)
+                        last, avoid = exc, endpoint
+                        if isinstance(exc, ProtocolError):
+                            raise  # wrong cluster / protocol version: retrying cannot help
+                    except DengineError as exc:  # refused (e.g. ResourceExhausted)
+                        last, avoid = exc, endpoint
+                if conn is None:
+                    if not await self._backoff_until(attempt, deadline):
+                        break
                     attempt += 1
                     continue
-                except DengineError as exc:  # refused (e.g. ResourceExhausted)
-                    last, avoid = exc, endpoint
-                    await self._backoff(attempt)
-                    attempt += 1
-                    continue
-                remaining_ms = max(1, int((deadline - trio.current_time()) * 1000))
-                was_unknown, unknown = unknown, unknown or write
-                try:
-                    result = await conn.request(op, {**args, "timeout_ms": remaining_ms})
-                    if to_leader:
-                        self._leader = endpoint
-                    return result
-                except ConnectionLost as exc:
-                    self._drop(endpoint)
-                    last, avoid = exc, endpoint
-                    if not exc.sent:
-                        unknown = was_unknown
-                    elif write:
-                        raise Unavailable(
-                            f"the connection to {endpoint} was lost after the write was sent; "
-                            "it may or may not have been applied"
-                        ) from None
-                except NotLeader as exc:
-                    last, unknown = exc, was_unknown  # rejected before it entered the log
-                    if self._follow_hint(exc) and self._leader != endpoint:
-                        continue  # go straight to the hinted leader
-                    avoid = endpoint
-                except ProposalDropped as exc:
-                    last, unknown = exc, was_unknown  # not applied: safe to retry
-                except (Unavailable, Timeout) as exc:
-                    if write:
-                        if isinstance(exc, Timeout):
-                            raise
-                        raise Unavailable(f"{exc.message} (the write may or may not have been applied)") from None
-                    last, avoid = exc, endpoint
-                    if self._leader == endpoint:
-                        self._leader = None
-                await self._backoff(attempt)
-                attempt += 1
+            remaining_ms = max(1, int((deadline - trio.current_time()) * 1000))
+            was_unknown, unknown = unknown, unknown or write
+            try:
+                result = await conn.request(op, {**args, "timeout_ms": remaining_ms}, deadline=deadline)
+                if to_leader:
+                    self._leader = endpoint
+                return result
+            except Expired as exc:
+                if not exc.sent:
+                    unknown = was_unknown  # never written
+                break
+            except ConnectionLost as exc:
+                self._drop(endpoint)
+                last, avoid = exc, endpoint
+                if not exc.sent:
+                    unknown = was_unknown
+                elif write:
+                    raise Unavailable(
+                        f"the connection to {endpoint} was lost after the write was sent; "
+                        "it may or may not have been applied"
+                    ) from None
+            except NotLeader as exc:
+                last, unknown = exc, was_unknown  # rejected before it entered the log
+                if self._follow_hint(exc) and self._leader != endpoint:
+                    continue  # go straight to the hinted leader
+                avoid = endpoint
+            except ProposalDropped as exc:
+                last, unknown = exc, was_unknown  # not applied: safe to retry
+            except (Unavailable, Timeout) as exc:
+                if write:
+                    if isinstance(exc, Timeout):
+                        raise
+                    raise Unavailable(f"{exc.message} (the write may or may not have been applied)") from None
+                last, avoid = exc, endpoint
+                if self._leader == endpoint:
+                    self._leader = None
+            if not await self._backoff_until(attempt, deadline):
+                break
+            attempt += 1
         detail = f"; last error: {last}" if last is not None else ""
         if unknown:
             raise Timeout(f"{op} did not complete within {limit:g} s; it may or may not have been applied{detail}")

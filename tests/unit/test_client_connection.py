@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from dengine.client._connection import Connection, ConnectionLost
+from dengine.client._connection import Connection, ConnectionLost, Expired
 from dengine.codec import pack, unpack
 from dengine.transport.framing import FrameDecoder, encode_frames
 
@@ -128,3 +128,42 @@ async def test_closing_a_stream_queues_its_cancel() -> None:
             await stream.aclose()
             [cancel] = await server.receive_requests()
             assert cancel[1] == "cancel" and cancel[2] == {"request_id": stream.request_id}
+
+
+async def test_deadlines_expire_without_a_scope_per_call(autojump_clock: trio.testing.MockClock) -> None:
+    """The connection's timer wakes a caller whose deadline passed: one still
+    queued is never written (sent=False), one written may have been (sent=True)."""
+    with trio.fail_after(DEADLINE):
+        async with _connection() as (conn, server, nursery):
+            outcomes: dict[int, bool] = {}
+
+            async def call(n: int, after: float) -> None:
+                with pytest.raises(Expired) as info:
+                    await conn.request("put", {"n": n}, deadline=trio.current_time() + after)
+                outcomes[n] = info.value.sent
+
+            nursery.start_soon(call, 1, 2.0)
+            await trio.testing.wait_all_tasks_blocked()  # 1 is being written: the server reads nothing yet
+            nursery.start_soon(call, 2, 1.0)
+            await trio.sleep(1.5)  # the mock clock jumps: 2 expires while queued
+            assert outcomes == {2: False}
+            assert [r[2]["n"] for r in await server.receive_requests()] == [1]
+            await trio.sleep(1.0)  # 1 expires, written, unanswered
+            assert outcomes == {2: False, 1: True}
+            assert not conn._pending
+            result = await _answered(conn, server, nursery)
+            assert result == 3  # the connection still works
+
+
+async def _answered(conn: Connection, server: FakeServer, nursery: trio.Nursery) -> Any:
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append((await conn.request("get", {"n": 3}, deadline=trio.current_time() + 5))["n"])
+
+    nursery.start_soon(call)
+    requests = await server.receive_requests()
+    assert [r[2]["n"] for r in requests] == [3]  # 2 was never written
+    await server.reply(requests)
+    await trio.testing.wait_all_tasks_blocked()
+    return results[0]
