@@ -9,8 +9,9 @@ Rules:
   told us through ``on_persisted``). A truncation lowers it to the last index
   that is still the same entry.
 * ``unstable_from``: first index not yet handed to the driver to persist.
-* ``applied``: highest index handed to the driver to apply. Only entries that
-  are both committed and locally persisted are handed out.
+* ``applied``: highest index handed to the driver to apply. Entries are
+  handed out once committed (durable on a majority), even before they are
+  durable locally; compaction waits for local durability.
 """
 
 from __future__ import annotations
@@ -213,10 +214,14 @@ class RaftLog:
         return False
 
     def has_next_committed(self) -> bool:
-        return min(self.committed, self.persisted) > self.applied
+        return self.committed > self.applied
 
     def next_committed(self, max_count: int | None = None) -> list[Entry]:
-        hi = min(self.committed, self.persisted)
+        # Committed means durable on a majority, so an entry may be applied
+        # before it is durable *here* (etcd does the same): the leader applies
+        # while its own fsync runs, and a crash cannot lose it -- the new
+        # leader has it. Compaction still waits for local durability.
+        hi = self.committed
         if hi <= self.applied:
             return []
         out = self.slice(self.applied + 1, hi + 1, max_count=max_count)

@@ -7,7 +7,8 @@ The driver's contract, in order, for each Ready:
    suffix from ``entries[0].index``) and ``hard_state`` as one durable batch;
 3. call ``RawNode.on_persisted(number)`` and send the messages it returns
    (votes, vote requests, append acknowledgements: they promise durability);
-4. apply ``snapshot`` then ``committed`` to the state machine, and serve
+4. apply ``snapshot`` then ``committed`` to the state machine (committed
+   entries may be applied before step 2 finishes: a majority has them), and serve
    ``read_states`` once applied reaches their index; fail the reads whose ctx
    is in ``dropped_reads``.
 Readies must be persisted in number order.

@@ -18,8 +18,9 @@ Rules:
 * The leader sends appends before its own fsync returns (Ready.messages go out
   at once); votes and acknowledgements leave only after the fsync
   (``RawNode.on_persisted``).
-* Committed entries handed out in a Ready are already durable locally, so the
-  applier runs in parallel with the persister.
+* Committed entries are durable on a majority, so the applier runs in
+  parallel with the persister (the leader answers while its own fsync runs);
+  a snapshot waits until its index is durable here before the log is compacted.
 * A failure in any task stops the node: the nursery unwinds and the embedding
   layer reports one clear error.
 """
@@ -171,6 +172,7 @@ class Node:
         self._wakeup = trio.Event()
         self._persist_queue: list[Ready] = []
         self._persist_wakeup = trio.Event()
+        self._persisted_event = trio.Event()
         self._apply_queue: list[tuple[Snapshot | None, tuple[Entry, ...]]] = []
         self._apply_wakeup = trio.Event()
         self._expiring: set[tuple[bytes, int]] = set()
@@ -409,6 +411,7 @@ class Node:
                 await trio.to_thread.run_sync(self._persist_batch, batch)
                 self.persisted_batches += 1
             released = raw.on_persisted(batch[-1].number)
+            self._persisted_event.set()
             if released:
                 self.outbox.send(released)
             self.wake()
@@ -541,6 +544,11 @@ class Node:
 
     async def _take_snapshot(self, image: Any, meta: SnapshotMeta) -> None:
         try:
+            # Applied may run ahead of the local fsync; the log can only be
+            # compacted up to what is durable here.
+            while self.raw.core.log.persisted < meta.index:
+                self._persisted_event = trio.Event()
+                await self._persisted_event.wait()
             data = await trio.to_thread.run_sync(lambda: wrap_snapshot_data(encode_image(image)))
             snapshot = Snapshot(meta=meta, data=data)
             await trio.to_thread.run_sync(self.storage.save_snapshot, snapshot)

@@ -169,16 +169,21 @@ def test_on_persisted_is_ignored_when_the_entry_was_replaced() -> None:
     assert log.on_persisted(2, 2) and log.persisted == 2
 
 
-def test_only_committed_and_persisted_entries_are_handed_out_once() -> None:
+def test_committed_entries_are_handed_out_once_even_before_local_durability() -> None:
     log = RaftLog()
     log.append([Entry(i, 1) for i in (1, 2, 3)])
+    assert log.next_committed() == []  # nothing committed yet
+    log.commit_to(2)
+    assert [e.index for e in log.next_committed()] == [1, 2]  # a majority has them
     log.commit_to(3)
-    assert log.next_committed() == []  # committed, not durable here
-    log.on_persisted(2, 1)
-    assert [e.index for e in log.next_committed()] == [1, 2]
-    log.on_persisted(3, 1)
     assert [e.index for e in log.next_committed()] == [3]
     assert log.next_committed() == [] and not log.has_next_committed()
+    # ... but compaction waits for local durability.
+    with pytest.raises(LogInvariantBroken):
+        log.compact(3, 1)
+    log.on_persisted(3, 1)
+    log.compact(3, 1)
+    assert log.snapshot_index == 3
 
 
 def test_unstable_entries_are_handed_once_and_again_after_a_truncation() -> None:

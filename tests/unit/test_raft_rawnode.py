@@ -2,8 +2,8 @@
 
 Rules pinned: Readies are numbered 1, 2, 3 ...; every entry is handed to be
 persisted once (again only if a truncation replaced it); a committed entry is
-handed to be applied once, and only when it is both committed and durable
-here; ``on_persisted(n)`` returns exactly the after_persist messages of the
+handed to be applied once, as soon as it is committed (durable on a majority,
+maybe not yet here); ``on_persisted(n)`` returns exactly the after_persist messages of the
 Readies numbered <= n, once; soft and hard state appear only when changed;
 ``first_commit_in_term`` is reported once per term of leadership.
 """
@@ -53,22 +53,25 @@ def test_entries_are_handed_once() -> None:
     assert net[1].raw.ready().entries == ()
 
 
-def test_committed_is_handed_only_once_committed_and_persisted() -> None:
+def test_committed_is_handed_once_as_soon_as_committed() -> None:
     net = Net(3)
     net.elect(1)
     f = net[2].raw
     term = f.core.term
     last = f.core.log.last_index()
-    # The leader says the new entry is already committed; it is not durable here yet.
+    # The leader says the new entry is already committed (a majority has it);
+    # it is not durable here yet, but it may be applied: a crash cannot lose it.
     f.step(AppendEntries(frm=1, to=2, term=term, prev_index=last, prev_term=term,
-                         entries=(Entry(last + 1, term, data=b"x"),), commit=last + 1))
+                         entries=(Entry(last + 1, term, data=b"y"),), commit=last))
+    ready0 = f.ready()
+    assert ready0.committed == ()  # not committed: not handed out
+    f.step(AppendEntries(frm=1, to=2, term=term, prev_index=last + 1, prev_term=term,
+                         entries=(Entry(last + 2, term, data=b"x"),), commit=last + 2))
     ready = f.ready()
-    assert f.core.log.committed == last + 1
-    assert [e.index for e in ready.entries] == [last + 1]
-    assert ready.committed == ()
+    assert f.core.log.committed == last + 2
+    assert [e.index for e in ready.entries] == [last + 2]
+    assert [e.data for e in ready.committed] == [b"y", b"x"]
     f.on_persisted(ready.number)
-    ready2 = f.ready()
-    assert [e.data for e in ready2.committed] == [b"x"]
     assert f.ready().committed == ()
 
 
