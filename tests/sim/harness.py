@@ -288,6 +288,9 @@ class Simulation:
         self.checker.on_ready(node, ready)
         for msg in ready.messages:
             self.send(msg)
+        # Committed entries may be applied before this Ready is durable (a
+        # majority has them); a crash before the persist then exercises that.
+        self.apply(node, ready)
         node.unpersisted.append(ready)
 
     def persist(self, node: SimNode, all_of_them: bool) -> None:
@@ -301,7 +304,6 @@ class Simulation:
                 d.hard_state = ready.hard_state
             for msg in node.raw.on_persisted(ready.number):
                 self.send(msg)
-            self.apply(node, ready)
             if not all_of_them:
                 break
 
