@@ -638,8 +638,14 @@ class RaftCore:
         ):
             # The snapshot (or its answer) was lost; probe again.
             pr.become_probe()
-        if pr.match < self.log.last_index() or pr.state is ProgressState.PROBE:
-            # Send even an empty append: it uncovers a gap left by lost messages.
+        if (pr.match < self.log.last_index() or pr.state is ProgressState.PROBE) and (
+            pr.resend_tick != self.tick_count
+        ):
+            # Send even an empty append: it uncovers a gap left by lost
+            # messages. At most once per peer per tick: ReadIndex opens a
+            # heartbeat round per batch of reads, and answering each of those
+            # with an append would flood a follower that is merely busy.
+            pr.resend_tick = self.tick_count
             self.dirty[m.frm] = True
         if m.round and m.frm in self.conf.voters:
             self._release_rounds(self.read_only.ack(m.frm, m.round, self.conf.voters))

@@ -65,6 +65,8 @@ class Progress:
     pending_snapshot: int = 0
     snapshot_sent_tick: int = 0
     recent_active: bool = False
+    # Tick of the last catch-up append sent on a heartbeat answer.
+    resend_tick: int = -1
 
     def become_probe(self) -> None:
         # Leaving SNAPSHOT: the snapshot (if it landed) covers pending_snapshot.
