@@ -85,8 +85,10 @@ class EmbeddedClient:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._max_key = engine.config.raft.max_key_size
-        self._clock_ms = engine._node.now_ms
+        # An EVENTUAL read without awaiting: the local state machine, now --
+        # the fastest read there is (embedded only); like any eventual read it
+        # may be behind the leader. ``get_nowait(key) -> bytes | None``.
+        self.get_nowait = engine._node.kv.get_nowait
 
     @property
     def _node(self) -> Node:
@@ -148,16 +150,6 @@ class EmbeddedClient:
         validate_key(key, self._engine.config.raft.max_key_size)
         await self._read_point(consistency, timeout)
         return self._node.kv.get(key, self._node.now_ms())
-
-    def get_nowait(self, key: bytes) -> bytes | None:
-        """An EVENTUAL read without awaiting: the local state machine, now.
-        The fastest read there is (embedded only); it may be behind the
-        leader, as any eventual read."""
-        node = self._node
-        if node._stopped or type(key) is not bytes or not 0 < len(key) <= self._max_key:
-            node.check_open()
-            validate_key(key, self._max_key)
-        return node.local_get(key, self._clock_ms)
 
     async def get_kv(
         self, key: bytes, *, consistency: ReadConsistency | str | None = None, timeout: float | None = None

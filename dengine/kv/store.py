@@ -58,7 +58,7 @@ from dengine.api import (
     validate_key,
     validate_value,
 )
-from dengine.errors import DengineError, ErrorCode, InvalidArgument, error_for_code
+from dengine.errors import DengineError, EngineStopped, ErrorCode, InvalidArgument, error_for_code
 from dengine.kv.commands import Batch, Command, CompareAndSwap, Delete, ExpireKeys, Put, decode_batch
 from dengine.kv.ttl import TTLIndex
 
@@ -120,6 +120,8 @@ class KVStore:
         "_revisions",
         "_keys",
         "_ttl",
+        "_closed",
+        "_clock_fn",
     )
 
     def __init__(
@@ -136,6 +138,10 @@ class KVStore:
         self._revisions: dict[bytes, int] = {}
         self._keys: list[bytes] = []
         self._ttl = TTLIndex()
+        self._closed = False
+        # Wall clock in ms for get_nowait's TTL check (injected: the store
+        # never reads a clock of its own).
+        self._clock_fn: Callable[[], int] = self._log_clock
 
     # --- state ------------------------------------------------------------
 
@@ -281,15 +287,44 @@ class KVStore:
             return None
         return value
 
-    def get_lazy(self, key: bytes, clock_ms: Callable[[], int]) -> bytes | None:
-        """Like :meth:`get`, reading the clock only if ``key`` has a TTL (the
-        hot path of local reads: most keys have none)."""
+    def get_nowait(self, key: bytes) -> bytes | None:
+        """The value of ``key`` now, read locally without awaiting (an
+        EVENTUAL read): the hottest read path, one call. Raises
+        InvalidArgument for a bad key and EngineStopped once closed."""
+        if self._closed or type(key) is not bytes or not 0 < len(key) <= self.max_key_size:
+            self._nowait_refused(key)
         value = self._values.get(key)
         if value is None or key not in self._ttl._expire_at:
             return value
-        if self._ttl.is_expired(key, self._cutoff(clock_ms())):
+        if self._ttl.is_expired(key, self._cutoff(self._clock_fn())):
             return None
         return value
+
+    def _nowait_refused(self, key: object) -> None:
+        if self._closed:
+            raise EngineStopped("the engine is stopping or has stopped")
+        validate_key(key, self.max_key_size)
+
+    def _log_clock(self) -> int:
+        return self._clock
+
+    def bind_clock(self, clock_ms: Callable[[], int]) -> None:
+        """The wall clock (ms) get_nowait uses to hide expired keys."""
+        self._clock_fn = clock_ms
+
+    def close(self) -> None:
+        """Refuse get_nowait from now on (the engine stopped)."""
+        self._closed = True
+
+    def load_from(self, other: KVStore) -> None:
+        """Become ``other`` in place (a snapshot installed), so references to
+        this store -- and to its bound get_nowait -- stay valid."""
+        self._applied = other._applied
+        self._clock = other._clock
+        self._values = other._values
+        self._revisions = other._revisions
+        self._keys = other._keys
+        self._ttl = other._ttl
 
     def get_kv(self, key: bytes, now_ms: int) -> KeyValue | None:
         """Like :meth:`get` with the revision that last set the value."""

@@ -152,9 +152,7 @@ class Node:
             entries=state.entries,
         )
         self.last_snapshot_index = snapshot.meta.index if snapshot else 0
-        # The local read of the current store (replaced when a snapshot is
-        # installed), bound once for the hottest read path.
-        self.local_get = self.kv.get_lazy
+        self.kv.bind_clock(self.now_ms)
         self.applied_waiters = AppliedWaiters()
         self.applied_waiters.applied = self.kv.applied_index
         # index -> (term, waiters of the commands in that entry, in order)
@@ -467,8 +465,8 @@ class Node:
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         image = unwrap_snapshot_data(snapshot.data, source=f"snapshot {snapshot.meta.index} from the leader")
-        self.kv = restore(image, max_key_size=self.options.max_key_size, max_value_size=self.options.max_value_size)
-        self.local_get = self.kv.get_lazy
+        # In place, so references to the store (the client's get_nowait) stay valid.
+        self.kv.load_from(restore(image, max_key_size=self.options.max_key_size, max_value_size=self.options.max_value_size))
         self.applied_conf = snapshot.meta.conf_state
         self.applied_term = snapshot.meta.term
         self.last_snapshot_index = snapshot.meta.index
@@ -584,6 +582,7 @@ class Node:
     # ------------------------------------------------------------------
 
     def fail_pending(self, error: Exception) -> None:
+        self.kv.close()
         for p in self._proposals:
             if p.waiter is not None:
                 p.waiter.fail(error)

@@ -123,6 +123,8 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
             assert len(scan.entries) == 100
             # It got there by installing the leader's snapshot: the log it missed was compacted.
             assert back._node.installed_snapshots >= 1
+            # The local read bound before the install reads the installed state.
+            assert back.client.get_nowait(b"/k/000") == b"v"
 
 
 async def test_cluster_starts_with_a_quorum_of_initial_members(tmp_path: pathlib.Path) -> None:

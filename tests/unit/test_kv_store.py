@@ -429,3 +429,38 @@ def test_two_replicas_applying_the_same_log_agree(entries: list[tuple[int, list[
         b.expired(10**6, 2)
         assert a.apply(i, payload) == b.apply(i, payload)
     assert a.freeze() == b.freeze()
+
+
+def test_get_nowait_checks_the_key_hides_expired_and_refuses_after_close() -> None:
+    from dengine.errors import EngineStopped, InvalidArgument
+    from dengine.kv.commands import Put, encode_batch
+
+    store = KVStore(max_key_size=8)
+    now = [1_000]
+    store.bind_clock(lambda: now[0])
+    store.apply(1, encode_batch([Put(b"a", b"1", None), Put(b"t", b"2", 500)], 1_000))
+    assert store.get_nowait(b"a") == b"1"
+    assert store.get_nowait(b"t") == b"2"
+    now[0] = 1_500  # the TTL passed: hidden before its deletion commits
+    assert store.get_nowait(b"t") is None
+    assert store.get_nowait(b"nope") is None
+    with pytest.raises(InvalidArgument):
+        store.get_nowait("a")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        store.get_nowait(b"123456789")
+    store.close()
+    with pytest.raises(EngineStopped):
+        store.get_nowait(b"a")
+
+
+def test_load_from_replaces_the_state_in_place() -> None:
+    from dengine.kv.commands import Put, encode_batch
+
+    a, b = KVStore(), KVStore()
+    a.apply(1, encode_batch([Put(b"x", b"old", None)], 0))
+    b.apply(7, encode_batch([Put(b"y", b"new", None)], 0))
+    read = a.get_nowait
+    a.load_from(b)
+    assert read(b"x") is None and read(b"y") == b"new"
+    assert a.applied_index == 7
+    assert a.scan_prefix(b"", 0) == [(b"y", b"new")]
