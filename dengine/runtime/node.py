@@ -313,18 +313,22 @@ class Node:
         self._proposals.append(_Proposal(ExpireKeys(tuple(expired)), None))
 
     async def raft_loop(self) -> None:
-        raw = self.raw
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            if self._proposals:
-                self._flush_proposals()
-            if self._read_batch:
-                ctx = next(self._read_seq).to_bytes(8, "big")
-                self.read_waiters[ctx], self._read_batch = self._read_batch, []
-                raw.read_index(ctx)
-            while raw.has_ready():
-                self._handle_ready(raw.ready())
+            self._take_readies()
+
+    def _take_readies(self) -> None:
+        """One pass: everything the core has to say, as Readies."""
+        raw = self.raw
+        if self._proposals:
+            self._flush_proposals()
+        if self._read_batch:
+            ctx = next(self._read_seq).to_bytes(8, "big")
+            self.read_waiters[ctx], self._read_batch = self._read_batch, []
+            raw.read_index(ctx)
+        while raw.has_ready():
+            self._handle_ready(raw.ready())
 
     def _flush_proposals(self) -> None:
         max_batch = self.options.proposal_batch_max
@@ -412,7 +416,9 @@ class Node:
             self._persisted_event.set()
             if released:
                 self.outbox.send(released)
-            self.wake()
+            # What the fsync unblocked (a commit, acknowledgements) goes out
+            # now, without a hop through the raft loop task.
+            self._take_readies()
 
     def _needs_io(self, rd: Ready) -> bool:
         """Whether a Ready must reach the disk before its messages leave.
