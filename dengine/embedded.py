@@ -52,6 +52,7 @@ from dengine.lifecycle import Subscription
 from dengine.raft.messages import Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
 from dengine.storage.file import FileStorage
+from dengine.transport.base import single_leaf
 from dengine.storage.memory import MemoryStorage
 from dengine.watch.dispatcher import DispatcherStatistics, Watch
 
@@ -451,9 +452,9 @@ async def open_engine(
     except BaseExceptionGroup as group:
         # The engine's tasks and the caller's block share one nursery; give the
         # caller one clear exception, not a bare ExceptionGroup (STYLE.md, 9).
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if len(leaves) == 1:
-            raise leaves[0] from None
+        leaf = single_leaf(group)
+        if leaf is not None:
+            raise leaf from None
         err = _find_dengine_error(group)
         if err is not None:
             raise err from group
@@ -472,15 +473,6 @@ def _peer_ssl_context(cfg: Config, *, server_side: bool) -> ssl.SSLContext | Non
     if server_side:
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        out: list[BaseException] = []
-        for inner in exc.exceptions:
-            out.extend(_leaves(inner))
-        return out
-    return [exc]
 
 
 async def _graceful_handover(engine: Engine) -> None:

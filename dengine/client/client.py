@@ -75,6 +75,7 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.client._connection import NETWORK_ERRORS, Connection, ConnectionLost, Expired, Stream
+from dengine.transport.base import single_leaf
 from dengine.transport.client_protocol import (
     decode_flag,
     decode_kv,
@@ -85,7 +86,6 @@ from dengine.transport.client_protocol import (
     decode_status,
     decode_values,
     decode_watch_item,
-    single_leaf,
 )
 
 __all__ = ["Client", "LeaderWatch", "RemoteWatch", "open_client"]

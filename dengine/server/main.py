@@ -29,7 +29,7 @@ from dengine.config import Config, parse_address
 from dengine.embedded import Engine, open_engine
 from dengine.errors import InvalidArgument
 from dengine.lifecycle import Subscription
-from dengine.transport.client_protocol import single_leaf
+from dengine.transport.base import single_leaf
 from dengine.server.service import ClientService, ServerStatistics, ServiceOptions
 
 __all__ = ["Server", "open_server", "serve", "server_ssl_context"]

@@ -279,7 +279,6 @@ class _Connection:
         self.engine = service.engine
         self.stream = stream
         self.remote = _remote_name(stream)
-        opts = service.options
         # The send queue: response bodies for the writer, at most
         # send_queue_size of them; finals wait in _room when it is full.
         self._out: list[bytes] = []

@@ -238,19 +238,24 @@ def check_queue_size(queue_size: int) -> int:
     return queue_size
 
 
-def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one leaf of a nursery's exception group, if it holds just one.
+def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception other than ``trio.Cancelled`` inside ``group``, or
+    None when there are several.
 
     Our ``open_*`` context managers yield inside their nursery; trio wraps an
-    exception from the ``async with`` body in an ExceptionGroup. The body's
-    own exception is what the caller should see.
+    exception from the ``async with`` body (or from a dying task) in an
+    ExceptionGroup, with Cancelled siblings. The one real error is what the
+    caller should see (STYLE.md, 9).
     """
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        if len(leaf.exceptions) != 1:
-            return None
-        leaf = leaf.exceptions[0]
-    return leaf
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 class TransportCommon:

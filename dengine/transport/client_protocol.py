@@ -56,7 +56,6 @@ from dengine.errors import (
 )
 
 __all__ = [
-    "single_leaf",
     "CANCEL",
     "OPS",
     "STATUS_ERROR",
@@ -486,15 +485,3 @@ def decode_scan(body: Mapping[str, Any]) -> ScanResult:
     return ScanResult(entries=entries, revision=_field(body, "revision", _uint))
 
 
-def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception (other than trio.Cancelled) inside ``group``, or
-    None: lets an ``open_*`` raise one clear error, not an ExceptionGroup."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        elif type(exc).__name__ != "Cancelled":
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None

@@ -40,7 +40,7 @@ from dengine.transport.base import (
     PeerQueue,
     TransportCommon,
     check_queue_size,
-    single_exception,
+    single_leaf,
 )
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
@@ -153,7 +153,7 @@ class MemoryNetwork:
                     inbound_send.close()  # wakes senders blocked on our full inbound
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            leaf = single_exception(group)
+            leaf = single_leaf(group)
             if leaf is None:
                 raise
             raise leaf from leaf.__cause__

@@ -49,7 +49,7 @@ from dengine.transport.base import (
     PeerQueue,
     TransportCommon,
     check_queue_size,
-    single_exception,
+    single_leaf,
 )
 from dengine.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -529,7 +529,7 @@ async def open_peer_transport(
                     transport._closed = True
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            leaf = single_exception(group)
+            leaf = single_leaf(group)
             if leaf is None:
                 raise
             raise leaf from leaf.__cause__
