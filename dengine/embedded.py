@@ -58,7 +58,10 @@ from dengine.watch.dispatcher import DispatcherStatistics, Watch
 
 log = logging.getLogger("dengine.engine")
 
-_UNSET: Any = object()
+
+# Formatted only when a deadline fires, not on every call.
+_WRITE_TIMEOUT = "the write did not complete within {:g} s; it may or may not have been applied"
+_READ_TIMEOUT = "the read did not complete within {:g} s (no leader could confirm it)"
 
 
 def node_options(config: Config) -> NodeOptions:
@@ -136,11 +139,7 @@ class EmbeddedClient:
         limit = self._engine._timeout(timeout)
         node = self._node
         waiter = node.propose(command)
-        node.expire(
-            waiter,
-            trio.current_time() + limit,
-            f"the write did not complete within {limit:g} s; it may or may not have been applied",
-        )
+        node.expire(waiter, trio.current_time() + limit, _WRITE_TIMEOUT, limit)
         return await waiter.wait()
 
     # -- reads ----------------------------------------------------------
@@ -234,7 +233,6 @@ class EmbeddedClient:
             return
         limit = engine._timeout(timeout)
         deadline = trio.current_time() + limit
-        message = f"the read did not complete within {limit:g} s (no leader could confirm it)"
         index: int | None = None
         if level is ReadConsistency.LEASE:
             if node.current_role is not Role.LEADER:
@@ -242,10 +240,10 @@ class EmbeddedClient:
             index = node.lease_read_index()
         if index is None:
             # Linearizable, or a lease not (yet) established: ReadIndex.
-            index = await engine._read_index_with_retry(deadline, message)
+            index = await engine._read_index_with_retry(deadline, limit)
         waiter = node.applied_waiter(index)
         if waiter is not None:
-            node.expire(waiter, deadline, message)
+            node.expire(waiter, deadline, _READ_TIMEOUT, limit)
             await waiter.wait()
 
 class Engine:
@@ -264,13 +262,13 @@ class Engine:
             raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
         return float(timeout)
 
-    async def _read_index_with_retry(self, deadline: float, message: str) -> int:
+    async def _read_index_with_retry(self, deadline: float, limit: float) -> int:
         """ReadIndex, retried while the cluster has no leader (elections)."""
         node = self._node
         delay = 0.005
         while True:
             waiter = node.request_read_index()
-            node.expire(waiter, deadline, message)
+            node.expire(waiter, deadline, _READ_TIMEOUT, limit)
             try:
                 index: int = await waiter.wait()
                 return index
@@ -280,7 +278,7 @@ class Engine:
                 # No leader right now (or it lost leadership): wait a little.
                 left = deadline - trio.current_time()
                 if left <= 0:
-                    raise Timeout(message) from exc
+                    raise Timeout(_READ_TIMEOUT.format(limit)) from exc
                 await trio.sleep(min(delay, left))
                 delay = min(delay * 2, 0.1)
 

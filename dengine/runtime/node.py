@@ -163,7 +163,7 @@ class Node:
         self.read_waiters: dict[bytes, list[Waiter]] = {}
         # Deadlines of callers' waiters, expired by the ticker (one check per
         # tick instead of one cancel scope per call).
-        self._deadlines: list[tuple[float, int, Waiter, str]] = []
+        self._deadlines: list[tuple[float, int, Waiter, str, float]] = []
         self._deadline_seq = itertools.count()
         self._proposals: list[_Proposal] = []
         self._read_seq = itertools.count(1)
@@ -232,16 +232,17 @@ class Node:
         self._read_batch.append(waiter)
         return waiter
 
-    def expire(self, waiter: Waiter, deadline: float, message: str) -> None:
-        """Fail ``waiter`` with Timeout(message) if it is still pending at
+    def expire(self, waiter: Waiter, deadline: float, template: str, limit: float) -> None:
+        """Fail ``waiter`` with Timeout(template.format(limit)) if it is still pending at
         ``deadline`` (trio time). Enforced by the ticker, within one tick."""
-        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), waiter, message))
+        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), waiter, template, limit))
 
     def _expire_deadlines(self, now: float) -> None:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            _, _, waiter, message = heapq.heappop(heap)
-            waiter.fail(Timeout(message))
+            _, _, waiter, template, limit = heapq.heappop(heap)
+            if not waiter.done():
+                waiter.fail(Timeout(template.format(limit)))
         if len(heap) > 10_000:
             # Entries of answered calls linger until their deadline; drop them.
             self._deadlines = [e for e in heap if not e[2].done()]
