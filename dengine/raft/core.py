@@ -188,7 +188,7 @@ class RaftCore:
         self.first_commit_in_term = None
         self._reset_randomized_timeout()
         self._index_conf_entries(self.log.snapshot_index + 1)
-        self._apply_committed_conf(0)
+        self._apply_committed_conf()
         self.role = self._follower_role()
 
     # ------------------------------------------------------------------
@@ -668,17 +668,16 @@ class RaftCore:
         match[self.id] = self.log.persisted  # ourselves only once durable
         if self.id in self.prs:
             self.prs[self.id].match = self.log.persisted
-        old = self.log.committed
         if self.log.maybe_commit(committed_index(self.conf.voters, match), self.term):
-            self._on_commit_advanced(old)
+            self._on_commit_advanced()
             return True
         return False
 
-    def _on_commit_advanced(self, old: int) -> None:
+    def _on_commit_advanced(self) -> None:
         if self.role is Role.LEADER and self.first_commit_in_term is None and self.committed_in_term():
             self.first_commit_in_term = self.log.committed
             self._release_reads_before_commit()
-        self._apply_committed_conf(old)
+        self._apply_committed_conf()
 
     def _release_reads_before_commit(self) -> None:
         pending, self.reads_before_commit = self.reads_before_commit, []
@@ -828,9 +827,8 @@ class RaftCore:
         elif isinstance(m, Heartbeat):
             self.lead = m.frm
             self.election_elapsed = 0
-            old = self.log.committed
             if self.log.commit_to(m.commit):
-                self._apply_committed_conf(old)
+                self._apply_committed_conf()
             self._send(HeartbeatResponse(frm=self.id, to=m.frm, term=self.term, round=m.round))
         elif isinstance(m, InstallSnapshot):
             self.lead = m.frm
@@ -885,7 +883,7 @@ class RaftCore:
             self._truncate_conf_index(first_changed)
             self._index_conf_entries(first_changed)
         if log.committed > old_commit:
-            self._apply_committed_conf(old_commit)
+            self._apply_committed_conf()
         # §5.3 + persistence contract: acknowledge only once durable.
         self._send_after_persist(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=last_new))
 
@@ -897,9 +895,8 @@ class RaftCore:
             return
         if log.match_term(meta.index, meta.term):
             # We have the entries; just learn they are committed.
-            old = log.committed
             log.commit_to(meta.index)
-            self._apply_committed_conf(old)
+            self._apply_committed_conf()
         else:
             log.restore(m.snapshot)
             self.snapshot = m.snapshot
@@ -937,8 +934,8 @@ class RaftCore:
     def _truncate_conf_index(self, first_changed: int) -> None:
         self.pending_conf = [i for i in self.pending_conf if i < first_changed]
 
-    def _apply_committed_conf(self, old_commit: int) -> None:
-        del old_commit
+    def _apply_committed_conf(self) -> None:
+        """Membership changes take effect once known committed (membership.py)."""
         changed = False
         while self.pending_conf and self.pending_conf[0] <= self.log.committed:
             idx = self.pending_conf.pop(0)
