@@ -414,7 +414,9 @@ async def open_engine(
     try:
         async with AsyncExitStack() as stack:
             store = storage if storage is not None else await trio.to_thread.run_sync(
-                lambda: FileStorage(cfg.data_dir, segment_size=cfg.storage.segment_size)
+                lambda: FileStorage(
+                    cfg.data_dir, segment_size=cfg.storage.segment_size, preallocate=cfg.storage.preallocate
+                )
             )
             stack.callback(store.close)
             outbox: Any = NullOutbox()

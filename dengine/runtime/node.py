@@ -170,6 +170,7 @@ class Node:
         self._wakeup = trio.Event()
         self._persist_queue: list[Ready] = []
         self._persist_wakeup = trio.Event()
+        self._prepare_wakeup = trio.Event()
         self._persisted_event = trio.Event()
         self._apply_queue: list[tuple[Snapshot | None, tuple[Entry, ...]]] = []
         self._apply_wakeup = trio.Event()
@@ -413,6 +414,8 @@ class Node:
             if any(self._needs_io(rd) for rd in batch):
                 await trio.to_thread.run_sync(self._persist_batch, batch)
                 self.persisted_batches += 1
+                if self.storage.needs_preparation:
+                    self._prepare_wakeup.set()
             released = raw.on_persisted(batch[-1].number)
             self._persisted_event.set()
             if released:
@@ -420,6 +423,16 @@ class Node:
             # What the fsync unblocked (a commit, acknowledgements) goes out
             # now, without a hop through the raft loop task.
             self._take_readies()
+
+    async def preparer(self) -> None:
+        """Slow storage work kept off the write path (FileStorage: zero-fill
+        the next WAL segment), woken by the persister. The worker thread is
+        abandoned on cancel; Storage.close waits for it to notice."""
+        while True:
+            if self.storage.needs_preparation:
+                await trio.to_thread.run_sync(self.storage.prepare, abandon_on_cancel=True)
+            await self._prepare_wakeup.wait()
+            self._prepare_wakeup = trio.Event()
 
     def _needs_io(self, rd: Ready) -> bool:
         """Whether a Ready must reach the disk before its messages leave.
@@ -624,6 +637,7 @@ async def open_node(
             node._nursery = nursery
             nursery.start_soon(node.raft_loop)
             nursery.start_soon(node.persister)
+            nursery.start_soon(node.preparer)
             nursery.start_soon(node.applier)
             nursery.start_soon(node.ticker)
             nursery.start_soon(node.watch.run)

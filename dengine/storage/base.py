@@ -90,6 +90,18 @@ class Storage(abc.ABC):
         snapshot (``index <= snapshot.meta.index``). Frees disk space (WAL
         segments wholly covered are deleted)."""
 
+    @property
+    def needs_preparation(self) -> bool:
+        """Whether :meth:`prepare` has slow work to do. Cheap; read without
+        locking, so it may be briefly stale."""
+        return False
+
+    def prepare(self) -> None:
+        """Do slow, optional work off the write path (FileStorage: zero-fill
+        the next WAL segment). May run in a worker thread beside the other
+        calls; returns at once when there is nothing to do. Never needed for
+        durability."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the backend (files, the data-dir lock). Idempotent. Every

@@ -6,16 +6,24 @@ Data directory::
     wal-0000000000000001.log      WAL segments (format: dengine.storage.wal)
     wal-0000000000000002.log
     snap-00000000000000001234.snap  latest snapshot (format: dengine.storage.snapshot)
-    *.tmp                         a snapshot being written; deleted on open
+    wal-next.tmp                  the next segment, zero-filled ahead (see prepare)
+    *.tmp                         a snapshot or segment being written; deleted on open
 
 What is fsynced when:
 
 * append / truncate_suffix: the framed record(s) go out in one ``writev``
   followed by one ``fdatasync`` of the segment; the call returns after that.
-* roll-over: a new segment is created when the current one has reached
+* roll-over: a new segment is started when the current one has reached
   ``segment_size``; its header record is written together with the batch
   that caused the roll, and the directory is fsynced so the file name is
   durable before the call returns.
+* preallocation (``preallocate=True``, the default): :meth:`FileStorage.prepare`,
+  run off the write path, writes ``wal-next.tmp`` as ``segment_size`` zero
+  bytes and fsyncs it. A roll-over renames it to the new segment's name
+  (then the directory fsync above); appends then overwrite allocated,
+  written blocks, so each ``fdatasync`` flushes data only. While no such
+  file is ready a segment is an ordinary growing file, and one that is
+  switches to the prepared file at the next append.
 * save_snapshot: temp file written + fsynced, renamed, directory fsynced;
   then (only if the log is discarded) a RESET record is appended and synced.
 * compact: covered segments unlinked, then the directory fsynced.
@@ -24,6 +32,8 @@ What is fsynced when:
 
 Recovery rules (the only place where data is ever dropped):
 
+* In the LAST segment, zero bytes after the last valid record are the unused
+  part of a preallocated segment: the clean end of the log.
 * In the LAST segment, if the bytes after the last valid record hold no other
   valid record (no complete record with a correct CRC starts anywhere in
   them), they are a torn write from a crash: truncated at the last good
@@ -68,6 +78,7 @@ log = logging.getLogger("dengine.storage")
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 LOCK_NAME = "LOCK"
+SPARE_NAME = "wal-next.tmp"
 
 
 @attrs.define
@@ -83,6 +94,8 @@ class _Segment:
 class _Recovered:
     state: InitialState
     segments: list[_Segment]
+    last_end: int | None = None
+    """Where the records of the last segment end (None: no segment)."""
     unfinished_reset: SnapshotMeta | None = None
     """A snapshot whose RESET record was lost in a crash (see _settle)."""
 
@@ -101,8 +114,10 @@ class FileStorage(Storage):
 
     ``create``: make the directory if it does not exist (else DataDirMissing).
     ``segment_size``: roll over to a new WAL segment once this many bytes
-    were written to the current one. Safe to call from several threads: calls
-    are serialised.
+    were written to the current one. ``preallocate``: let :meth:`prepare`
+    zero-fill the next segment ahead of time. Safe to call from several
+    threads: calls are serialised (except :meth:`prepare`'s slow part, which
+    runs beside them).
     """
 
     def __init__(
@@ -111,11 +126,19 @@ class FileStorage(Storage):
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         create: bool = True,
+        preallocate: bool = True,
     ) -> None:
         if segment_size < 1:
             raise InvalidArgument(f"segment_size must be positive, got {segment_size}")
         self.path = os.path.abspath(os.fspath(data_dir))
         self._segment_size = segment_size
+        self._preallocate = preallocate
+        self._spare: str | None = None
+        """A zero-filled, fsynced segment-to-be, ready for the next roll-over."""
+        self._preparing = False
+        self._prepare_idle = threading.Event()
+        self._prepare_idle.set()
+        self._prepare_failure: str | None = None
         self._mutex = threading.Lock()
         self._failure: str | None = None
         self._closed = False
@@ -199,7 +222,52 @@ class FileStorage(Storage):
         with self._mutex:
             self._closed = True
             self._initial = None
+        # A preparer sees _closed within one MiB and removes its file; wait
+        # for it so that nothing of ours runs once the lock is released.
+        self._prepare_idle.wait()
+        with self._mutex:
             self._release()
+
+    @property
+    def needs_preparation(self) -> bool:
+        return (
+            self._preallocate
+            and self._spare is None
+            and not self._preparing
+            and not self._closed
+            and self._failure is None
+            and self._prepare_failure is None
+        )
+
+    def prepare(self) -> None:
+        """Zero-fill the next WAL segment (``segment_size`` bytes, fsynced)
+        unless one is ready. Slow; runs beside appends (the runtime calls it
+        from a worker thread after a batch). A failure here is not fatal --
+        nothing acknowledged depends on it -- but turns preallocation off,
+        with a warning."""
+        with self._mutex:
+            if not self.needs_preparation:
+                return
+            self._preparing = True
+            self._prepare_idle.clear()
+        path = os.path.join(self.path, SPARE_NAME)
+        ready = False
+        try:
+            ready = wal.zero_fill(path, self._segment_size, stop=lambda: self._closed)
+        except OSError as exc:
+            self._prepare_failure = str(storage_error(exc, f"preallocating {path}", writing=False))
+            log.warning("%s; WAL segments grow as they are written from now on", self._prepare_failure)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        finally:
+            with self._mutex:
+                self._preparing = False
+                if ready and self._closed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                elif ready:
+                    self._spare = path
+                self._prepare_idle.set()
 
     # ----------------------------------------------------------------------
     # Introspection (tests, benchmarks, status)
@@ -272,7 +340,7 @@ class FileStorage(Storage):
                 self._writer_write([wal.encode_header(1, self._hard_state)])
                 return
             last = self._segments[-1]
-            self._writer = wal.SegmentWriter(last.path, last.seq, create=False)
+            self._writer = wal.SegmentWriter(last.path, last.seq, create=False, end=recovered.last_end)
             if self._writer.size == 0:
                 # Created just before a crash (or emptied by tail repair).
                 self._writer_write([wal.encode_header(last.seq, self._hard_state)])
@@ -288,9 +356,9 @@ class FileStorage(Storage):
             names = os.listdir(self.path)
             model = LogModel()
             model.snapshot = self._read_latest_snapshot(names)
-            segments = self._replay_segments(names, model, repair=repair)
+            segments, last_end = self._replay_segments(names, model, repair=repair)
         unfinished = self._settle(model)
-        return _Recovered(model.initial_state(), segments, unfinished)
+        return _Recovered(model.initial_state(), segments, last_end, unfinished)
 
     def _read_latest_snapshot(self, names: list[str]) -> Snapshot | None:
         indexes = [i for i in map(parse_snapshot_name, names) if i is not None]
@@ -300,7 +368,10 @@ class FileStorage(Storage):
         # older snapshot is no fallback. Corruption here is fatal.
         return read_snapshot_file(os.path.join(self.path, snapshot_name(max(indexes))))
 
-    def _replay_segments(self, names: list[str], model: LogModel, *, repair: bool) -> list[_Segment]:
+    def _replay_segments(
+        self, names: list[str], model: LogModel, *, repair: bool
+    ) -> tuple[list[_Segment], int | None]:
+        """The segments, and where the records of the last one end."""
         seqs = sorted(s for s in map(wal.parse_segment_name, names) if s is not None)
         for a, b in zip(seqs, seqs[1:]):
             if b != a + 1:
@@ -309,18 +380,22 @@ class FileStorage(Storage):
                     path=os.path.join(self.path, wal.segment_name(a + 1)),
                 )
         segments: list[_Segment] = []
+        last_end: int | None = None
         for n, seq in enumerate(seqs):
             path = os.path.join(self.path, wal.segment_name(seq))
             with open(path, "rb") as f:
                 data = f.read()
-            result = wal.scan(data)
+            is_last = n == len(seqs) - 1
+            result = wal.scan(data, zero_tail=is_last)
             if result.problem is not None:
-                self._handle_bad_bytes(path, data, result, is_last=n == len(seqs) - 1, repair=repair)
+                self._handle_bad_bytes(path, data, result, is_last=is_last, repair=repair)
+            if is_last:
+                last_end = result.end
             segment = _Segment(seq, path, 0)
             segments.append(segment)
             for k, (offset, payload) in enumerate(result.records):
                 self._replay_record(path, offset, payload, first=k == 0, seq=seq, model=model, segments=segments)
-        return segments
+        return segments, last_end
 
     def _handle_bad_bytes(self, path: str, data: bytes, result: wal.ScanResult, *, is_last: bool, repair: bool) -> None:
         where = f"{path}: {result.problem} at byte offset {result.end}"
@@ -430,7 +505,7 @@ class FileStorage(Storage):
         self._initial = None  # the cached recovery result is stale now
         with self._writing(doing):
             assert self._writer is not None
-            if self._writer.size >= self._segment_size:
+            if self._writer.size >= self._segment_size or (self._spare is not None and not self._writer.preallocated):
                 seq = self._writer.seq + 1
                 self._new_segment(seq)
                 # The header rides in the same write + sync as the batch.
@@ -450,7 +525,12 @@ class FileStorage(Storage):
 
     def _new_segment(self, seq: int) -> None:
         path = os.path.join(self.path, wal.segment_name(seq))
-        writer = wal.SegmentWriter(path, seq, create=True)
+        if self._spare is not None:
+            spare, self._spare = self._spare, None
+            os.rename(spare, path)
+            writer = wal.SegmentWriter(path, seq, create=False, end=0)
+        else:
+            writer = wal.SegmentWriter(path, seq, create=True)
         if self._writer is not None:
             self._writer.close()  # already synced with its last batch
         self._writer = writer

@@ -4,6 +4,7 @@ restart, lifecycle, bad input. Every test runs under an absolute deadline."""
 from __future__ import annotations
 
 import pathlib
+import threading
 
 import attrs
 import pytest
@@ -195,6 +196,84 @@ async def test_a_dying_task_stops_the_engine_with_one_clear_error(tmp_path: path
     assert "fsync failed" in str(info.value)
     assert stop is not None and stop.is_set()
     assert engine.stopped_notify().is_set()
+
+
+class PreparingStorage(dengine.embedded.MemoryStorage):
+    """Asks for preparation (as FileStorage does for its next WAL segment)
+    until prepared, then again after every 20 appends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends = 0
+        self.prepared_in: list[int] = []
+        self.prepared = threading.Event()
+        self._needs = True
+
+    @property
+    def needs_preparation(self) -> bool:
+        return self._needs
+
+    def prepare(self) -> None:
+        self._needs = False
+        self.prepared_in.append(threading.get_ident())
+        if len(self.prepared_in) >= 2:
+            self.prepared.set()
+
+    def append(self, entries, hard_state=None):  # type: ignore[no-untyped-def]
+        self.appends += 1
+        if self.appends % 20 == 0:
+            self._needs = True
+        return super().append(entries, hard_state)
+
+
+async def test_storage_preparation_runs_in_a_worker_thread(tmp_path: pathlib.Path) -> None:
+    storage = PreparingStorage()
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=single(tmp_path), storage=storage) as engine:
+            await engine.wait_ready(timeout=5)
+            for i in range(30):
+                await engine.client.put(b"k%d" % i, b"v")
+            # Asked for at start and again after the 20th append.
+            assert await trio.to_thread.run_sync(storage.prepared.wait, 10)
+            assert threading.get_ident() not in storage.prepared_in
+            assert await engine.client.get(b"k29") == b"v"
+
+
+def _segments_with_zero_tail(data_dir: pathlib.Path) -> int:
+    from dengine.storage import wal
+
+    count = 0
+    for seg in data_dir.glob("wal-*.log"):
+        data = seg.read_bytes()
+        count += wal.scan(data, zero_tail=True).end < len(data)
+    return count
+
+
+@pytest.mark.parametrize("preallocate", [True, False])
+async def test_the_engine_preallocates_wal_segments_as_configured(tmp_path: pathlib.Path, preallocate: bool) -> None:
+    cfg = single(tmp_path)
+    cfg = attrs.evolve(cfg, storage=attrs.evolve(cfg.storage, segment_size=32768, preallocate=preallocate))
+    data_dir = tmp_path / "data"
+    with trio.fail_after(20):
+        async with dengine.open_engine(config=cfg) as engine:
+            await engine.wait_ready(timeout=5)
+            # Write until the WAL has rolled into a prepared segment (the
+            # preparer runs beside the writes) -- or, without preallocation,
+            # through several segments, none of which ever has a zero tail.
+            for i in range(2000):
+                await engine.client.put(b"k%d" % i, b"v" * 100)
+                if preallocate and _segments_with_zero_tail(data_dir):
+                    break
+            else:
+                assert not preallocate
+            assert len(list(data_dir.glob("wal-*.log"))) >= 2
+            if not preallocate:
+                assert _segments_with_zero_tail(data_dir) == 0
+                assert not (data_dir / "wal-next.tmp").exists()
+            last = i
+        async with dengine.open_engine(config=cfg) as engine:
+            await engine.wait_ready(timeout=5)
+            assert await engine.client.get(b"k%d" % last) == b"v" * 100
 
 
 async def test_bad_config_is_refused_with_a_clear_error(tmp_path: pathlib.Path) -> None:

@@ -5,12 +5,16 @@ is killed, printing each acknowledgement only after append() returned.
 
 Lines: ``A first last term`` (entries first..last of that term are durable),
 ``S index`` (a snapshot at index is durable and the log compacted to it).
-Entry content is a function of (index, term) so the parent can check it."""
+Entry content is a function of (index, term) so the parent can check it.
+Like the runtime, a second thread zero-fills the next WAL segment whenever
+the storage asks for it, so kills also land while a segment is prepared,
+renamed into place and overwritten."""
 
 from __future__ import annotations
 
 import random
 import sys
+import threading
 
 from dengine.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from dengine.storage import FileStorage
@@ -35,12 +39,23 @@ def main() -> None:
     last = state.last_index
     snap_index = state.snapshot.meta.index if state.snapshot else 0
     out = sys.stdout
+    wanted = threading.Event()
+
+    def preparer() -> None:
+        for _ in range(MAX_BATCHES):
+            wanted.wait()
+            wanted.clear()
+            storage.prepare()
+
+    threading.Thread(target=preparer, daemon=True).start()
     for n in range(MAX_BATCHES):
         size = rng.choice((1, 1, 2, 5, 20, 100))
         batch = [Entry(i, generation, data=content(i, generation)) for i in range(last + 1, last + size + 1)]
         storage.append(batch, HardState(term=generation, vote=1, commit=last))
         out.write(f"A {last + 1} {last + size} {generation}\n")
         out.flush()
+        if storage.needs_preparation:
+            wanted.set()
         for e in batch:
             terms[e.index] = e.term
         last += size

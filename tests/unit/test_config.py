@@ -112,6 +112,7 @@ enable_metrics = true
 
 [storage]
 segment_size = 1048576
+preallocate = false
 
 [transport]
 max_frame_size = 4194304
@@ -357,7 +358,7 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
             enable_metrics=True,
         ),
     )
-    assert full.storage == StorageSettings(segment_size=1048576)
+    assert full.storage == StorageSettings(segment_size=1048576, preallocate=False)
     assert full.transport == TransportSettings(max_frame_size=4194304, connect_timeout_ms=1500, handshake_timeout_ms=2500)
     assert full.server == ServerSettings(
         max_connections=50,
@@ -497,6 +498,7 @@ def test_from_dict_rejects_unknown_keys() -> None:
         ("DENGINE_RAFT__TICK_INTERVAL_MS", "20", lambda c: c.raft.tick_interval_ms == 20.0),
         ("DENGINE_RAFT__DEFAULT_READ_CONSISTENCY", "LEASE", lambda c: c.raft.default_read_consistency is ReadConsistency.LEASE),  # enum
         ("DENGINE_STORAGE__SEGMENT_SIZE", "1_048_576", lambda c: c.storage.segment_size == 1 << 20),
+        ("DENGINE_STORAGE__PREALLOCATE", "false", lambda c: c.storage.preallocate is False),
         ("DENGINE_TRANSPORT__MAX_FRAME_SIZE", "8388608", lambda c: c.transport.max_frame_size == 8 << 20),
         ("DENGINE_SERVER__MAX_CONNECTIONS", "10", lambda c: c.server.max_connections == 10),
     ],

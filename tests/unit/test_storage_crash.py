@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dengine.storage import FileStorage
+from dengine.storage import FileStorage, wal
 
 from .crash_child import content, snapshot_data
 
@@ -73,9 +73,14 @@ def _read_lines(proc: subprocess.Popen[bytes], wanted: int, acks: Acks) -> None:
         acks.record(line.decode())
 
 
-def _verify(data_dir: Path, acks: Acks, segment_size: int) -> None:
+def _verify(data_dir: Path, acks: Acks, segment_size: int) -> bool:
+    """Check every acknowledgement; True if the last WAL segment was a
+    preallocated one (zero bytes after its records)."""
     with FileStorage(data_dir, segment_size=segment_size) as s:
         state = s.load()
+        last = s.segment_paths[-1]
+    data = Path(last).read_bytes()
+    preallocated = wal.scan(data, zero_tail=True).end < len(data)
     snap_index = state.snapshot.meta.index if state.snapshot else 0
     assert snap_index >= acks.snapshot
     if state.snapshot is not None:
@@ -89,12 +94,14 @@ def _verify(data_dir: Path, acks: Acks, segment_size: int) -> None:
     for e in state.entries:  # unacknowledged survivors are whole, not garbage
         assert e.data == content(e.index, e.term)
     assert state.hard_state.term >= acks.max_term
+    return preallocated
 
 
 def _crash_loop(tmp_path: Path, kills: int, seed: int, segment_size: int) -> None:
     rng = random.Random(seed)
     data_dir = tmp_path / "data"
     acks = Acks()
+    preallocated = 0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for generation in range(1, kills + 1):
         proc = subprocess.Popen(
@@ -113,8 +120,9 @@ def _crash_loop(tmp_path: Path, kills: int, seed: int, segment_size: int) -> Non
             for stream in (proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
-        _verify(data_dir, acks, segment_size)
+        preallocated += _verify(data_dir, acks, segment_size)
     assert len(acks.terms) > kills  # the runs did make progress
+    assert preallocated > 0  # kills did land in zero-filled segments
 
 
 def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
