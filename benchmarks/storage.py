@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}")
     print(f"command: {' '.join(['python -m benchmarks storage', *(argv or [])])}")
     with tempfile.TemporaryDirectory(prefix="dengine-bench-", dir=ns.dir) as d:
-        # Disk latency drifts over a run: measure the raw fsync rate and the
-        # batch-1 WAL rate in alternating rounds and compare their medians.
+        # Disk speed drifts over a run: measure each goal's pair (raw fsync
+        # and batch-1, raw sequential and batch-256) in alternating rounds
+        # and compare their medians.
         raw_rounds, wal1_rounds, seq_rounds, wal256_rounds = [], [], [], []
         seq_bytes = (128 if ns.quick else 512) << 20
         for _ in range(ROUNDS):
