@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 
 from dengine.raft.messages import Entry, HardState
-from dengine.storage import FileStorage
+from dengine.storage import FileStorage, wal
 
 PAYLOAD = 256
 BATCHES = (1, 16, 256, 4096)
@@ -63,14 +63,10 @@ def raw_sync_rate(
     """Write ``size`` bytes + ``sync`` in a loop; ``zero_filled``: into a file
     of that many zero bytes written and fsynced first (overwrite, not append)."""
     path = os.path.join(d, f"raw-{size}-{sync.__name__}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    if zero_filled:  # the same preparation FileStorage.prepare does
+        wal.zero_fill(path, zero_filled, stop=lambda: False)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (0 if zero_filled else os.O_TRUNC), 0o644)
     buf = os.urandom(size)
-    if zero_filled:
-        zeros = bytes(1 << 20)
-        for _ in range(zero_filled >> 20):
-            os.write(fd, zeros)
-        os.fsync(fd)
-        os.lseek(fd, 0, os.SEEK_SET)
 
     def op() -> tuple[int, float]:
         start = time.perf_counter()

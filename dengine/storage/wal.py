@@ -256,7 +256,7 @@ class SegmentWriter:
         self.fd = os.open(path, flags, 0o644)
         try:
             self.capacity = os.fstat(self.fd).st_size
-            self.size = os.lseek(self.fd, 0 if end is None else end, os.SEEK_END if end is None else os.SEEK_SET)
+            self.size = os.lseek(self.fd, self.capacity if end is None else end, os.SEEK_SET)
         except BaseException:
             os.close(self.fd)
             raise
@@ -275,7 +275,6 @@ class SegmentWriter:
         self.size += sum(len(b) for b in buffers)
         if sync:
             fsync_file(self.fd)
-        self.capacity = max(self.capacity, self.size)
 
     def close(self) -> None:
         if self.fd >= 0:
