@@ -68,6 +68,7 @@ from dengine.raft.messages import (
     TimeoutNow,
     TransferLeader,
     VoteResponse,
+    needs_durability,
 )
 from dengine.raft.progress import Inflights, Progress, ProgressState
 from dengine.raft.quorum import VoteResult, committed_index, has_quorum, vote_result
@@ -231,10 +232,13 @@ class RaftCore:
     # ------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
-        self.msgs.append(msg)
-
-    def _send_after_persist(self, msg: Message) -> None:
-        self.msgs_after_persist.append(msg)
+        """Queue ``msg``; whether it may leave before the current Ready is
+        durable is decided here, by its type, never at the call site (as
+        etcd-raft routes every append/vote response through one place)."""
+        if needs_durability(msg):
+            self.msgs_after_persist.append(msg)
+        else:
+            self.msgs.append(msg)
 
     # ------------------------------------------------------------------
     # Transitions
@@ -301,11 +305,7 @@ class RaftCore:
                 pre_vote=pre_vote,
                 force=force,
             )
-            if pre_vote:
-                self._send(msg)
-            else:
-                # The vote for ourselves in this term must be durable first.
-                self._send_after_persist(msg)
+            self._send(msg)  # a real vote request waits for our own vote to be durable
 
     def become_leader(self) -> None:
         self._reset(self.term)
@@ -562,13 +562,9 @@ class RaftCore:
                 self.vote = m.frm
                 self.election_elapsed = 0
                 # §5.2 + persistence contract: the vote is durable before it leaves.
-                self._send_after_persist(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=True))
+                self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=True))
         else:
-            reply = VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=False, pre_vote=m.pre_vote)
-            if m.pre_vote:
-                self._send(reply)
-            else:
-                self._send_after_persist(reply)
+            self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=False, pre_vote=m.pre_vote))
 
     # -- leader ------------------------------------------------------------
 
@@ -857,7 +853,7 @@ class RaftCore:
     def _handle_append(self, m: AppendEntries) -> None:
         log = self.log
         if m.prev_index < log.committed:
-            self._send_after_persist(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=log.committed))
+            self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=log.committed))
             return
         old_commit = log.committed
         old_last = log.last_index()
@@ -885,13 +881,13 @@ class RaftCore:
         if log.committed > old_commit:
             self._apply_committed_conf()
         # §5.3 + persistence contract: acknowledge only once durable.
-        self._send_after_persist(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=last_new))
+        self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=last_new))
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         meta = m.snapshot.meta
         log = self.log
         if meta.index <= log.committed:
-            self._send_after_persist(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=log.committed))
+            self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=log.committed))
             return
         if log.match_term(meta.index, meta.term):
             # We have the entries; just learn they are committed.
@@ -903,7 +899,7 @@ class RaftCore:
             self.conf = meta.conf_state
             self.pending_conf = []
             self.role = self._follower_role()
-        self._send_after_persist(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=log.committed))
+        self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=log.committed))
 
     # ------------------------------------------------------------------
     # Persistence feedback

@@ -267,3 +267,22 @@ MESSAGE_TYPES: tuple[type, ...] = (
     TimeoutNow,
     TransferLeader,
 )
+
+
+def needs_durability(m: Message) -> bool:
+    """Whether ``m`` may leave only once the Ready that produced it is durable.
+
+    * an AppendResponse acknowledges entries (or a snapshot, or a commit
+      point) the leader will count toward commit: they must be on disk;
+      a rejection carries our term, which must not be forgotten either;
+    * a real (not pre-) VoteResponse or RequestVote promises a vote and a
+      term that must survive a crash (§5.2: at most one vote per term).
+
+    Pre-vote traffic changes no state and leaves at once, as does everything
+    else (appends, heartbeats and their answers, reads, transfers).
+    """
+    if type(m) is AppendResponse:
+        return True
+    if type(m) is VoteResponse or type(m) is RequestVote:
+        return not m.pre_vote
+    return False

@@ -92,7 +92,8 @@ def test_5_1_request_from_a_stale_term_is_rejected_with_the_current_term() -> No
     assert (f.term, f.lead) == (term, 1)
     ready = net.process(2)
     assert ready is not None
-    assert [m for m in ready.messages if isinstance(m, AppendResponse)] == [
+    # Every AppendResponse leaves after the Ready is durable (it carries our term).
+    assert [m for m in ready.after_persist if isinstance(m, AppendResponse)] == [
         AppendResponse(frm=2, to=3, term=term, index=0, reject=True)
     ]
 
@@ -237,7 +238,8 @@ def test_5_3_follower_rejects_append_with_mismatching_prev(prev_index: int) -> N
     ready = net.process(2)
     assert ready is not None
     # Hint: our last index no later than prev_index whose term is <= prev_term.
-    assert list(ready.messages) == [
+    assert list(ready.messages) == []  # every AppendResponse waits for durability
+    assert list(ready.after_persist) == [
         AppendResponse(frm=2, to=1, term=3, index=prev_index, reject=True, reject_hint=5, hint_term=2)
     ]
 
@@ -287,7 +289,7 @@ def test_5_3_leader_skips_a_whole_conflicting_term_per_rejection() -> None:
     net.add(3, hard_state=hs, log=BOOT3 + entries(*[2] * 7, start=4))
     leader = net.elect(1)
     rejections = [
-        m for r in net[3].readies for m in r.messages if isinstance(m, AppendResponse) and m.reject
+        m for r in net[3].readies for m in r.after_persist if isinstance(m, AppendResponse) and m.reject
     ]
     assert len(rejections) == 1  # not one per entry of term 2
     assert net[3].log_terms() == net[1].log_terms()
