@@ -218,6 +218,7 @@ def _to_fspath(value: object) -> object:
 
 _CONVERTERS: dict[str, Any] = {
     "float": _to_float,
+    "ratio": _to_float,
     "consistency": _to_consistency,
     "members": _to_members,
     "str": _to_fspath,
@@ -336,11 +337,11 @@ class RaftSettings:
         minimum=1,
     )
     heartbeat_ticks: int = _setting(1, "int", "Ticks between leader heartbeats.", minimum=1)
-    lease_margin_ticks: int = _setting(
-        2,
-        "int",
-        "Ticks taken off the leader lease to absorb clock drift. Must be below `election_ticks`.",
-        minimum=0,
+    max_clock_drift: float = _setting(
+        0.1,
+        "ratio",
+        "Most any node's clock may run fast or slow (0.1 = 10 %). The leader lease is derived from it and "
+        "`election_ticks`; settings that leave no safe lease are refused.",
     )
     pre_vote: bool = _setting(
         True, "bool", "Ask for votes without raising the term first, so a partitioned node cannot disrupt the cluster."
@@ -366,6 +367,20 @@ class RaftSettings:
     max_append_entries: int = _setting(1024, "int", "Most entries in one AppendEntries message.", minimum=1)
     max_append_bytes: int = _setting(
         _MIB, "int", "Soft byte limit of one AppendEntries message (one entry is always allowed).", minimum=1
+    )
+    max_uncommitted_bytes: int = _setting(
+        64 * _MIB,
+        "int",
+        "Bytes of writes a node may hold that are not yet committed, or not yet on its own disk; "
+        "a write over it fails at once with ResourceExhausted (error 2005).",
+        minimum=1,
+    )
+    max_apply_bytes: int = _setting(
+        4 * _MIB,
+        "int",
+        "Bytes of committed entries applied in one step of the event loop (one entry is always allowed), "
+        "so a long catch-up never stalls timers and clients.",
+        minimum=1,
     )
     proposal_batch_max: int = _setting(
         1024,
@@ -441,6 +456,7 @@ class ServerSettings:
 _KIND_WORDS = {
     "int": "an integer",
     "float": "a number",
+    "ratio": "a number from 0 up to (not including) 1",
     "bool": "true or false",
     "str": "a string",
     "path": "a file path",
@@ -486,7 +502,7 @@ def _from_toml_value(meta: _Meta, value: Any) -> Any:
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif kind == "float":
+    elif kind in ("float", "ratio"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif kind == "bool":
@@ -532,7 +548,7 @@ def _from_env_value(meta: _Meta, text: str) -> Any:
             return int(stripped, 10)
         except ValueError:
             raise ValueError(_KIND_WORDS[kind]) from None
-    if kind == "float":
+    if kind in ("float", "ratio"):
         try:
             return float(stripped)
         except ValueError:
@@ -931,7 +947,9 @@ class Config:
             initial_voters=self.initial_voters(),
             election_tick=r.election_ticks,
             heartbeat_tick=r.heartbeat_ticks,
-            lease_margin=r.lease_margin_ticks,
+            max_clock_drift=r.max_clock_drift,
+            max_uncommitted_bytes=r.max_uncommitted_bytes,
+            max_committed_bytes_per_ready=r.max_apply_bytes,
             max_inflight=r.max_inflight,
             max_append_entries=r.max_append_entries,
             max_append_bytes=r.max_append_bytes,
@@ -989,6 +1007,11 @@ def _check_leaf(name: str, meta: _Meta, value: Any) -> str | None:
             return f"{name} must be a number (got {value!r})."
         if not math.isfinite(value) or value <= 0:
             return f"{name} must be a finite number greater than 0 (got {value!r})."
+    elif kind == "ratio":
+        if isinstance(value, bool) or not isinstance(value, float):
+            return f"{name} must be a number (got {value!r})."
+        if not (math.isfinite(value) and 0 <= value < 1):
+            return f"{name} must be a number from 0 up to (not including) 1 (got {value!r})."
     elif kind == "bool":
         if not isinstance(value, bool):
             return f"{name} must be true or false (got {value!r})."
@@ -1080,11 +1103,15 @@ def _check_together(good: Mapping[str, Any]) -> list[str]:
                 "raft.election_ticks must be greater than raft.heartbeat_ticks "
                 f"(got {g['raft.election_ticks']} and {g['raft.heartbeat_ticks']})."
             )
-    if have("raft.lease_margin_ticks", "raft.election_ticks"):
-        if g["raft.lease_margin_ticks"] >= g["raft.election_ticks"]:
+    if have("raft.max_clock_drift", "raft.election_ticks", "raft.heartbeat_ticks", "raft.check_quorum"):
+        lease = RaftConfig(
+            id=1, election_tick=g["raft.election_ticks"], max_clock_drift=g["raft.max_clock_drift"]
+        ).lease_ticks()
+        if g["raft.check_quorum"] and g["raft.election_ticks"] > g["raft.heartbeat_ticks"] and lease < 1:
             problems.append(
-                "raft.lease_margin_ticks must be smaller than raft.election_ticks "
-                f"(got {g['raft.lease_margin_ticks']} and {g['raft.election_ticks']})."
+                f"raft.max_clock_drift {g['raft.max_clock_drift']:g} leaves no safe leader lease with "
+                f"raft.election_ticks {g['raft.election_ticks']}: raise raft.election_ticks or lower "
+                "raft.max_clock_drift."
             )
     if have("raft.default_read_consistency", "raft.check_quorum"):
         if g["raft.default_read_consistency"] is ReadConsistency.LEASE and not g["raft.check_quorum"]:

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from dengine.errors import InvalidArgument, MembershipChangeInProgress, NotLeader, ProposalDropped
+from dengine.errors import InvalidArgument, MembershipChangeInProgress, NotLeader, ProposalDropped, ResourceExhausted
 from dengine.raft import membership
 from dengine.raft.log import RaftLog
 from dengine.raft.messages import (
@@ -91,8 +91,35 @@ class RaftConfig:
     max_append_bytes: int = 1 << 20
     pre_vote: bool = True
     check_quorum: bool = True
-    # Ticks subtracted from the lease to absorb clock drift (docs/design.md).
-    lease_margin: int = 2
+    # The most any node's clock may run fast or slow, as a fraction of real
+    # time (0.1 = 10 %). The leader lease is derived from it: see
+    # lease_ticks() and docs/design.md.
+    max_clock_drift: float = 0.1
+    # Bytes of entries the leader holds that are not yet committed (etcd's
+    # MaxUncommittedEntriesSize); a proposal over it fails with
+    # ResourceExhausted. One proposal is always let through when nothing is
+    # uncommitted, however large.
+    max_uncommitted_bytes: int = 64 << 20
+    # Bytes of committed entries handed out per Ready (etcd's
+    # MaxCommittedSizePerReady), so one apply step stays bounded after a
+    # restart or a long catch-up. At least one entry is always handed out.
+    max_committed_bytes_per_ready: int = 4 << 20
+
+    def lease_ticks(self) -> int:
+        """How many ticks after a heartbeat round was sent the leader may
+        serve lease reads on the quorum that answered it.
+
+        Every voter that answered refuses to help elect anyone else until
+        ``election_tick`` of *its* ticks have passed since it heard the
+        round; the first of those ticks may come at once, so no other leader
+        can exist before ``(election_tick - 1)`` follower ticks of real time.
+        The leader counts ``lease_ticks`` ticks from the moment the round was
+        opened (never later than it was sent). With every clock's rate within
+        ``1 +- max_clock_drift`` of real time the lease is safe when
+        ``lease_ticks * (1 + d) <= (election_tick - 1) * (1 - d)``.
+        """
+        d = self.max_clock_drift
+        return int((self.election_tick - 1) * (1 - d) / (1 + d) + 1e-9)
 
     def validate(self) -> list[str]:
         """One plain sentence per bad field; empty when valid."""
@@ -113,9 +140,18 @@ class RaftConfig:
             problems.append(f"max_append_entries must be at least 1, got {self.max_append_entries}.")
         if self.max_append_bytes < 1:
             problems.append(f"max_append_bytes must be at least 1, got {self.max_append_bytes}.")
-        if not 0 <= self.lease_margin < self.election_tick:
+        if not (isinstance(self.max_clock_drift, (int, float)) and 0 <= self.max_clock_drift < 1):
+            problems.append(f"max_clock_drift must be at least 0 and below 1, got {self.max_clock_drift!r}.")
+        elif self.election_tick > self.heartbeat_tick and self.check_quorum and self.lease_ticks() < 1:
             problems.append(
-                f"lease_margin must be between 0 and election_tick - 1, got {self.lease_margin}."
+                f"the leader lease cannot be safe with election_tick {self.election_tick} and "
+                f"max_clock_drift {self.max_clock_drift:g}: raise election_tick or lower max_clock_drift."
+            )
+        if self.max_uncommitted_bytes < 1:
+            problems.append(f"max_uncommitted_bytes must be at least 1, got {self.max_uncommitted_bytes}.")
+        if self.max_committed_bytes_per_ready < 1:
+            problems.append(
+                f"max_committed_bytes_per_ready must be at least 1, got {self.max_committed_bytes_per_ready}."
             )
         return problems
 
@@ -177,10 +213,15 @@ class RaftCore:
         self.lease_disabled = False  # set once we sent TimeoutNow in this term
         self.read_only = ReadOnly()
         self.reads_before_commit: list[PendingRead] = []
-        self.forwarded_reads: list[bytes] = []
+        # Reads sent to the leader, by ctx, with the tick they left at: the
+        # leader may never answer (it dropped the read, or the message was
+        # lost), so they are given up after ``read_timeout_ticks``.
+        self.forwarded_reads: dict[bytes, int] = {}
         self.reads_to_forward: list[bytes] = []
         # Peers owed an append (coalesced: one message per peer per Ready).
         self.dirty: dict[int, bool] = {}
+        # Leader: bytes of entries proposed in this term not yet committed.
+        self.uncommitted_bytes = 0
         # Output queues, drained by RawNode.ready().
         self.msgs: list[Message] = []
         self.msgs_after_persist: list[Message] = []
@@ -223,6 +264,18 @@ class RaftCore:
         if self.tick_count < self.config.election_tick:
             return True
         return self.lead is not None and self.election_elapsed < self.config.election_tick
+
+    def read_timeout_ticks(self) -> int:
+        """How long a read may wait for its heartbeat round (leader) or for
+        the leader's answer (follower) before it is dropped."""
+        return 2 * self.config.election_tick
+
+    def _expire_forwarded_reads(self) -> None:
+        limit = self.read_timeout_ticks()
+        expired = [c for c, sent in self.forwarded_reads.items() if self.tick_count - sent > limit]
+        for ctx in expired:
+            del self.forwarded_reads[ctx]
+        self.dropped_reads.extend(expired)
 
     def _follower_role(self) -> Role:
         return Role.LEARNER if self.id in self.conf.learners else Role.FOLLOWER
@@ -315,6 +368,7 @@ class RaftCore:
         for peer in self.conf.members():
             self.prs[peer] = self._new_progress(peer, last)
         self.prs[self.id].match = self.log.persisted
+        self.uncommitted_bytes = 0  # what earlier leaders left is not ours to limit
         # §5.4.2 / §8: a no-op from the new term lets earlier entries commit
         # and gives ReadIndex a commit point of our own term.
         self.first_commit_in_term = None
@@ -350,6 +404,8 @@ class RaftCore:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.forwarded_reads:
+            self._expire_forwarded_reads()
         if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self.campaign()
@@ -372,7 +428,7 @@ class RaftCore:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= cfg.election_tick:
                 self.lead_transferee = None  # the transfer failed; keep leading
-        for pending in self.read_only.expire(self.tick_count, 2 * cfg.election_tick):
+        for pending in self.read_only.expire(self.tick_count, self.read_timeout_ticks()):
             self._drop_read(pending)
         if self.heartbeat_elapsed >= cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
@@ -395,6 +451,14 @@ class RaftCore:
     def propose(self, datas: Sequence[bytes]) -> tuple[int, int]:
         """Append one NORMAL entry per item; returns (first index, term)."""
         self._check_can_propose()
+        size = sum(len(d) for d in datas)
+        limit = self.config.max_uncommitted_bytes
+        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
+            raise ResourceExhausted(
+                f"the leader holds {self.uncommitted_bytes} bytes of uncommitted writes "
+                f"(limit {limit}); retry once they commit"
+            )
+        self.uncommitted_bytes += size
         first = self.log.last_index() + 1
         self._append_entries(
             [Entry(index=first + k, term=self.term, data=d) for k, d in enumerate(datas)]
@@ -452,7 +516,7 @@ class RaftCore:
         start = self.read_only.lease_start_tick
         if start is None:
             return None
-        if self.tick_count < start + self.config.election_tick - self.config.lease_margin:
+        if self.tick_count < start + self.config.lease_ticks():
             return self.log.committed
         return None
 
@@ -664,7 +728,11 @@ class RaftCore:
         match[self.id] = self.log.persisted  # ourselves only once durable
         if self.id in self.prs:
             self.prs[self.id].match = self.log.persisted
+        old = self.log.committed
         if self.log.maybe_commit(committed_index(self.conf.voters, match), self.term):
+            if self.uncommitted_bytes:
+                done = sum(len(e.data) for e in self.log.slice(old + 1, self.log.committed + 1))
+                self.uncommitted_bytes = max(0, self.uncommitted_bytes - done)
             self._on_commit_advanced()
             return True
         return False
@@ -710,7 +778,8 @@ class RaftCore:
         elif self.reads_to_forward:
             if self.lead is not None:
                 ctxs = tuple(self.reads_to_forward)
-                self.forwarded_reads.extend(ctxs)
+                for ctx in ctxs:
+                    self.forwarded_reads[ctx] = self.tick_count
                 self._send(ReadIndexRequest(frm=self.id, to=self.lead, term=self.term, ctxs=ctxs))
             else:
                 self.dropped_reads.extend(self.reads_to_forward)
@@ -835,15 +904,7 @@ class RaftCore:
                 self.campaign(force=True)
         elif isinstance(m, ReadIndexResponse):
             # Only reads still waiting: a duplicated answer must not release twice.
-            waiting = set(self.forwarded_reads)
-            answered = []
-            for c in m.ctxs:
-                if c in waiting:
-                    waiting.discard(c)
-                    answered.append(c)
-            if not answered:
-                return
-            self.forwarded_reads = [c for c in self.forwarded_reads if c in waiting]
+            answered = [c for c in m.ctxs if self.forwarded_reads.pop(c, None) is not None]
             for ctx in answered:
                 if m.reject:
                     self.dropped_reads.append(ctx)
@@ -995,5 +1056,5 @@ class RaftCore:
         self.reads_before_commit = []
         self.dropped_reads.extend(self.forwarded_reads)
         self.dropped_reads.extend(self.reads_to_forward)
-        self.forwarded_reads = []
+        self.forwarded_reads = {}
         self.reads_to_forward = []

@@ -216,7 +216,7 @@ class RaftLog:
     def has_next_committed(self) -> bool:
         return self.committed > self.applied
 
-    def next_committed(self, max_count: int | None = None) -> list[Entry]:
+    def next_committed(self, max_count: int | None = None, max_bytes: int | None = None) -> list[Entry]:
         # Committed means durable on a majority, so an entry may be applied
         # before it is durable *here* (etcd does the same): the leader applies
         # while its own fsync runs, and a crash cannot lose it -- the new
@@ -224,6 +224,6 @@ class RaftLog:
         hi = self.committed
         if hi <= self.applied:
             return []
-        out = self.slice(self.applied + 1, hi + 1, max_count=max_count)
+        out = self.slice(self.applied + 1, hi + 1, max_count=max_count, max_bytes=max_bytes)
         self.applied = out[-1].index
         return out

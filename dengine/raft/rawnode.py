@@ -8,6 +8,10 @@ A driver (the trio runtime, or the simulator) owns one RawNode and calls:
 * ``has_ready()`` / ``ready()`` to take the next numbered batch of work, then
   ``on_persisted(ready.number)`` once that batch is durable -- it returns the
   messages that were waiting for durability;
+* ``on_applied(index)`` once the committed entries handed out up to
+  ``index`` are applied: at most ``max_committed_bytes_per_ready`` bytes of
+  committed entries are handed out and not yet applied at any time, so a
+  long catch-up is applied in bounded steps;
 * ``compact(snapshot)`` after taking a snapshot of applied state.
 Nothing here blocks, sleeps, or reads a clock.
 """
@@ -15,6 +19,7 @@ Nothing here blocks, sleeps, or reads a clock.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Sequence
 
 import attrs
@@ -53,6 +58,9 @@ class RawNode:
         self._prev_soft: SoftState | None = None
         self._prev_hard: HardState = hard_state or HardState()
         self._pending: list[_Pending] = []
+        # Committed entries handed out and not yet applied: (last index, bytes).
+        self._applying: deque[tuple[int, int]] = deque()
+        self.applying_bytes = 0
 
     # -- inputs -------------------------------------------------------------
 
@@ -91,7 +99,7 @@ class RawNode:
             return True
         if c.msgs or c.msgs_after_persist or c.read_states or c.dropped_reads:
             return True
-        if c.log.unstable_entries() or c.log.pending_snapshot is not None or c.log.has_next_committed():
+        if c.log.unstable_entries() or c.log.pending_snapshot is not None or self._may_hand_committed():
             return True
         if c.first_commit_in_term is not None and c.first_commit_in_term > 0:
             return True
@@ -106,7 +114,14 @@ class RawNode:
         entries = tuple(c.log.unstable_entries())
         c.log.mark_handed()
         snapshot = c.log.pending_snapshot
-        committed = tuple(c.log.next_committed())
+        committed: tuple[Entry, ...] = ()
+        if self._may_hand_committed():
+            room = c.config.max_committed_bytes_per_ready - self.applying_bytes
+            committed = tuple(c.log.next_committed(max_bytes=room))
+            if committed:
+                size = sum(len(e.data) + 16 for e in committed)
+                self._applying.append((committed[-1].index, size))
+                self.applying_bytes += size
         first_commit = c.first_commit_in_term if c.first_commit_in_term else None
         if first_commit:
             c.first_commit_in_term = 0  # reported once per term
@@ -139,6 +154,17 @@ class RawNode:
             c.log.pending_snapshot = None
             c.log.snapshot_in_flight = snapshot.meta
         return ready
+
+    def _may_hand_committed(self) -> bool:
+        return self.core.log.has_next_committed() and (
+            self.applying_bytes < self.core.config.max_committed_bytes_per_ready
+        )
+
+    def on_applied(self, index: int) -> None:
+        """The committed entries handed out up to ``index`` are applied (or a
+        snapshot at ``index`` was installed): more may be handed out."""
+        while self._applying and self._applying[0][0] <= index:
+            self.applying_bytes -= self._applying.popleft()[1]
 
     def on_persisted(self, number: int) -> list[Message]:
         """Everything in Readies up to ``number`` is durable. Returns the

@@ -319,6 +319,7 @@ class Simulation:
             node.applied = entry.index
             node.digest = (node.digest * 1_000_003 + hash((entry.index, entry.term, entry.data))) % (1 << 61)
             self.checker.on_apply(node, entry)
+        node.raw.on_applied(node.applied)
         for rs in ready.read_states:
             self.checker.on_read_released(node, rs.ctx, rs.index)
         for ctx in ready.dropped_reads:

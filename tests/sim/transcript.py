@@ -281,7 +281,7 @@ class Env:
             max_append_entries=int(kw.pop("max-entries", 1024)),
             pre_vote=kw.pop("prevote", "true") == "true",
             check_quorum=kw.pop("checkquorum", "true") == "true",
-            lease_margin=int(kw.pop("lease-margin", 2)),
+            max_clock_drift=float(kw.pop("drift", 0.1)),
         )
         if kw:
             raise ScriptError(f"add-nodes: unknown options {sorted(kw)}")
@@ -404,6 +404,7 @@ class Env:
             node.applied = e.index
             if e.type is EntryType.NORMAL and e.data:
                 node.data.append(e.data.decode("utf-8", "backslashreplace"))
+        node.raw.on_applied(node.applied)
         if not quiet and (ready.committed or ready.snapshot is not None):
             self.p(f"  applied={node.applied}")
 

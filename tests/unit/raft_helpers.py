@@ -196,6 +196,8 @@ class Net:
             node.durable.save(ready)
             released.extend(node.raw.on_persisted(ready.number))
             node.applied.extend(ready.committed)
+            if ready.committed:
+                node.raw.on_applied(ready.committed[-1].index)
         self.queue.extend(released)
         return released
 

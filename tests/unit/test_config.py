@@ -88,7 +88,9 @@ join = true
 tick_interval_ms = 50.5
 election_ticks = 20
 heartbeat_ticks = 2
-lease_margin_ticks = 3
+max_clock_drift = 0.2
+max_uncommitted_bytes = 1000000
+max_apply_bytes = 300000
 pre_vote = false
 check_quorum = false
 default_read_consistency = "eventual"
@@ -150,7 +152,7 @@ def test_defaults_are_valid_and_documented_values() -> None:
     assert config.is_single_node
     assert config.peers() == {}
     r = config.raft
-    assert (r.tick_interval_ms, r.election_ticks, r.heartbeat_ticks, r.lease_margin_ticks) == (100.0, 10, 1, 2)
+    assert (r.tick_interval_ms, r.election_ticks, r.heartbeat_ticks, r.max_clock_drift) == (100.0, 10, 1, 0.1)
     assert r.default_read_consistency is ReadConsistency.LINEARIZABLE
     assert r.snapshot_threshold == 10000
     assert (r.max_key_size, r.max_value_size) == (DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE)
@@ -170,7 +172,7 @@ def test_default_raft_config_is_a_valid_single_voter() -> None:
     assert isinstance(rc, RaftConfig)
     assert rc.validate() == []
     assert (rc.id, rc.initial_voters) == (1, frozenset({1}))
-    assert (rc.election_tick, rc.heartbeat_tick, rc.lease_margin) == (10, 1, 2)
+    assert (rc.election_tick, rc.heartbeat_tick, rc.max_clock_drift, rc.lease_ticks()) == (10, 1, 0.1, 7)
 
 
 def test_sections_alone_are_plain_values() -> None:
@@ -267,7 +269,9 @@ def test_raft_config_carries_every_raft_setting() -> None:
     raft = RaftSettings(
         election_ticks=30,
         heartbeat_ticks=3,
-        lease_margin_ticks=5,
+        max_clock_drift=0.25,
+        max_uncommitted_bytes=1000,
+        max_apply_bytes=2000,
         max_inflight=7,
         max_append_entries=9,
         max_append_bytes=4096,
@@ -280,7 +284,9 @@ def test_raft_config_carries_every_raft_setting() -> None:
         initial_voters=frozenset(THREE),
         election_tick=30,
         heartbeat_tick=3,
-        lease_margin=5,
+        max_clock_drift=0.25,
+        max_uncommitted_bytes=1000,
+        max_committed_bytes_per_ready=2000,
         max_inflight=7,
         max_append_entries=9,
         max_append_bytes=4096,
@@ -336,7 +342,9 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         tick_interval_ms=50.5,
         election_ticks=20,
         heartbeat_ticks=2,
-        lease_margin_ticks=3,
+        max_clock_drift=0.2,
+        max_uncommitted_bytes=1000000,
+        max_apply_bytes=300000,
         pre_vote=False,
         check_quorum=False,
         default_read_consistency=ReadConsistency.EVENTUAL,
@@ -469,7 +477,6 @@ def test_invalid_values_from_toml_are_validated(tmp_path: Path) -> None:
         Config.from_toml(path, env={})
     assert excinfo.value.problems == [
         "raft.election_ticks must be greater than raft.heartbeat_ticks (got 1 and 1).",
-        "raft.lease_margin_ticks must be smaller than raft.election_ticks (got 2 and 1).",
     ]
 
 
@@ -650,8 +657,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"raft": RaftSettings(tick_interval_ms="100")}, "raft.tick_interval_ms must be a number"),  # type: ignore[arg-type]
     ({"raft": RaftSettings(heartbeat_ticks=0)}, "raft.heartbeat_ticks must be a positive integer"),
     ({"raft": RaftSettings(election_ticks=3, heartbeat_ticks=3)}, "raft.election_ticks must be greater than raft.heartbeat_ticks (got 3 and 3)."),
-    ({"raft": RaftSettings(lease_margin_ticks=-1)}, "raft.lease_margin_ticks must be at least 0"),
-    ({"raft": RaftSettings(lease_margin_ticks=10)}, "raft.lease_margin_ticks must be smaller than raft.election_ticks"),
+    ({"raft": RaftSettings(max_clock_drift=-0.1)}, "raft.max_clock_drift must be a number from 0 up to (not including) 1 (got -0.1)."),
+    ({"raft": RaftSettings(max_clock_drift=1)}, "raft.max_clock_drift must be a number from 0 up to (not including) 1 (got 1.0)."),
+    ({"raft": RaftSettings(election_ticks=3, max_clock_drift=0.5)}, "raft.max_clock_drift 0.5 leaves no safe leader lease with raft.election_ticks 3: raise raft.election_ticks or lower raft.max_clock_drift."),
+    ({"raft": RaftSettings(max_uncommitted_bytes=0)}, "raft.max_uncommitted_bytes must be a positive integer"),
+    ({"raft": RaftSettings(max_apply_bytes=0)}, "raft.max_apply_bytes must be a positive integer"),
     ({"raft": RaftSettings(default_read_consistency="fast")}, "raft.default_read_consistency must be one of"),  # type: ignore[arg-type]
     ({"raft": RaftSettings(default_read_consistency="lease", check_quorum=False)}, "raft.default_read_consistency 'lease' needs raft.check_quorum"),  # type: ignore[arg-type]
     ({"raft": RaftSettings(pre_vote=1)}, "raft.pre_vote must be true or false"),  # type: ignore[arg-type]

@@ -19,14 +19,17 @@ BAD = [
     ({"max_inflight": 0}, "max_inflight"),
     ({"max_append_entries": 0}, "max_append_entries"),
     ({"max_append_bytes": 0}, "max_append_bytes"),
-    ({"lease_margin": -1}, "lease_margin"),
-    ({"lease_margin": 10, "election_tick": 10}, "lease_margin"),
+    ({"max_clock_drift": -0.1}, "max_clock_drift"),
+    ({"max_clock_drift": 1.0}, "max_clock_drift"),
+    ({"election_tick": 2, "max_clock_drift": 0.5}, "lease cannot be safe"),
+    ({"max_uncommitted_bytes": 0}, "max_uncommitted_bytes"),
+    ({"max_committed_bytes_per_ready": 0}, "max_committed_bytes_per_ready"),
 ]
 
 
 def test_default_config_is_valid() -> None:
     assert RaftConfig(id=1).validate() == []
-    assert RaftConfig(id=7, initial_voters=frozenset({7, 8, 9}), lease_margin=0).validate() == []
+    assert RaftConfig(id=7, initial_voters=frozenset({7, 8, 9}), max_clock_drift=0).validate() == []
 
 
 @pytest.mark.parametrize(("fields", "name"), BAD)

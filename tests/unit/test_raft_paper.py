@@ -630,7 +630,7 @@ def test_6_4_read_forwarded_to_a_node_no_longer_leader_is_dropped_at_once() -> N
     net.stabilize()
     # The caller can retry elsewhere now rather than after an election timeout.
     assert net[2].dropped_reads == [b"f"] and net[2].read_states == []
-    assert net.core(2).forwarded_reads == []
+    assert net.core(2).forwarded_reads == {}
 
 
 def test_6_4_read_index_excludes_entries_not_yet_committed() -> None:
@@ -669,12 +669,13 @@ def test_6_4_1_lease_read_valid_after_quorum_heartbeat_ack() -> None:
     assert net[1].raw.lease_read_index() == leader.log.committed
 
 
-def test_6_4_1_lease_read_invalid_after_election_tick_minus_margin_without_acks() -> None:
-    net = Net(3, election_tick=10, lease_margin=2)
+def test_6_4_1_lease_read_invalid_after_lease_ticks_without_acks() -> None:
+    net = Net(3, election_tick=10, max_clock_drift=0.1)
+    assert net.core(1).config.lease_ticks() == 7  # (10 - 1) * 0.9 / 1.1 = 7.4
     leader = net.elect(1)
     net.leader_heartbeat(1)
     net.isolate(1)
-    for _ in range(10 - 2 - 1):
+    for _ in range(7 - 1):
         net.tick(1)
         net.stabilize()
         assert net[1].raw.lease_read_index() == leader.log.committed
