@@ -32,6 +32,7 @@ class ErrorCode:
     RESOURCE_EXHAUSTED = 2005
     PROPOSAL_DROPPED = 2006
     MEMBERSHIP_CHANGE_IN_PROGRESS = 2007
+    LEADER_CHANGED = 2008
 
     STORAGE_ERROR = 3000
     STORAGE_CORRUPTED = 3001
@@ -116,6 +117,19 @@ class NotLeader(ClusterError):
 
 class Unavailable(ClusterError):
     code = ErrorCode.UNAVAILABLE
+
+
+class LeaderChanged(Unavailable):
+    """The node lost leadership while a write was in its log and not yet
+    committed: the write may or may not be applied (the new leader may commit
+    it or overwrite it). Said at once instead of after the deadline, like
+    etcd's "leader changed". ``leader_id`` is the new leader when known."""
+
+    code = ErrorCode.LEADER_CHANGED
+
+    def __init__(self, message: str, *, leader_id: int | None = None) -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
 
 
 class EngineStopped(Unavailable):

@@ -163,6 +163,19 @@ def _wire(cmd: object) -> list[Any]:
     raise InvalidArgument(f"not a KV command: {kind.__name__}")
 
 
+def command_size(cmd: Command) -> int:
+    """Roughly the bytes ``cmd`` adds to the log (flow control)."""
+    if isinstance(cmd, Put):
+        return len(cmd.key) + len(cmd.value) + 16
+    if isinstance(cmd, CompareAndSwap):
+        return len(cmd.key) + len(cmd.new) + len(cmd.expected or b"") + 16
+    if isinstance(cmd, Delete):
+        return len(cmd.key) + 8
+    if isinstance(cmd, ExpireKeys):
+        return sum(len(k) + 8 for k, _ in cmd.keys)
+    return 64
+
+
 def encode_batch(commands: Iterable[Command], now_ms: int) -> bytes:
     """Encode commands stamped with the leader's ``now_ms`` as one entry payload."""
     _check_int("now_ms", now_ms)

@@ -1,23 +1,29 @@
 """One Raft node in one trio nursery: the only place the pure core meets trio.
 
+Every decision (what to persist and when, what a caller is told, when a read
+may answer, flow control, what to do with a nonsensical peer message) is
+taken by the sans-IO :class:`~dengine.runtime.driver.Driver`, which the
+simulator drives too. The tasks here only carry work between it, the disk,
+the network, the state machine and the callers.
+
 Task tree (ARCHITECTURE.md, "The trio driver"):
 
     open_node ─ nursery
-       ├─ ticker      sleeps one tick interval, catches the core up on ticks
-       ├─ raft loop   wakes on any input; turns everything waiting into one Ready
-       ├─ persister   one WAL write + one fsync (in a worker thread) per batch of Readies
-       ├─ applier     committed entries → KV store → results to callers, events to watchers
-       ├─ receiver    inbound peer messages → core.step
+       ├─ ticker      sleeps until the next tick; the driver catches ticks up and expires deadlines
+       ├─ raft loop   wakes on any input; driver.poll() turns everything waiting into Readies
+       ├─ persister   driver.take_persist(): one WAL write + one fsync (worker thread) per job
+       ├─ preparer    zero-fills the next WAL segment off the write path (worker thread)
+       ├─ applier     driver.take_apply(): bounded steps into the KV store; results to callers
+       ├─ receiver    inbound peer messages → driver.on_message (validated) → core
        └─ snapshots   encodes and saves a frozen image off the apply path
 
 Rules:
 * Batching is the performance model. Callers only append to lists and wake
-  the loop; one loop pass proposes every waiting write as ONE entry, takes one
-  Ready, hands it on. The persister merges every Ready waiting for it into one
-  storage call. The applier resolves every waiter of a pass together.
+  the loop; one loop pass proposes every waiting write as ONE entry; the
+  persister writes every Ready waiting for it as one job; the applier resolves
+  every waiter of a step together.
 * The leader sends appends before its own fsync returns (Ready.messages go out
-  at once); votes and acknowledgements leave only after the fsync
-  (``RawNode.on_persisted``).
+  at once); votes and acknowledgements leave only after the fsync.
 * Committed entries are durable on a majority, so the applier runs in
   parallel with the persister (the leader answers while its own fsync runs);
   a snapshot waits until its index is durable here before the log is compacted.
@@ -27,8 +33,7 @@ Rules:
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import functools
 import logging
 import random
 import time
@@ -42,34 +47,27 @@ import trio
 
 from dengine.api import WatchEvent
 from dengine.config import WatchSettings
-from dengine.errors import (
-    EngineStopped,
-    NotLeader,
-    ProposalDropped,
-    StorageCorrupted,
-    Timeout,
-    Unavailable,
-)
-from dengine.kv.commands import Command, ExpireKeys, encode_batch
+from dengine.errors import DengineError, EngineStopped, NotLeader, StorageCorrupted
+from dengine.kv.commands import Command, ExpireKeys, command_size, encode_batch
 from dengine.kv.snapshot import encode_image, restore
-from dengine.kv.store import ApplyResult, CommandError, KVStore
+from dengine.kv.store import ApplyResult, KVStore
 from dengine.lifecycle import Lifecycle
 from dengine.raft import membership
 from dengine.raft.core import RaftConfig
 from dengine.raft.messages import (
     ConfChange,
-    InstallSnapshot,
     ConfState,
     Entry,
     EntryType,
+    InstallSnapshot,
     Message,
     Role,
     Snapshot,
     SnapshotMeta,
 )
 from dengine.raft.rawnode import RawNode
-from dengine.raft.ready import Ready
-from dengine.runtime.waiters import AppliedWaiters, Waiter
+from dengine.runtime.driver import Driver, DriverOptions
+from dengine.runtime.waiters import Waiter
 from dengine.storage.base import Storage
 from dengine.watch.dispatcher import WatchDispatcher
 
@@ -118,14 +116,33 @@ def unwrap_snapshot_data(data: bytes, *, source: str) -> bytes:
     return image
 
 
-@attrs.define
-class _Proposal:
-    command: Command
-    waiter: Waiter | None
+class _ExpiryWaiter:
+    """The waiter of a TTL sweep's deletion: nobody awaits it; if the
+    deletion fails, its keys may be swept again."""
+
+    __slots__ = ("_expiring", "_keys", "_done")
+
+    def __init__(self, expiring: set[tuple[bytes, int]], keys: tuple[tuple[bytes, int], ...]) -> None:
+        self._expiring = expiring
+        self._keys = keys
+        self._done = False
+
+    def set(self, value: Any) -> None:
+        self._done = True
+
+    def fail(self, error: BaseException) -> None:
+        self._done = True
+        self._expiring.difference_update(self._keys)
+
+    def done(self) -> bool:
+        return self._done
 
 
 class Node:
-    """The runtime state of one node. Create with :func:`open_node`."""
+    """The trio half of one node: tasks that carry work between the
+    :class:`~dengine.runtime.driver.Driver` (which decides), the storage,
+    the network, the state machine and the callers. Create with
+    :func:`open_node`."""
 
     def __init__(self, options: NodeOptions, storage: Storage, outbox: Outbox) -> None:
         self.options = options
@@ -133,17 +150,14 @@ class Node:
         self.outbox = outbox
         self.lifecycle = Lifecycle()
         state = storage.load()
-        self.kv = KVStore(max_key_size=options.max_key_size, max_value_size=options.max_value_size)
+        limits = {"max_key_size": options.max_key_size, "max_value_size": options.max_value_size}
+        self.kv = KVStore(**limits)
         snapshot = state.snapshot
         self.applied_conf = ConfState()
-        self.applied_term = 0
         if snapshot is not None:
             image = unwrap_snapshot_data(snapshot.data, source="local snapshot")
-            self.kv = restore(image, max_key_size=options.max_key_size, max_value_size=options.max_value_size)
+            self.kv = restore(image, **limits)
             self.applied_conf = snapshot.meta.conf_state
-            self.applied_term = snapshot.meta.term
-        self._durable_hs = state.hard_state
-        self._latest_hs = state.hard_state
         self.raw = RawNode(
             options.raft,
             rng=random.Random(),
@@ -153,30 +167,29 @@ class Node:
         )
         self.last_snapshot_index = snapshot.meta.index if snapshot else 0
         self.kv.bind_clock(self.now_ms)
-        self.applied_waiters = AppliedWaiters()
-        self.applied_waiters.applied = self.kv.applied_index
-        # index -> (term, waiters of the commands in that entry, in order)
-        self.proposal_waiters: dict[int, tuple[int, list[Waiter | None]]] = {}
-        # Reads asked for since the last loop pass: they share one ReadIndex
-        # request to the core; in flight ones by their ctx.
-        self._read_batch: list[Waiter] = []
-        self.read_waiters: dict[bytes, list[Waiter]] = {}
-        # Deadlines of callers' waiters, expired by the ticker (one check per
-        # tick instead of one cancel scope per call).
-        self._deadlines: list[tuple[float, int, Waiter, str, float]] = []
-        self._deadline_seq = itertools.count()
-        self._proposals: list[_Proposal] = []
-        self._read_seq = itertools.count(1)
+        self._expiring: set[tuple[bytes, int]] = set()
+        self.driver = Driver(
+            self.raw,
+            DriverOptions(
+                tick_interval=options.tick_interval,
+                proposal_batch_max=options.proposal_batch_max,
+                max_pending_bytes=options.raft.max_uncommitted_bytes,
+                addresses=options.addresses,
+            ),
+            encode=self._encode,
+            durable_hard_state=state.hard_state,
+            applied_index=self.kv.applied_index,
+            on_leader_changed=self._on_leader_changed,
+            on_first_commit=self.lifecycle.first_commit,
+        )
+        if snapshot is not None:
+            self.driver.applied_term = snapshot.meta.term
         self._wakeup = trio.Event()
-        self._persist_queue: list[Ready] = []
         self._persist_wakeup = trio.Event()
         self._prepare_wakeup = trio.Event()
         self._persisted_event = trio.Event()
-        self._apply_queue: list[tuple[Snapshot | None, tuple[Entry, ...]]] = []
         self._apply_wakeup = trio.Event()
-        self._expiring: set[tuple[bytes, int]] = set()
         self._snapshotting = False
-        self._next_tick_at = 0.0
         self._stopped = False
         self.event_sinks: list[Callable[[list[WatchEvent], int], None]] = []
         # Watchers: fed synchronously by the applier, never blocking it.
@@ -184,14 +197,27 @@ class Node:
         self.persisted_batches = 0
         self.installed_snapshots = 0
         self.rejected_snapshots = 0
-        self.current_role = self.raw.core.role
-        self.current_leader: int | None = None
-        self.current_term = self.raw.core.term
         self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------
-    # Waking tasks
+    # State, as the driver last reported it
     # ------------------------------------------------------------------
+
+    @property
+    def current_role(self) -> Role:
+        return self.driver.role
+
+    @property
+    def current_leader(self) -> int | None:
+        return self.driver.leader
+
+    @property
+    def current_term(self) -> int:
+        return self.driver.term
+
+    @property
+    def applied_term(self) -> int:
+        return self.driver.applied_term
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -205,21 +231,13 @@ class Node:
             raise EngineStopped("the engine is stopping or has stopped")
 
     def not_leader(self) -> NotLeader:
-        lead = self.current_leader
-        addr = self.options.addresses.get(lead) if lead is not None else None
-        return NotLeader(
-            f"node {self.raw.id} is not the leader" + (f"; the leader is node {lead}" if lead else "; no leader is known"),
-            leader_id=lead,
-            leader_address=addr,
-        )
+        return self.driver.not_leader()
 
     def propose(self, command: Command) -> Waiter:
         """Queue one write; its waiter yields the command's result."""
         self.check_open()
-        if self.current_role is not Role.LEADER:
-            raise self.not_leader()
         waiter = Waiter()
-        self._proposals.append(_Proposal(command, waiter))
+        self.driver.propose(command, waiter, command_size(command))
         self.wake()
         return waiter
 
@@ -228,45 +246,36 @@ class Node:
         for before the next loop pass shares one request to the core."""
         self.check_open()
         waiter = Waiter()
-        if not self._read_batch:
+        if self.driver.read(waiter):
             self.wake()
-        self._read_batch.append(waiter)
         return waiter
 
     def expire(self, waiter: Waiter, deadline: float, template: str, limit: float) -> None:
         """Fail ``waiter`` with Timeout(template.format(limit)) if it is still pending at
         ``deadline`` (trio time). Enforced by the ticker, within one tick."""
-        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), waiter, template, limit))
-
-    def _expire_deadlines(self, now: float) -> None:
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, waiter, template, limit = heapq.heappop(heap)
-            if not waiter.done():
-                waiter.fail(Timeout(template.format(limit)))
-        if len(heap) > 10_000:
-            # Entries of answered calls linger until their deadline; drop them.
-            self._deadlines = [e for e in heap if not e[2].done()]
-            heapq.heapify(self._deadlines)
+        self.driver.expire(waiter, deadline, template, limit)
 
     def lease_read_index(self) -> int | None:
-        self._catch_up_ticks(trio.current_time())
-        return self.raw.lease_read_index()
+        return self.driver.lease_read_index(trio.current_time())
 
     def applied_waiter(self, index: int) -> Waiter | None:
         """A waiter set once ``index`` is applied (None if it already is)."""
-        return self.applied_waiters.wait_for(index)
+        waiter = Waiter()
+        return waiter if self.driver.wait_applied(index, waiter) else None
 
     def now_ms(self) -> int:
         return int(self.options.wall_clock() * 1000)
 
+    def _encode(self, commands: list[Command]) -> bytes:
+        return encode_batch(commands, self.now_ms())
+
     def transfer_leadership(self, target: int) -> None:
-        self.raw.transfer_leader(target)
+        self.driver.transfer_leader(target)
         self.wake()
 
     def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
         self.check_open()
-        index, term = self.raw.propose_conf_change(change)
+        index, term = self.driver.propose_conf_change(change)
         self.wake()
         return index, term
 
@@ -275,44 +284,30 @@ class Node:
     # ------------------------------------------------------------------
 
     async def ticker(self) -> None:
-        interval = self.options.tick_interval
-        self._next_tick_at = trio.current_time() + interval
+        driver = self.driver
+        driver.on_tick(trio.current_time())
         while True:
-            await trio.sleep_until(self._next_tick_at)
-            now = trio.current_time()
-            self._catch_up_ticks(now)
-            self._expire_deadlines(now)
+            next_at = driver.next_tick_at
+            assert next_at is not None
+            await trio.sleep_until(next_at)
+            driver.on_tick(trio.current_time())
             self._sweep_ttl()
             self.wake()
-
-    def _catch_up_ticks(self, now: float) -> None:
-        """Tick once per interval that has passed. After a long pause (a
-        stopped process, a slow disk) at most 10 election timeouts are
-        replayed: enough for every lease and timer to expire, which is what
-        safety needs; the rest are skipped."""
-        interval = self.options.tick_interval
-        if self._next_tick_at == 0.0:
-            self._next_tick_at = now + interval
-            return
-        cap = 10 * self.options.raft.election_tick
-        n = 0
-        while self._next_tick_at <= now and n < cap:
-            self.raw.tick()
-            self._next_tick_at += interval
-            n += 1
-        if self._next_tick_at <= now:
-            self._next_tick_at = now + interval
 
     def _sweep_ttl(self) -> None:
         """Leader only: propose the deletion of keys whose TTL passed, so every
         replica expires them at the same revision (ARCHITECTURE "Time and TTL")."""
         if self.current_role is not Role.LEADER or self.kv.next_expiry() is None:
             return
-        expired = [p for p in self.kv.expired(self.now_ms(), self.options.ttl_sweep_limit) if p not in self._expiring]
+        expired = tuple(p for p in self.kv.expired(self.now_ms(), self.options.ttl_sweep_limit) if p not in self._expiring)
         if not expired:
             return
         self._expiring.update(expired)
-        self._proposals.append(_Proposal(ExpireKeys(tuple(expired)), None))
+        waiter = _ExpiryWaiter(self._expiring, expired)
+        try:
+            self.driver.propose(ExpireKeys(expired), waiter, 0)
+        except DengineError as exc:
+            waiter.fail(exc)
 
     async def raft_loop(self) -> None:
         while True:
@@ -321,76 +316,19 @@ class Node:
             self._take_readies()
 
     def _take_readies(self) -> None:
-        """One pass: everything the core has to say, as Readies."""
-        raw = self.raw
-        if self._proposals:
-            self._flush_proposals()
-        if self._read_batch:
-            ctx = next(self._read_seq).to_bytes(8, "big")
-            self.read_waiters[ctx], self._read_batch = self._read_batch, []
-            raw.read_index(ctx)
-        while raw.has_ready():
-            self._handle_ready(raw.ready())
-
-    def _flush_proposals(self) -> None:
-        max_batch = self.options.proposal_batch_max
-        while self._proposals:
-            batch, self._proposals = self._proposals[:max_batch], self._proposals[max_batch:]
-            try:
-                payload = encode_batch([p.command for p in batch], self.now_ms())
-                index, term = self.raw.propose([payload])
-            except (NotLeader, ProposalDropped) as exc:
-                err = self.not_leader() if isinstance(exc, NotLeader) else exc
-                for p in batch:
-                    if p.waiter is not None:
-                        p.waiter.fail(err)
-                    elif isinstance(p.command, ExpireKeys):
-                        self._expiring.difference_update(p.command.keys)
-                continue
-            self.proposal_waiters[index] = (term, [p.waiter for p in batch])
-
-    def _handle_ready(self, rd: Ready) -> None:
-        if rd.messages:
-            self.outbox.send(rd.messages)
-        if rd.soft_state is not None:
-            self._on_soft_state(rd)
-        for rs in rd.read_states:
-            for w in self.read_waiters.pop(rs.ctx, ()):
-                w.set(rs.index)
-        for ctx in rd.dropped_reads:
-            dropped = self.read_waiters.pop(ctx, ())
-            if dropped:
-                err = self._read_dropped_error()
-                for w in dropped:
-                    w.fail(err)
-        if rd.first_commit_in_term is not None:
-            self.lifecycle.first_commit(rd.first_commit_in_term)
-        self._persist_queue.append(rd)
-        self._persist_wakeup.set()
-        if rd.snapshot is not None or rd.committed:
-            self._apply_queue.append((rd.snapshot, rd.committed))
+        """One pass: everything the core has to say, sent or queued."""
+        driver = self.driver
+        messages = driver.poll()
+        if messages:
+            self.outbox.send(messages)
+        if driver.persist_waiting:
+            self._persist_wakeup.set()
+        if driver.apply_waiting:
             self._apply_wakeup.set()
 
-    def _read_dropped_error(self) -> Exception:
-        if self.current_role is Role.LEADER:
-            return Unavailable("the leader could not confirm its leadership for this read; retry")
-        return self.not_leader()
-
-    def _on_soft_state(self, rd: Ready) -> None:
-        soft = rd.soft_state
-        assert soft is not None
-        was_leader = self.current_role is Role.LEADER
-        self.current_role = soft.role
-        self.current_leader = soft.leader
-        self.current_term = soft.term
-        self.lifecycle.leader_changed(soft.leader, soft.term)
-        if was_leader and soft.role is not Role.LEADER:
-            # Writes not yet proposed cannot be: fail them with a hint.
-            err = self.not_leader()
-            for p in self._proposals:
-                if p.waiter is not None:
-                    p.waiter.fail(err)
-            self._proposals = []
+    def _on_leader_changed(self, leader: int | None, term: int) -> None:
+        self.lifecycle.leader_changed(leader, term)
+        if self.driver.role is not Role.LEADER:
             self._expiring.clear()
         self._maybe_ready()
 
@@ -401,22 +339,19 @@ class Node:
             self.lifecycle.mark_ready()
 
     async def persister(self) -> None:
-        raw = self.raw
+        driver = self.driver
         while True:
             await self._persist_wakeup.wait()
             self._persist_wakeup = trio.Event()
-            if not self._persist_queue:
+            job = driver.take_persist()
+            if job is None:
                 continue
-            batch, self._persist_queue = self._persist_queue, []
-            for rd in batch:
-                if rd.hard_state is not None:
-                    self._latest_hs = rd.hard_state
-            if any(self._needs_io(rd) for rd in batch):
-                await trio.to_thread.run_sync(self._persist_batch, batch)
+            if job.needs_io:
+                await trio.to_thread.run_sync(job.write_to, self.storage)
                 self.persisted_batches += 1
                 if self.storage.needs_preparation:
                     self._prepare_wakeup.set()
-            released = raw.on_persisted(batch[-1].number)
+            released = driver.on_persisted(job)
             self._persisted_event.set()
             if released:
                 self.outbox.send(released)
@@ -434,78 +369,48 @@ class Node:
             await self._prepare_wakeup.wait()
             self._prepare_wakeup = trio.Event()
 
-    def _needs_io(self, rd: Ready) -> bool:
-        """Whether a Ready must reach the disk before its messages leave.
-        Term and vote must be durable (votes), entries and snapshots too
-        (acknowledgements); a hard state that only moved the commit index is
-        not: commit is re-learned after a restart, so it rides along with the
-        next batch of entries instead of costing an fsync of its own."""
-        if rd.entries or rd.snapshot is not None:
-            return True
-        hs = rd.hard_state
-        return hs is not None and (hs.term, hs.vote) != (self._durable_hs.term, self._durable_hs.vote)
-
-    def _persist_batch(self, batch: list[Ready]) -> None:
-        """Blocking: runs in a worker thread. One storage append (one write +
-        one fsync) for all the entries of the batch; a snapshot received from
-        the leader is saved first."""
-        entries: list[Entry] = []
-        for rd in batch:
-            if rd.snapshot is not None:
-                if entries:
-                    self.storage.append(entries, None)
-                    entries = []
-                self.storage.save_snapshot(rd.snapshot)
-            if rd.entries:
-                first = rd.entries[0].index
-                if entries and first <= entries[-1].index:
-                    del entries[first - entries[0].index :]
-                entries.extend(rd.entries)
-        # The newest hard state seen, including commit-only changes that were
-        # not worth an fsync of their own (see _needs_io).
-        hard_state = self._latest_hs if self._latest_hs != self._durable_hs else None
-        if entries or hard_state is not None:
-            self.storage.append(entries, hard_state)
-            if hard_state is not None:
-                self._durable_hs = hard_state
-
     async def applier(self) -> None:
+        """Bounded steps of committed work, each followed by a checkpoint so
+        a long catch-up never starves the ticker, the network or callers."""
+        driver = self.driver
         while True:
             await self._apply_wakeup.wait()
             self._apply_wakeup = trio.Event()
-            work, self._apply_queue = self._apply_queue, []
-            for snapshot, entries in work:
-                if snapshot is not None:
-                    self._install_snapshot(snapshot)
-                if entries:
-                    self._apply_entries(entries)
-            self.applied_waiters.advance(self.kv.applied_index)
-            self._maybe_ready()
-            self._maybe_snapshot()
+            while (job := driver.take_apply()) is not None:
+                if job.snapshot is not None:
+                    await self._install_snapshot(job.snapshot)
+                results = self._apply_entries(job.entries) if job.entries else []
+                driver.on_applied(job, results)
+                self._maybe_ready()
+                self._maybe_snapshot()
+                if self.raw.has_ready():
+                    self.wake()  # the next step may be handed out now
+                if driver.apply_waiting:
+                    await trio.lowlevel.checkpoint()
 
-    def _install_snapshot(self, snapshot: Snapshot) -> None:
+    async def _install_snapshot(self, snapshot: Snapshot) -> None:
         image = unwrap_snapshot_data(snapshot.data, source=f"snapshot {snapshot.meta.index} from the leader")
-        # In place, so references to the store (the client's get_nowait) stay valid.
-        self.kv.load_from(restore(image, max_key_size=self.options.max_key_size, max_value_size=self.options.max_value_size))
+        # Decoding a large image takes long: off the event loop. The store is
+        # then replaced in place, so references to it (get_nowait) stay valid.
+        restored = await trio.to_thread.run_sync(
+            functools.partial(restore, image, max_key_size=self.options.max_key_size, max_value_size=self.options.max_value_size)
+        )
+        self.kv.load_from(restored)
         self.applied_conf = snapshot.meta.conf_state
-        self.applied_term = snapshot.meta.term
         self.last_snapshot_index = snapshot.meta.index
         self.installed_snapshots += 1
-        # Writes we proposed as leader and never saw applied: outcome unknown.
-        for index in [i for i in self.proposal_waiters if i <= snapshot.meta.index]:
-            _, waiters = self.proposal_waiters.pop(index)
-            for w in waiters:
-                if w is not None:
-                    w.fail(Unavailable("leadership changed; the write may or may not have been applied"))
+        self.driver.on_snapshot_installed(snapshot.meta)
         self.watch.publish_snapshot(snapshot.meta.index)
         for sink in self.event_sinks:
             sink([], snapshot.meta.index)
 
-    def _apply_entries(self, entries: Iterable[Entry]) -> None:
+    def _apply_entries(self, entries: Iterable[Entry]) -> list[ApplyResult | None]:
         kv = self.kv
         events: list[WatchEvent] = []
+        results: list[ApplyResult | None] = []
         for entry in entries:
             if entry.index <= kv.applied_index:
+                results.append(None)
                 continue
             if entry.type is EntryType.CONF_CHANGE:
                 kv.apply(entry.index, b"")
@@ -513,15 +418,12 @@ class Node:
                     self.applied_conf = membership.apply(self.applied_conf, ConfChange.decode(entry.data))
                 except ValueError:
                     pass  # malformed: applies as nothing, as in the core
-                result: ApplyResult | None = None
+                results.append(None)
             else:
                 result = kv.apply(entry.index, entry.data)
                 if result.events:
                     events.extend(result.events)
-            self.applied_term = entry.term
-            pending = self.proposal_waiters.pop(entry.index, None)
-            if pending is not None:
-                self._resolve(entry, pending, result)
+                results.append(result)
         if self._expiring and events:
             self._expiring.difference_update((e.key, e.revision) for e in events)
             if len(self._expiring) > 10 * self.options.ttl_sweep_limit:
@@ -529,25 +431,7 @@ class Node:
         self.watch.publish(events, kv.applied_index)
         for sink in self.event_sinks:
             sink(events, kv.applied_index)
-
-    def _resolve(self, entry: Entry, pending: tuple[int, list[Waiter | None]], result: ApplyResult | None) -> None:
-        term, waiters = pending
-        if term != entry.term or result is None:
-            err = ProposalDropped("leadership changed before the write committed; it was not applied")
-            for w in waiters:
-                if w is not None:
-                    w.fail(err)
-            return
-        for w, r in zip(waiters, result.results):
-            if w is None:
-                continue
-            if isinstance(r, CommandError):
-                w.fail(r.to_exception())
-            else:
-                w.set(r)
-        for cmd_waiter in waiters[len(result.results):]:
-            if cmd_waiter is not None:
-                cmd_waiter.fail(ProposalDropped("the write was not applied"))
+        return results
 
     def _maybe_snapshot(self) -> None:
         kv = self.kv
@@ -582,7 +466,7 @@ class Node:
         async for message in inbound:
             if type(message) is InstallSnapshot and not self._snapshot_intact(message):
                 continue
-            self.raw.step(message)
+            self.driver.on_message(message)
             self.wake()
 
     def _snapshot_intact(self, message: InstallSnapshot) -> bool:
@@ -603,23 +487,7 @@ class Node:
 
     def fail_pending(self, error: Exception) -> None:
         self.kv.close()
-        for p in self._proposals:
-            if p.waiter is not None:
-                p.waiter.fail(error)
-        self._proposals = []
-        for _, waiters in self.proposal_waiters.values():
-            for w in waiters:
-                if w is not None:
-                    w.fail(error)
-        self.proposal_waiters = {}
-        for waiters in self.read_waiters.values():
-            for w in waiters:
-                w.fail(error)
-        self.read_waiters = {}
-        for w in self._read_batch:
-            w.fail(error)
-        self._read_batch = []
-        self.applied_waiters.fail_all(error)
+        self.driver.fail_pending(error)
         self.watch.close(EngineStopped(str(error)) if not isinstance(error, EngineStopped) else error)
 
 

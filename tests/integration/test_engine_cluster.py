@@ -169,11 +169,11 @@ async def test_deadlines_without_a_quorum(tmp_path: pathlib.Path) -> None:
             await leader.client.put(b"k", b"v")
             for nid in [n for n in list(cluster.engines) if n != leader.status().node_id]:
                 await cluster.stop(nid)
-            t0 = trio.current_time()
-            with pytest.raises(dengine.Timeout) as info:
+            # The outcome is unknown: the deadline passes, or (sooner) the
+            # leader steps down by check-quorum and says so at once.
+            with pytest.raises((dengine.Timeout, dengine.LeaderChanged)) as info:
                 await leader.client.put(b"k", b"w", timeout=0.3)
             assert "may or may not have been applied" in str(info.value)
-            assert trio.current_time() - t0 >= 0.3
             with pytest.raises((dengine.Timeout, dengine.NotLeader, dengine.Unavailable)):
                 await leader.client.get(b"k", timeout=0.3)
             assert await leader.client.get(b"k", consistency="eventual") == b"v"
