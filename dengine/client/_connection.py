@@ -26,6 +26,14 @@ Rules:
 * A stream keeps at most ``stream_buffer`` items the application has not
   read; one more and the stream is cancelled on the server and ends with
   ``ResourceExhausted`` locally (never a silent drop).
+* A broken connection (reset, refused write, protocol error) ends
+  :meth:`Connection.run` quietly: its reason goes to the waiting requests
+  and streams, never out of ``run`` into the client's nursery (that would
+  kill the user's ``async with open_client(...)`` block). The reader's
+  error reaches ``run`` wrapped in the nursery's ExceptionGroup and is
+  unwrapped with :func:`~dengine.transport.base.single_leaf`; the writer
+  reports its error instead of raising it, because on a reset both sides
+  fail at once and a group of two errors has no single leaf.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import outcome
 import trio
 
 from dengine.errors import DengineError, ResourceExhausted
+from dengine.transport.base import single_leaf
 from dengine.transport.client_protocol import (
     STATUS_ITEM,
     Response,
@@ -168,6 +177,7 @@ class Connection:
         self._streams: dict[int, Stream] = {}
         self._scope = trio.CancelScope()
         self._closed: str | None = None
+        self._write_failed: str | None = None  # why the writer stopped, if it failed
         # Frames waiting for the writer, with their request (None: a stream's
         # or a cancel's frame).
         self._outbox: list[tuple[bytes, _Pending | None]] = []
@@ -224,11 +234,20 @@ class Connection:
         try:
             with self._scope:
                 try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._writer)
-                        nursery.start_soon(self._timer)
-                        reason = await self._read()
-                        nursery.cancel_scope.cancel()
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._writer, nursery.cancel_scope)
+                            nursery.start_soon(self._timer)
+                            reason = await self._read()
+                            nursery.cancel_scope.cancel()
+                    except BaseExceptionGroup as group:
+                        # The reader's error, with Cancelled siblings.
+                        leaf = single_leaf(group)
+                        if leaf is None:
+                            raise
+                        raise leaf from None
+                    if self._write_failed is not None:
+                        reason = self._write_failed
                 except NETWORK_ERRORS as exc:
                     reason = f"{type(exc).__name__}: {exc}"
                 except DengineError as exc:  # the server broke the protocol
@@ -271,8 +290,10 @@ class Connection:
         if task is not None:
             trio.lowlevel.reschedule(task, outcome.Value(None))
 
-    async def _writer(self) -> None:
-        """Send every queued frame with one ``send_all`` per batch."""
+    async def _writer(self, connection_scope: trio.CancelScope) -> None:
+        """Send every queued frame with one ``send_all`` per batch. A failed
+        write is reported (``_write_failed``) and ends the connection through
+        ``connection_scope``; it is not raised (see the rules above)."""
         stream = self._stream
         while True:
             while not self._outbox:
@@ -295,14 +316,18 @@ class Connection:
                     await stream.send_all(data)
                 if timeout.cancelled_caught:
                     raise trio.TooSlowError(f"writing {len(data)} bytes took over {_WRITE_TIMEOUT:g} s")
-            except BaseException:
+            except BaseException as exc:
                 # Only the batch's last frame was surely cut short; the
                 # frames before it may have reached the server.
                 last = written[-1]
                 for pending in written:
                     if pending is not None:
                         pending.state = _QUEUED if pending is last else _SENT
-                raise
+                if not isinstance(exc, NETWORK_ERRORS):
+                    raise
+                self._write_failed = f"{type(exc).__name__}: {exc}"
+                connection_scope.cancel()
+                return
             for pending in written:
                 if pending is not None and pending.state == _WRITING:
                     pending.state = _SENT
