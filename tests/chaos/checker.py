@@ -16,14 +16,23 @@ invocation, or never (placing it after everything else is the same as never,
 since nothing observes the state after the last completed operation).
 Operations that surely did not take effect are simply left out of the history.
 
-The search is Wing & Gong's with Lowe's just-in-time linearization and the
-memoization porcupine uses: entries (calls and returns) in a doubly linked
-list sorted by time; depth-first, always trying to linearize a call that
-comes before the first return still in the list; a cache of (set of
-linearized operations as a bit mask, model state) pairs already explored, so
-no configuration is searched twice. The search is capped in steps and in
-seconds; reaching the cap gives the verdict ``None`` ("the checker gave
-up"), never a hang.
+Two exact searches:
+
+* :func:`_dfs` -- Wing & Gong's search with Lowe's just-in-time
+  linearization and porcupine's memoization: entries (calls and returns) in a
+  doubly linked list sorted by time; depth-first, always trying to linearize
+  a call that comes before the first return still in the list; a cache of
+  (linearized operations as a bit mask, state) pairs already explored.
+  Fast when the history is linearizable; when an anomaly sits late in a long
+  history with many unknown outcomes it must unwind everything before it.
+* :func:`_sweep` -- the same just-in-time linearization breadth-first (as
+  Knossos' "linear" checker): calls and returns swept in time order with the
+  set of reachable configurations; it stops at the operation where the
+  history breaks, whatever comes before.
+
+:func:`check_register` runs the first with part of the budget and the second
+if needed. Both are capped in steps and seconds: the verdict ``None`` means
+"the checker gave up", never a hang.
 
 :func:`quick_violations` adds cheap, sound, partial checks that rely on
 written values being unique (read of a value never written, read before the
@@ -157,6 +166,41 @@ class _Entry:
         self.next: _Entry | None = None
 
 
+class _Ghost:
+    def __repr__(self) -> str:
+        return "<a value nothing reads>"
+
+
+_GHOST: Any = _Ghost()
+
+
+def _spec(ops: Sequence[Op], initial: bytes | None) -> list[tuple[int, Any, Any, Any, bool]]:
+    """(code, value, expected, result, unknown) per op, for the inner loops. A
+    written value that no read returns and no cas expects becomes one shared
+    token: no operation can tell such values apart (exact)."""
+    observed: set[bytes | None] = {initial}
+    for o in ops:
+        if o.kind == GET and o.result is not UNKNOWN:
+            observed.add(o.result)
+        elif o.kind == CAS:
+            observed.add(o.expected)
+    return [
+        (_CODES[o.kind], o.value if o.value in observed else _GHOST, o.expected, o.result, o.result is UNKNOWN)
+        for o in ops
+    ]
+
+
+def _step(code: int, value: Any, expected: Any, result: Any, unknown: bool, state: Any) -> tuple[bool, Any]:
+    if code == 0:  # put
+        return True, value
+    if code == 1:  # get
+        return (unknown or state == result), state
+    if code == 2:  # cas
+        hit = state == expected
+        return (unknown or result == hit), (value if hit else state)
+    return (unknown or result == (state is not None)), None  # delete
+
+
 def check_register(
     ops: Sequence[Op],
     *,
@@ -164,15 +208,45 @@ def check_register(
     initial: bytes | None = None,
     max_steps: int = 3_000_000,
     max_seconds: float = 60.0,
+    dfs_share: float = 0.2,
 ) -> KeyVerdict:
     """Is ``ops`` (the operations of one key) linearizable for a register
-    starting at ``initial``?"""
+    starting at ``initial``? The depth-first search runs first with
+    ``dfs_share`` of the budget (it is fastest when the history is fine); if
+    it runs out -- typically an anomaly late in a long history with many
+    unknown outcomes, which makes it unwind everything -- the breadth-first
+    sweep decides with the rest. Both are exact; None only if both give up."""
+    t0 = time.monotonic()
+    first = _dfs(ops, key=key, initial=initial, max_steps=max(20_000, int(max_steps * dfs_share)),
+                 max_seconds=max_seconds * dfs_share)
+    if first.ok is not None:
+        return first
+    left = max(0.0, max_seconds - (time.monotonic() - t0))
+    second = _sweep(ops, key=key, initial=initial, max_steps=max(20_000, max_steps - first.steps), max_seconds=left)
+    second.steps += first.steps
+    second.seconds = time.monotonic() - t0
+    if second.ok is None:
+        second.detail = f"depth-first search: {first.detail}; sweep: {second.detail}"
+    else:
+        second.detail = (second.detail + " " if second.detail else "") + \
+            f"(the depth-first search {first.detail}; the breadth-first sweep decided)"
+    return second
+
+
+def _dfs(
+    ops: Sequence[Op],
+    *,
+    key: bytes = b"",
+    initial: bytes | None = None,
+    max_steps: int = 3_000_000,
+    max_seconds: float = 60.0,
+) -> KeyVerdict:
+    """Porcupine's depth-first search (see the module docstring)."""
     t0 = time.monotonic()
     n = len(ops)
     if n == 0:
         return KeyVerdict(key, True, 0, 0, 0.0)
-    # (code, value, expected, result, unknown) per op: the inner loop reads tuples.
-    spec = [(_CODES[o.kind], o.value, o.expected, o.result, o.result is UNKNOWN) for o in ops]
+    spec = _spec(ops, initial)
     entries: list[_Entry] = []
     for i, o in enumerate(ops):
         if o.result is UNKNOWN:
@@ -195,10 +269,10 @@ def check_register(
         e.prev = prev
         prev = e
 
-    state: bytes | None = initial
+    state: Any = initial
     linearized = 0
-    cache: set[tuple[int, bytes | None]] = set()
-    calls: list[tuple[_Entry, bytes | None]] = []
+    cache: set[tuple[int, Any]] = set()
+    calls: list[tuple[_Entry, Any]] = []
     entry = head.next
     steps = 0
     best = -1
@@ -254,7 +328,7 @@ def check_register(
                 best = len(calls)
                 blocked = ops[entry.id]
                 best_detail = (
-                    f"after {len(calls)} of {n} operations linearized (state {_v(state)}), "
+                    f"after {len(calls)} of {n} operations linearized (state {_show(state)}), "
                     f"no candidate fits before {blocked.describe()}"
                 )
                 best_witness = [ops[c.id].describe() for c, _ in calls[-6:]]
@@ -274,6 +348,160 @@ def check_register(
     if gave_up:
         return KeyVerdict(key, None, n, steps, elapsed, gave_up, max(best, 0), best_witness)
     return KeyVerdict(key, True, n, steps, elapsed)
+
+
+def _sweep(
+    ops: Sequence[Op],
+    *,
+    key: bytes = b"",
+    initial: bytes | None = None,
+    max_steps: int = 3_000_000,
+    max_seconds: float = 60.0,
+) -> KeyVerdict:
+    """Is ``ops`` (the operations of one key) linearizable for a register
+    starting at ``initial``?
+
+    Lowe's just-in-time linearization, breadth-first (as Knossos' "linear"
+    checker): the calls and returns are swept in time order, keeping the set
+    of *configurations* -- (register state, which of the operations now in
+    flight are already linearized, which unknown operations were used). At
+    a return, every configuration is first closed under linearizing any
+    in-flight operation (and any unknown one already invoked); only those
+    where the returning operation is linearized survive. No survivor: the
+    history is not linearizable, and that operation is where it broke.
+
+    Configurations are memoized (a set, as porcupine's cache), and two exact
+    reductions keep unknown outcomes cheap:
+
+    * an unknown operation is optional (its completion is +inf, so it may
+      also never happen): a configuration that used a superset of another's
+      unknown operations, with the same state and in-flight set, is dropped
+      (the other has every option it has); unknown operations with the same
+      effect are interchangeable once invoked, so each class is used in
+      invocation order;
+    * a written value that no read returns and no cas expects is replaced by
+      one shared token: no operation can tell such values apart.
+    """
+    t0 = time.monotonic()
+    n = len(ops)
+    if n == 0:
+        return KeyVerdict(key, True, 0, 0, 0.0)
+    spec = _spec(ops, initial)
+    # Events: (time, 0 = call / 1 = return, op). A call sorts before a return
+    # at the same time (the two operations overlap).
+    events: list[tuple[float, int, int]] = []
+    for i, o in enumerate(ops):
+        events.append((o.invoke, 0, i))
+        if o.result is not UNKNOWN:
+            if not o.complete >= o.invoke:
+                raise ValueError(f"operation {o.describe()} completes before it is invoked")
+            events.append((o.complete, 1, i))
+    events.sort()
+
+    # Unknown operations: their bit in a used-mask, and their class (same effect).
+    u_bit: dict[int, int] = {}
+    u_class_of: dict[int, int] = {}
+    classes: dict[tuple[Any, ...], int] = {}
+    class_members: list[list[int]] = []  # unknown op ids in invocation order
+    for _, kind, i in events:
+        if kind == 0 and spec[i][4]:
+            u_bit[i] = 1 << len(u_bit)
+            c = classes.setdefault(spec[i][:3], len(classes))
+            if c == len(class_members):
+                class_members.append([])
+            class_members[c].append(i)
+            u_class_of[i] = c
+    class_masks = [sum(u_bit[i] for i in members) for members in class_members]
+
+    # In-flight known operations hold a slot (a bit in the linearized-mask).
+    slot_of: dict[int, int] = {}
+    free_slots: list[int] = []
+    next_slot = 0
+    in_flight: list[int] = []  # known op ids
+    invoked_classes: list[int] = []  # classes with at least one invoked member
+
+    frontier: dict[tuple[Any, int], list[int]] = {(initial, 0): [0]}
+    steps = 0
+
+    def insert(table: dict[tuple[Any, int], list[int]], state: Any, lin: int, used: int) -> bool:
+        masks = table.get((state, lin))
+        if masks is None:
+            table[(state, lin)] = [used]
+            return True
+        for m in masks:
+            if not m & ~used:
+                return False  # a configuration with fewer unknown operations used has every option
+        masks[:] = [m for m in masks if m & ~used or m == used]
+        masks.append(used)
+        return True
+
+    for at, kind, i in events:
+        if kind == 0:
+            if spec[i][4]:
+                c = u_class_of[i]
+                if class_members[c][0] == i:
+                    invoked_classes.append(c)
+                continue
+            if free_slots:
+                slot = free_slots.pop()
+            else:
+                slot, next_slot = next_slot, next_slot + 1
+            slot_of[i] = slot
+            in_flight.append(i)
+            continue
+        # The return of known operation i: close the frontier, keep those where i is linearized.
+        work = [(st, lin, used) for (st, lin), masks in frontier.items() for used in masks]
+        closed = {k: list(v) for k, v in frontier.items()}
+        while work:
+            steps += 1
+            if steps % 20_000 == 0:
+                if steps >= max_steps:
+                    return KeyVerdict(key, None, n, steps, time.monotonic() - t0, f"gave up after {steps} steps")
+                if time.monotonic() - t0 > max_seconds:
+                    return KeyVerdict(key, None, n, steps, time.monotonic() - t0,
+                                      f"gave up after {max_seconds:g} s ({steps} steps)")
+            state, lin, used = work.pop()
+            masks = closed.get((state, lin))
+            if masks is None or used not in masks:
+                continue  # superseded meanwhile
+            for j in in_flight:
+                bit = 1 << slot_of[j]
+                if lin & bit:
+                    continue
+                ok, new = _step(*spec[j], state)
+                if ok and insert(closed, new, lin | bit, used):
+                    work.append((new, lin | bit, used))
+            for c in invoked_classes:
+                members = class_members[c]
+                k = bin(used & class_masks[c]).count("1")
+                if k >= len(members):
+                    continue
+                j = members[k]
+                if ops[j].invoke > at:
+                    continue  # not invoked yet
+                _, new = _step(*spec[j], state)
+                if insert(closed, new, lin, used | u_bit[j]):
+                    work.append((new, lin, used | u_bit[j]))
+        bit = 1 << slot_of[i]
+        survivors: dict[tuple[Any, int], list[int]] = {}
+        for (state, lin), masks in closed.items():
+            if lin & bit:
+                for used in masks:
+                    insert(survivors, state, lin & ~bit, used)
+        if not survivors:
+            states = sorted({_show(st) for (st, _lin) in frontier})
+            detail = (f"{ops[i].describe()} cannot be linearized: just before, the register could hold "
+                      f"{', '.join(states[:8])}{' ...' if len(states) > 8 else ''}")
+            witness = [ops[j].describe() for j in in_flight if j != i][:8]
+            return KeyVerdict(key, False, n, steps, time.monotonic() - t0, detail, 0, witness)
+        frontier = survivors
+        in_flight.remove(i)
+        free_slots.append(slot_of.pop(i))
+    return KeyVerdict(key, True, n, steps, time.monotonic() - t0)
+
+
+def _show(state: Any) -> str:
+    return "<a value nothing reads>" if state is _GHOST else _v(state)
 
 
 def check_history(

@@ -297,7 +297,7 @@ class Run:
                 nonlinear.add(key)
                 lines.append(f"  {v.detail}")
                 for w in v.witness:
-                    lines.append(f"    linearized before it: {w}")
+                    lines.append(f"    near it: {w}")
             elif v.ok is None:
                 res.gave_up += 1
                 lines.append(f"  {v.detail}")

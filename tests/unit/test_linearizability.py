@@ -172,15 +172,68 @@ def test_many_unknown_writes_stay_tractable() -> None:
     assert verdict.ok is True, verdict.detail
 
 
+def _long_history(n: int, *, clients: int = 5, unknown_p: float = 0.02, seed: int = 1) -> list[Op]:
+    """A linearizable history of ``n`` ops by overlapping sequential clients,
+    some writes with an unknown outcome (applied or not)."""
+    rng = random.Random(seed)
+    free_at = [0.0] * clients
+    slots = []
+    for i in range(n):
+        c = i % clients
+        t0 = free_at[c] + rng.uniform(0, 0.01)
+        t1 = t0 + rng.uniform(0.001, 0.05)
+        free_at[c] = t1
+        slots.append((rng.uniform(t0, t1), t0, t1, c, i))
+    slots.sort()
+    state: bytes | None = None
+    ops = []
+    for _, t0, t1, c, i in slots:
+        kind = rng.choice([PUT, GET, GET, CAS, DELETE])
+        unknown = kind != GET and rng.random() < unknown_p
+        applied = not unknown or rng.random() < 0.5
+        end = INF if unknown else t1
+        if kind == PUT:
+            value = b"v%d" % i
+            state = value if applied else state
+            ops.append(Op(PUT, K, value=value, result=UNKNOWN if unknown else None, invoke=t0, complete=end, client=c, ident=i))
+        elif kind == GET:
+            ops.append(Op(GET, K, result=state, invoke=t0, complete=t1, client=c, ident=i))
+        elif kind == CAS:
+            expected = rng.choice([state, None])
+            value = b"v%d" % i
+            hit = state == expected
+            state = value if applied and hit else state
+            ops.append(Op(CAS, K, value=value, expected=expected, result=UNKNOWN if unknown else hit,
+                          invoke=t0, complete=end, client=c, ident=i))
+        else:
+            existed = state is not None
+            state = None if applied else state
+            ops.append(Op(DELETE, K, result=UNKNOWN if unknown else existed, invoke=t0, complete=end, client=c, ident=i))
+    return ops
+
+
+def test_long_histories_are_checked_within_seconds() -> None:
+    ops = _long_history(3000, unknown_p=0.01)
+    verdict = check_register(ops, key=K, max_seconds=30)
+    assert verdict.ok is True and verdict.seconds < 10, verdict
+
+
+def test_a_late_anomaly_after_many_unknown_outcomes_is_found_and_located() -> None:
+    ops = _long_history(1500, unknown_p=0.02, seed=3)
+    end = max(o.complete for o in ops if not o.unknown)
+    ops += [Op(PUT, K, value=b"late", invoke=end + 1, complete=end + 2, ident=90001),
+            Op(GET, K, result=b"v0", invoke=end + 3, complete=end + 4, ident=90002)]
+    verdict = check_register(ops, key=K, max_seconds=60)
+    assert verdict.ok is False, verdict
+    assert "#90002" in verdict.detail and "could hold" in verdict.detail, verdict.detail
+
+
 def test_gives_up_at_the_budget() -> None:
-    # A wide, non-linearizable history: every unknown write may go anywhere.
-    rng = random.Random(7)
-    ops = [put(f"u{i}", rng.random(), unknown=True, c=i) for i in range(40)]
-    ops += [get(f"x{i}", 2 + i, 2.5 + i) for i in range(3)]
-    verdict = check_register(ops, key=K, max_steps=40_000)
-    assert verdict.ok in (None, False)
-    verdict = check_register(ops, key=K, max_steps=20_000, max_seconds=0.0)
-    assert verdict.ok is None and "gave up" in verdict.detail
+    ops = _long_history(1500, unknown_p=0.02, seed=3)
+    end = max(o.complete for o in ops if not o.unknown)
+    ops += [Op(GET, K, result=b"v0", invoke=end + 3, complete=end + 4)]
+    verdict = check_register(ops, key=K, max_steps=40_000, max_seconds=30)
+    assert verdict.ok is None and "gave up" in verdict.detail, verdict
 
 
 def test_keys_are_checked_independently() -> None:
@@ -255,3 +308,73 @@ def test_a_read_of_a_never_written_value_always_fails(ops: list[Op], data: st.Da
     t = data.draw(st.floats(min_value=0, max_value=100))
     bad = Op(GET, K, result=b"never-written", invoke=t, complete=t + 0.5, client=999)
     assert check_register([*ops, bad], key=K).ok is False
+
+
+# -- both searches against a brute-force oracle ---------------------------------------
+
+
+def _brute_force(ops: list[Op]) -> bool:
+    """Linearizable iff some subset of the unknown ops, with every known op, has
+    an order that respects real time (a before b when a completes before b
+    is invoked) and the register's rules."""
+    from itertools import combinations
+
+    from tests.chaos.checker import _CODES, _step
+
+    known = [o for o in ops if not o.unknown]
+    unknown = [o for o in ops if o.unknown]
+
+    def search(remaining: list[Op], state: bytes | None) -> bool:
+        if not remaining:
+            return True
+        for o in remaining:
+            # o may go first only if no other remaining op completed before o began.
+            if any(p is not o and p.complete < o.invoke for p in remaining):
+                continue
+            ok, new = _step(_CODES[o.kind], o.value, o.expected, o.result, o.unknown, state)
+            if ok and search([p for p in remaining if p is not o], new):
+                return True
+        return False
+
+    return any(search(known + list(extra), None)
+               for r in range(len(unknown) + 1) for extra in combinations(unknown, r))
+
+
+@st.composite
+def small_random_histories(draw: st.DrawFn) -> list[Op]:
+    """Arbitrary small histories (most are not linearizable) over few values."""
+    n = draw(st.integers(min_value=1, max_value=6))
+    ops = []
+    values = [b"a", b"b", b"c"]
+    for i in range(n):
+        kind = draw(st.sampled_from([PUT, GET, CAS, DELETE]))
+        t0 = draw(st.integers(min_value=0, max_value=8))
+        unknown = kind != GET and draw(st.booleans()) and draw(st.booleans())
+        t1 = INF if unknown else t0 + draw(st.integers(min_value=0, max_value=4))
+        value = expected = result = None
+        if kind == PUT:
+            value = values[i % 3] + b"%d" % i
+        elif kind == GET:
+            result = draw(st.sampled_from([None, *values, *[v + b"%d" % j for v in values for j in range(n)]]))
+        elif kind == CAS:
+            value = values[i % 3] + b"%d" % i
+            expected = draw(st.sampled_from([None, *[v + b"%d" % j for v in values for j in range(n)]]))
+            result = draw(st.booleans())
+        else:
+            result = draw(st.booleans())
+        ops.append(Op(kind, K, value=value, expected=expected, result=UNKNOWN if unknown else result,
+                      invoke=float(t0), complete=float(t1), client=i, ident=i))
+    return ops
+
+
+@settings(max_examples=600, deadline=None)
+@given(small_random_histories())
+def test_both_searches_agree_with_brute_force(ops: list[Op]) -> None:
+    from tests.chaos.checker import _dfs, _sweep
+
+    expected = _brute_force(ops)
+    assert _dfs(ops, key=K).ok is expected
+    assert _sweep(ops, key=K).ok is expected
+    assert check_register(ops, key=K).ok is expected
+    if quick_violations(ops):
+        assert expected is False
