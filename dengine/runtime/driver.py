@@ -71,11 +71,7 @@ from dengine.raft.messages import (
 )
 from dengine.raft.rawnode import RawNode
 from dengine.raft.ready import Ready
-try:  # TEMPORARY until dengine/raft/validate.py lands
-    from dengine.raft.validate import check_message
-except ImportError:  # pragma: no cover
-    def check_message(m: Message, *, self_id: int) -> str | None:  # type: ignore[misc]
-        return None
+from dengine.raft.validate import check_message
 
 log = logging.getLogger("dengine.node")
 
@@ -231,7 +227,8 @@ class Driver:
         self._applying: ApplyJob | None = None
         # Time.
         self._next_tick_at: float | None = None
-        # Peer messages dropped, by (peer, reason); peers already logged.
+        # Peer messages dropped, by (peer, message type): bounded by the
+        # members and the message types; the first reason per peer is logged.
         self.dropped_messages: Counter[tuple[int, str]] = Counter()
         self._complained: set[int] = set()
 
@@ -355,7 +352,9 @@ class Driver:
 
     def _drop_message(self, message: Message, problem: str) -> None:
         peer = getattr(message, "frm", 0)
-        self.dropped_messages[(peer, problem)] += 1
+        if not isinstance(peer, int) or len(self._complained) > 1024 and peer not in self._complained:
+            peer = -1  # nonsense ids are counted together
+        self.dropped_messages[(peer, type(message).__name__)] += 1
         if peer not in self._complained:
             self._complained.add(peer)
             log.warning(

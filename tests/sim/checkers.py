@@ -11,8 +11,12 @@
   from the two above; also checked at the end against every live log).
 * Linearizable reads: a ReadIndex / lease read point is at least the highest
   commit index any node knew when the read began.
+* Acknowledged writes: a write acknowledged to its caller was applied at the
+  index and term its result names, holding that command.
 * Liveness after healing: a leader is elected and a fresh proposal commits on
   every live voter within a bounded number of ticks.
+* Drained: once faults and callers stop, every waiter, queued proposal,
+  pending read and forwarded read on every node resolves (no leak).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Checker:
         self.proposals = 0
         self.last_leader_check: dict[int, int] = {}
         self.first_commits = 0
+        self.acknowledged: dict[bytes, tuple[int, int]] = {}
+        self.failed_writes: dict[str, int] = {}
 
     def fail(self, what: str) -> None:
         raise Violation(what)
@@ -135,8 +141,20 @@ class Checker:
         if seen is not None and seen[0] != snapshot.meta.term:
             self.fail(f"{who} a snapshot at {snapshot.meta.index} with term {snapshot.meta.term}, applied {seen[0]}")
 
-    def on_propose(self, node: SimNode, index: int, term: int, data: bytes) -> None:
+    def on_propose(self, node: SimNode, data: bytes) -> None:
         self.proposals += 1
+
+    def on_write_acknowledged(self, node: SimNode, data: bytes, value: object) -> None:
+        index, term, command = value  # type: ignore[misc]
+        if command != data:
+            self.fail(f"node {node.id} acknowledged write {data!r} with the result of {command!r}")
+        seen = self.applied.get(index)
+        if seen is None or seen[0] != term or data not in seen[1].split(b"|"):
+            self.fail(f"node {node.id} acknowledged write {data!r} at {index}/{term}, but {seen} was applied there")
+        self.acknowledged[data] = (index, term)
+
+    def on_write_failed(self, node: SimNode, data: bytes, error: BaseException) -> None:
+        self.failed_writes[type(error).__name__] = self.failed_writes.get(type(error).__name__, 0) + 1
 
     def on_read_start(self, node: SimNode, ctx: bytes) -> None:
         self.reads[ctx] = self.known_commit()
@@ -210,6 +228,18 @@ class Checker:
                 f"(after {sim.tick_count - start_tick} ticks)"
             )
         self._check_final_logs()
+
+    def check_drained(self, max_ticks: int) -> None:
+        """Callers stop; within ``max_ticks`` every node's pending work drains."""
+        sim = self.sim
+        sim.clients_on = False
+
+        def drained() -> bool:
+            return all(sum(n.driver.pending().values()) == 0 for n in sim.live())
+
+        if not sim.settle(max_ticks, drained):
+            stuck = {n.id: {k: v for k, v in n.driver.pending().items() if v} for n in sim.live()}
+            self.fail(f"pending work did not drain within {max_ticks} ticks after healing: {stuck}")
 
     def _check_final_logs(self) -> None:
         for node in self.sim.live():

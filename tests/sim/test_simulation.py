@@ -13,7 +13,8 @@ import dengine.raft.core as core_mod
 import dengine.raft.log as log_mod
 from tests.sim import __main__ as sim_main
 from tests.sim.checkers import Violation
-from tests.sim.harness import SimConfig, Simulation
+from dengine.raft.messages import Role
+from tests.sim.harness import SimConfig, Simulation, SimWaiter
 
 CHUNK = 25
 
@@ -123,3 +124,161 @@ def test_cli_prints_summary_and_fails_on_violation(
     out = capsys.readouterr().out
     assert "VIOLATION seed=0 nodes=5: injected" in out
     assert out.strip().splitlines()[-1].startswith("seeds=2 violations=2 ")
+
+
+# --- the runtime driver in the loop (issue 11) ----------------------------------------
+
+
+def _lease_after_isolation(leader_rate: float, others_rate: float) -> Violation | None:
+    """Elect a leader, then set clock rates (continuously) and cut the leader
+    off; ask it for a lease read at every step until it steps down."""
+    sim = Simulation(3, SimConfig(nodes=3, crash_rate=0, partition_rate=0, conf_rate=0, transfer_rate=0,
+                                  compact_rate=0, hostile_rate=0, read_rate=0, drop=0, duplicate=0, max_delay=2))
+    for n in sim.nodes.values():
+        n.clock_rate, n.clock_offset = 1.0, 0.0
+    try:
+        for _ in range(300):
+            sim.step()
+            if (lead := sim.leader()) is not None and lead.raw.core.committed_in_term():
+                break
+        lead = sim.leader()
+        assert lead is not None
+        for _ in range(20):  # a few answered heartbeat rounds: the lease holds
+            sim.step()
+        for n in sim.nodes.values():
+            rate = leader_rate if n is lead else others_rate
+            n.clock_offset, n.clock_rate = sim.local_time(n) - rate * sim.now, rate
+        ids = sorted(sim.nodes)
+        sim.cut = {(lead.id, o) for o in ids if o != lead.id} | {(o, lead.id) for o in ids if o != lead.id}
+        for _ in range(600):
+            sim.step()
+            sim.checker.check_step()
+            index = lead.driver.lease_read_index(sim.local_time(lead))
+            if index is not None:
+                sim.checker.on_lease_read(lead, index)
+            if lead.raw.core.role is not Role.LEADER:
+                break
+    except Violation as v:
+        return v
+    return None
+
+
+def test_no_stale_lease_read_while_drift_stays_within_the_bound() -> None:
+    drift = SimConfig().election_tick and 0.1  # RaftConfig.max_clock_drift's default
+    assert _lease_after_isolation(1 - drift, 1 + drift) is None
+
+
+def test_catches_a_stale_lease_read_when_drift_exceeds_the_bound() -> None:
+    v = _lease_after_isolation(0.4, 1.6)
+    assert v is not None and "stale lease read" in str(v)
+
+
+def test_runs_exercise_the_driver() -> None:
+    """Merged persist jobs, partial writes on power loss, hostile messages,
+    step-down answers and acknowledged writes all happen in the default runs."""
+    merged = partial = hostile = acked = 0
+    failed: dict[str, int] = {}
+    for seed in range(10):
+        sim = Simulation(seed, SimConfig(nodes=3))
+        assert sim.run() is None
+        merged += sim.merged_jobs
+        partial += sim.partial_writes
+        hostile += sim.hostile_sent
+        acked += len(sim.checker.acknowledged)
+        for k, c in sim.checker.failed_writes.items():
+            failed[k] = failed.get(k, 0) + c
+    assert merged > 100 and partial > 0 and hostile > 50 and acked > 500
+    assert failed.get("LeaderChanged", 0) > 0 and failed.get("ProposalDropped", 0) > 0
+
+
+def test_catches_reads_that_never_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core_mod.RaftCore, "_expire_forwarded_reads", lambda self: None)
+    monkeypatch.setattr(core_mod.RaftCore, "read_timeout_ticks", lambda self: 10**9)
+    v = first_violation(3, 60)
+    assert v is not None and "did not drain" in str(v)
+
+
+def test_catches_a_node_that_steps_malformed_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dengine.runtime.driver as driver_mod
+
+    monkeypatch.setattr(driver_mod, "check_message", lambda m, *, self_id: None)
+    v = first_violation(3, 20)
+    assert v is not None
+
+
+def _overwrite_while_the_disk_is_stalled() -> tuple[Simulation, int]:
+    """5 nodes. Leader A and follower F are cut off from the rest while F's
+    disk is stalled: A's new entries queue up at F, unwritten. The other
+    three elect B, whose appends overwrite them at F -- a Ready that
+    truncates Readies still waiting for the disk. Then F's disk resumes."""
+    quiet = dict(crash_rate=0, partition_rate=0, conf_rate=0, transfer_rate=0, compact_rate=0,
+                 hostile_rate=0, read_rate=0, propose_rate=0, drop=0, duplicate=0, max_delay=1, stall_rate=0)
+    sim = Simulation(1, SimConfig(nodes=5, **quiet))  # type: ignore[arg-type]
+    sim.faults_on = False
+    for _ in range(400):
+        sim.step()
+        if (lead := sim.leader()) is not None and lead.raw.core.committed_in_term():
+            break
+    a = sim.leader()
+    assert a is not None
+    f = next(n for n in sim.nodes.values() if n is not a)
+    side = {a.id, f.id}
+    ids = sorted(sim.nodes)
+    sim.cut = {(x, y) for x in ids for y in ids if (x in side) != (y in side)}
+    # F's write of the first old entry hangs; what follows queues behind it.
+    f.hang_next_write = True
+    a.driver.propose(b"old", SimWaiter(), 3)
+    for _ in range(20):
+        sim.step()
+        sim.checker.check_step()
+    assert f.persisting is not None and f.persist_done_at > 10**8
+    for k in range(5):
+        a.driver.propose(b"old%d" % k, SimWaiter(), 4)
+        sim.step()
+        sim.checker.check_step()
+    queued = f.driver.unpersisted_bytes
+    for _ in range(600):
+        sim.step()
+        sim.checker.check_step()
+        b = sim.leader()
+        if b is not None and b.id not in side and b.raw.core.committed_in_term():
+            break
+    b = sim.leader()
+    assert b is not None and b.id not in side
+    for k in range(3):
+        b.driver.propose(b"new%d" % k, SimWaiter(), 4)
+    sim.cut = {(a.id, y) for y in ids if y != a.id} | {(y, a.id) for y in ids if y != a.id}
+    for _ in range(30):
+        sim.step()
+        sim.checker.check_step()
+    f.persist_done_at = sim.step_count
+    for _ in range(300):
+        sim.step()
+        sim.checker.check_step()
+    assert queued > 0
+    return sim, f.id
+
+
+def test_a_follower_merges_an_overwrite_of_entries_still_waiting_for_its_disk() -> None:
+    sim, fid = _overwrite_while_the_disk_is_stalled()
+    f = sim.nodes[fid]
+    lead = sim.leader()
+    assert lead is not None and lead.id != fid
+    assert f.raw.core.log.last_index() == lead.raw.core.log.last_index()
+    assert f.durable.entries[-1] == lead.raw.core.log.entry(lead.raw.core.log.last_index())
+    assert [e.index for e in f.durable.entries] == list(range(f.durable.entries[0].index, f.durable.entries[-1].index + 1))
+
+
+def test_catches_a_driver_that_merges_truncating_readies_wrongly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dengine.runtime.driver as driver_mod
+
+    def old_merge(run: list, new: list) -> list:  # type: ignore[type-arg]
+        # The runtime's merge before issue 11: wrong when `new` starts below `run`.
+        if run and new and new[0].index <= run[-1].index:
+            del run[new[0].index - run[0].index :]
+        run.extend(new)
+        return run
+
+    monkeypatch.setattr(driver_mod, "merge_entries", old_merge)
+    with pytest.raises(Violation, match="not contiguous"):
+        _overwrite_while_the_disk_is_stalled()
