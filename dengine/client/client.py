@@ -68,6 +68,7 @@ from dengine.errors import (
     ClusterError,
     DengineError,
     InvalidArgument,
+    LeaderChanged,
     NotLeader,
     ProposalDropped,
     ProtocolError,
@@ -287,9 +288,11 @@ class Client:
             except ProposalDropped as exc:
                 last, unknown = exc, was_unknown  # not applied: safe to retry
             except (Unavailable, Timeout) as exc:
+                if self._leader == endpoint and isinstance(exc, LeaderChanged):
+                    self._leader = None  # the next call looks for the new leader
                 if write:
-                    if isinstance(exc, Timeout):
-                        raise
+                    if isinstance(exc, (Timeout, LeaderChanged)):
+                        raise  # already says the outcome is unknown
                     raise Unavailable(f"{exc.message} (the write may or may not have been applied)") from None
                 last, avoid = exc, endpoint
                 if self._leader == endpoint:

@@ -317,3 +317,37 @@ def test_proposal_dropped_when_the_entry_at_its_index_has_another_term() -> None
     d._applying = job = ApplyJob(None, (Entry(index, 99, data=b"other"),))
     d.on_applied(job, [Result([b"x"])])
     assert isinstance(w.error, ProposalDropped)
+
+
+# -- 6. peer input is checked for sense ---------------------------------------------------
+
+
+def test_a_nonsensical_append_is_dropped_counted_and_the_node_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    d = make(nid=2)
+    before = [(e.index, e.term) for e in d.raw.core.log.entries]
+    bad = AppendEntries(frm=1, to=2, term=2, prev_index=0, prev_term=0, entries=(Entry(1, 2), Entry(5, 2)), commit=0)
+    for _ in range(3):
+        assert d.on_message(bad) is False
+    assert [(e.index, e.term) for e in d.raw.core.log.entries] == before  # before the fix: index 5 at position 2
+    assert d.raw.core.term == 1  # not even its term was taken
+    assert d.dropped_messages[(1, "AppendEntries")] == 3
+    warnings = [r for r in caplog.records if "makes no sense" in r.getMessage()]
+    assert len(warnings) == 1 and "node 1" in warnings[0].getMessage() and "not contiguous" in warnings[0].getMessage()
+    # The node still takes good messages.
+    good = AppendEntries(frm=1, to=2, term=2, prev_index=3, prev_term=1, entries=(Entry(4, 2),), commit=3)
+    assert d.on_message(good) is True
+    assert d.raw.core.log.last_index() == 4
+
+
+def test_a_message_the_core_refuses_is_dropped_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dengine.raft.log import LogInvariantBroken
+
+    d = make(nid=2)
+
+    def refuse(message: object) -> None:
+        raise LogInvariantBroken("refusing to overwrite committed entry 1 (committed 3)")
+
+    monkeypatch.setattr(d.raw, "step", refuse)
+    msg = AppendEntries(frm=1, to=2, term=5, prev_index=3, prev_term=1, entries=(Entry(4, 5),), commit=0)
+    assert d.on_message(msg) is False
+    assert d.dropped_messages[(1, "AppendEntries")] == 1
