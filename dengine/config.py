@@ -592,7 +592,7 @@ def _values_from_mapping(
             kind_word = "section" if isinstance(value, dict) else "key"
             hint = difflib.get_close_matches(key, list(known), n=1)
             suggested = _dotted((*prefix, hint[0])) if hint and prefix else f"[{hint[0]}]" if hint else ""
-            suggestion = f" (did you mean {suggested}?)" if hint else ""
+            suggestion = _replaced_hint(_dotted(path), f" (did you mean {suggested}?)" if hint else "")
             if prefix:
                 problems.append(f"{where} has an unknown {kind_word} {_dotted(path)}{suggestion}.")
             elif kind_word == "section":
@@ -611,6 +611,17 @@ def _values_from_mapping(
         except ValueError as exc:
             problems.append(f"{_dotted(path)} in {where} must be {exc} (got {value!r}).")
     return out
+
+
+# Settings that were removed, by dotted path: what to use instead.
+_REPLACED = {
+    "raft.lease_margin_ticks": "it was replaced by raft.max_clock_drift, from which the lease is derived",
+}
+
+
+def _replaced_hint(path: str, fallback: str) -> str:
+    instead = _REPLACED.get(path)
+    return f" ({instead})" if instead else fallback
 
 
 def _env_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -632,6 +643,8 @@ def _env_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
             if "__" in name or name.upper().startswith(sections):
                 hint = difflib.get_close_matches(name.upper(), list(settings), n=1, cutoff=0.7)
                 suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+                dotted = name.upper()[len(ENV_PREFIX) :].lower().replace("__", ".")
+                suggestion = _replaced_hint(dotted, suggestion)
                 problems.append(f"environment variable {name} is not a dengine setting{suggestion}.")
             continue
         path, meta = found

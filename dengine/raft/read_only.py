@@ -14,7 +14,7 @@ Rules:
   before ``sent_tick(r) + election_timeout`` ticks, because each voter that
   answered refuses votes for an election timeout after hearing from us (the
   check-quorum "in lease" rule). The leader serves lease reads until
-  ``sent_tick(r) + election_timeout - lease_margin``; the margin absorbs
+  ``sent_tick(r) + lease_ticks`` (RaftConfig.lease_ticks), which absorbs
   bounded clock drift between nodes (see docs/design.md).
 """
 

@@ -485,6 +485,17 @@ def test_from_dict_rejects_unknown_keys() -> None:
         Config.from_dict({"node": {"name": "x"}})
 
 
+def test_a_removed_setting_names_its_replacement() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"raft": {"lease_margin_ticks": 2}})
+    assert info.value.problems == [
+        "the configuration has an unknown key raft.lease_margin_ticks "
+        "(it was replaced by raft.max_clock_drift, from which the lease is derived)."
+    ]
+    with pytest.raises(ConfigError, match="DENGINE_RAFT__LEASE_MARGIN_TICKS is not a dengine setting .it was replaced by raft.max_clock_drift"):
+        Config.from_env(env={"DENGINE_RAFT__LEASE_MARGIN_TICKS": "2"})
+
+
 # --- environment overrides -----------------------------------------------------------
 
 
