@@ -481,7 +481,12 @@ class RemoteWatch:
         self.key = key
         self.prefix = prefix
         self.prev_kv = prev_kv
-        self._next: int | None = start_revision  # the first revision not yet delivered
+        # Where a (re)opened stream starts, and how many events of that
+        # revision were delivered already: the commands of one Raft entry
+        # share a revision, so a stream can break in the middle of one.
+        self._from: int | None = start_revision
+        self._delivered_at_from = 0
+        self._skip = 0  # replayed events of revision _from still to drop
         self._stream: Stream | None = None
         self._done = False
         self._closed = False
@@ -494,15 +499,23 @@ class RemoteWatch:
 
     @property
     def next_revision(self) -> int | None:
-        """The revision this watch would resume from."""
-        return self._next
+        """The revision this watch would resume from (events of it already
+        delivered are skipped on a resume)."""
+        return self._from
+
+    def _resume_hint(self) -> str:
+        hint = f"resume with start_revision={self._from}"
+        if self._delivered_at_from:
+            hint += f" (its first {self._delivered_at_from} events were delivered)"
+        return hint
 
     async def _open(self, avoid: str | None) -> None:
         deadline = trio.current_time() + self._client.timeout
         while True:
             if trio.current_time() >= deadline:
                 raise Unavailable(f"no server could take over the watch within {self._client.timeout:g} s")
-            args = {"key": self.key, "prefix": self.prefix, "prev_kv": self.prev_kv, "start_revision": self._next}
+            self._skip = self._delivered_at_from
+            args = {"key": self.key, "prefix": self.prefix, "prev_kv": self.prev_kv, "start_revision": self._from}
             stream = await self._client._open_stream("watch", args, avoid=avoid)
             try:
                 first = decode_watch_item(await stream.receive())
@@ -515,8 +528,8 @@ class RemoteWatch:
                 await stream.aclose()
                 raise
             if isinstance(first, int):
-                if self._next is None:
-                    self._next = first
+                if self._from is None:
+                    self._from = first
                 self._stream = stream
                 return
             await stream.aclose()
@@ -538,8 +551,7 @@ class RemoteWatch:
                 if not self._client.auto_resume:
                     self._done = True
                     raise Unavailable(
-                        f"the watch's server {stream.conn.endpoint} went away ({exc}); "
-                        f"resume with start_revision={self._next}"
+                        f"the watch's server {stream.conn.endpoint} went away ({exc}); {self._resume_hint()}"
                     ) from None
                 self._stream = None
                 self.resumes += 1
@@ -551,9 +563,21 @@ class RemoteWatch:
                 self._done = True
                 await self._drop_stream()
                 return item
-            if self._next is not None and item.revision < self._next and item.type != WatchEventType.PROGRESS:
-                continue  # already delivered before a resume (never expected)
-            self._next = max(self._next or 0, item.revision + 1)
+            rev = item.revision
+            if item.type == WatchEventType.PROGRESS:
+                # Everything up to rev was delivered.
+                if self._from is None or rev >= self._from:
+                    self._from, self._delivered_at_from, self._skip = rev + 1, 0, 0
+                return item
+            if self._from is not None and rev < self._from:
+                continue  # before where this stream was asked to start
+            if rev == self._from:
+                if self._skip:
+                    self._skip -= 1  # delivered before a resume
+                    continue
+                self._delivered_at_from += 1
+            else:
+                self._from, self._delivered_at_from, self._skip = rev, 1, 0
             return item
 
     def __aiter__(self) -> RemoteWatch:
