@@ -269,6 +269,10 @@ class Client:
             except Expired as exc:
                 if not exc.sent:
                     unknown = was_unknown  # never written
+                if self._leader == endpoint:
+                    # A leader that let a whole deadline pass (paused, cut
+                    # off) is not trusted for the next call: look again.
+                    self._leader = None
                 break
             except ConnectionLost as exc:
                 self._drop(endpoint)
