@@ -35,7 +35,7 @@ package is arranged, not separate APIs.
 
 from __future__ import annotations
 
-from dengine.config.addresses import parse_address, parse_members
+from dengine.config.addresses import format_address, parse_address, parse_members
 from dengine.config.config import Config
 from dengine.config.settings import (
     DEFAULT_CLIENT_ADDRESS,
@@ -66,6 +66,7 @@ __all__ = [
     "StorageSettings",
     "TransportSettings",
     "WatchSettings",
+    "format_address",
     "parse_address",
     "parse_members",
 ]

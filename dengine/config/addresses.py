@@ -3,15 +3,22 @@
 Rules of this module (pure: standard library and dengine.errors only):
 
 * An address is a string ``host:port``. A host that contains ``:`` (IPv6)
-  is written in brackets: ``[::1]:7001``. No spaces around it.
+  is written in brackets: ``[::1]:7001``. No spaces around it, no scheme
+  (``tcp://``), no path, user or query.
 * The port is decimal, 0..65535. Port 0 asks the OS for a free port when
-  binding.
+  binding; an address others must *dial* needs a real port
+  (``parse_address(..., allow_port_zero=False)``).
 * A wildcard host (``0.0.0.0``, ``[::]``) listens on every interface and
   cannot be dialled.
 * :func:`split_address` never raises: it returns ``(host, port)`` or a
   phrase saying what is wrong, for callers (config validation) that build
   their own sentences. :func:`parse_address` raises
   :class:`~dengine.errors.InvalidArgument` with that phrase.
+* :func:`format_address` is the inverse: ``("::1", 7001)`` -> ``"[::1]:7001"``.
+
+dengine.config (layer 3) owns it; dengine.transport and everything above
+import it from here, so config validation, the peer transport, the server
+and the clients all accept and refuse the same addresses.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dengine.errors import InvalidArgument
 
 __all__ = [
     "WILDCARD_HOSTS",
+    "format_address",
     "is_wildcard",
     "parse_address",
     "parse_members",
@@ -44,12 +52,17 @@ def split_address(address: object) -> tuple[str, int] | str:
         return "it is empty"
     if text != address:
         return "it has spaces around it"
+    scheme, sep, _rest = text.partition("://")
+    if sep:
+        return f"it starts with a scheme ({scheme + sep!r}); write only 'host:port'"
     if text.startswith("["):  # [IPv6]:port
         close = text.find("]")
         if close < 0 or text[close + 1 : close + 2] != ":":
             return "an IPv6 host must be written '[host]:port'"
         host, port_text = text[1:close], text[close + 2 :]
-        if not host or any(c not in _IPV6_CHARACTERS for c in host):
+        if not host:
+            return "no host was given"
+        if any(c not in _IPV6_CHARACTERS for c in host):
             return f"{host!r} is not an IPv6 address"
     else:
         host, sep, port_text = text.rpartition(":")
@@ -61,6 +74,8 @@ def split_address(address: object) -> tuple[str, int] | str:
             return "an IPv6 host must be written '[host]:port'"
         if any(c.isspace() or c in _BAD_HOST_CHARACTERS for c in host):
             return f"{host!r} is not a valid host name"
+    if not port_text:
+        return "no port was found"
     if not port_text.isascii() or not port_text.isdigit():
         return f"port {port_text!r} is not a number"
     port = int(port_text)
@@ -69,16 +84,25 @@ def split_address(address: object) -> tuple[str, int] | str:
     return host, port
 
 
-def parse_address(address: str) -> tuple[str, int]:
+def parse_address(address: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
     """Split ``"host:port"`` (or ``"[v6 host]:port"``) into ``(host, port)``.
 
-    The port must be 0..65535 (0 asks the OS for a free port when binding).
-    Raises :class:`~dengine.errors.InvalidArgument` naming the problem.
+    The port must be 0..65535 (0 asks the OS for a free port when binding);
+    with ``allow_port_zero=False`` -- an address that others dial -- it must
+    be 1..65535. Raises :class:`~dengine.errors.InvalidArgument` naming the
+    problem.
     """
     result = split_address(address)
     if isinstance(result, str):
         raise InvalidArgument(f"address {address!r} must be 'host:port': {result}")
+    if result[1] == 0 and not allow_port_zero:
+        raise InvalidArgument(f"address {address!r}: an address others dial needs a real port, not 0")
     return result
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets; :func:`parse_address` reads it back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def is_wildcard(address: object) -> bool:

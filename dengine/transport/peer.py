@@ -42,6 +42,7 @@ import attrs
 import trio
 
 from dengine.codec import decode_message, encode_message
+from dengine.config.addresses import format_address, parse_address
 from dengine.errors import DengineError, InvalidArgument, ProtocolError
 from dengine.raft.messages import Message
 from dengine.transport.base import (
@@ -71,25 +72,6 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset(
 _ACCEPT_RETRY_DELAY = 0.1
 # What a dead or misbehaving network looks like to a sender or receiver.
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.TooSlowError, DengineError)
-
-
-def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``."""
-    if not isinstance(address, str):
-        raise InvalidArgument(f"an address must be a 'host:port' string, got {address!r}")
-    host, sep, port_text = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidArgument(f"address {address!r} must be 'host:port' with a port from 0 to 65535")
-    port = int(port_text)
-    if port == 0 and not allow_port_zero:
-        raise InvalidArgument(f"address {address!r}: a peer address needs a real port, not 0")
-    return host, port
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_timeout(value: float, name: str) -> float:
@@ -185,7 +167,7 @@ class PeerTransport(TransportCommon):
             if type(nid) is not int or nid < 0:
                 raise InvalidArgument(f"a peer id must be a non-negative integer, got {nid!r}")
             if nid != self._node_id:
-                wanted[nid] = (address, *parse_address(address))
+                wanted[nid] = (address, *parse_address(address, allow_port_zero=False))
         for nid, peer in list(self._peers.items()):
             if nid not in wanted or wanted[nid][0] != peer.address:
                 self._remove_peer(peer, close_inbound=nid not in wanted)
@@ -489,7 +471,7 @@ async def open_peer_transport(
     inbound_size = check_queue_size(queue_size if inbound_size is None else inbound_size)
     host, port = parse_address(listen_address, allow_port_zero=True)
     for address in peers.values():
-        parse_address(address)
+        parse_address(address, allow_port_zero=False)
     if math.isinf(write_timeout):
         raise InvalidArgument("write_timeout must be finite")
 
