@@ -80,6 +80,7 @@ from dengine.transport.client_protocol import (
     encode_status,
     encode_watch_event,
 )
+from dengine.transport.describe import describe_error, remote_name
 from dengine.transport.framing import FrameDecoder, send_frames
 from dengine.transport.handshake import (
     _first_frame,
@@ -278,7 +279,7 @@ class _Connection:
         self.service = service
         self.engine = service.engine
         self.stream = stream
-        self.remote = _remote_name(stream)
+        self.remote = remote_name(stream)
         # The send queue: response bodies for the writer, at most
         # send_queue_size of them; finals wait in _room when it is full.
         self._out: list[bytes] = []
@@ -329,7 +330,7 @@ class _Connection:
                 except _NETWORK_ERRORS as exc:
                     counters.handshake_failures += 1
                     counters.changed()
-                    log.info("refused a client connection from %s: %s", self.remote, _describe(exc))
+                    log.info("refused a client connection from %s: %s", self.remote, describe_error(exc))
                     return
                 if self.service._stopping:
                     return
@@ -351,7 +352,7 @@ class _Connection:
                     finally:
                         self._close_queue()
             except _NETWORK_ERRORS as exc:
-                log.info("client connection from %s ended: %s", self.remote, _describe(exc))
+                log.info("client connection from %s ended: %s", self.remote, describe_error(exc))
             finally:
                 await trio.aclose_forcefully(self.stream)
 
@@ -390,7 +391,7 @@ class _Connection:
                     try:
                         data = await self.stream.receive_some(_RECEIVE_SIZE)
                     except _NETWORK_ERRORS as exc:
-                        log.info("client %s: connection broke: %s", self.remote, _describe(exc))
+                        log.info("client %s: connection broke: %s", self.remote, describe_error(exc))
                         return
                     finally:
                         self._idle_scope = None
@@ -437,7 +438,7 @@ class _Connection:
             log.warning("client %s stopped reading; closing the connection", self.remote)
             scope.cancel()
         except _NETWORK_ERRORS as exc:
-            log.info("client %s: write failed: %s", self.remote, _describe(exc))
+            log.info("client %s: write failed: %s", self.remote, describe_error(exc))
             scope.cancel()
         finally:
             self._close_queue()
@@ -730,22 +731,3 @@ async def _watch(conn: _Connection, request: Request) -> None:
 
 
 _STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {"watch": _watch, "watch_leader": _watch_leader}
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _remote_name(stream: trio.abc.Stream) -> str:
-    sock_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    if isinstance(sock_stream, trio.SocketStream):
-        try:
-            host, port = sock_stream.socket.getpeername()[:2]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            pass
-    return "an unknown address"
-

@@ -52,6 +52,7 @@ from dengine.transport.base import (
     check_queue_size,
     single_leaf,
 )
+from dengine.transport.describe import describe_error, remote_name
 from dengine.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     MAX_FRAME_SIZE_LIMIT,
@@ -210,7 +211,7 @@ class PeerTransport(TransportCommon):
                     self._drop_unreachable(len(batch))
                     level = logging.DEBUG if peer.failing else logging.WARNING
                     logger.log(level, "node %d: cannot reach node %d at %s: %s",
-                               self._node_id, peer.node_id, peer.address, _describe(exc))
+                               self._node_id, peer.node_id, peer.address, describe_error(exc))
                     peer.failing = True
                     await self._back_off(peer, delay)
                     delay = min(delay * 2, self._backoff_max)
@@ -269,7 +270,7 @@ class PeerTransport(TransportCommon):
             except _NETWORK_ERRORS as exc:
                 self._drop_unreachable(len(batch))
                 logger.warning("node %d: connection to node %d at %s failed: %s",
-                               self._node_id, peer.node_id, peer.address, _describe(exc))
+                               self._node_id, peer.node_id, peer.address, describe_error(exc))
             nursery.cancel_scope.cancel()
 
     async def _write(self, peer: _Peer, stream: trio.abc.Stream, batch: list[Message]) -> None:
@@ -301,7 +302,7 @@ class PeerTransport(TransportCommon):
         try:
             data = await stream.receive_some(1024)
         except _NETWORK_ERRORS as exc:
-            logger.info("node %d: connection to node %d broke: %s", self._node_id, peer.node_id, _describe(exc))
+            logger.info("node %d: connection to node %d broke: %s", self._node_id, peer.node_id, describe_error(exc))
         else:
             if data:
                 self._counters.protocol_errors += 1
@@ -327,7 +328,7 @@ class PeerTransport(TransportCommon):
             self._nursery.start_soon(self._handle_inbound, stream, name="dengine peer connection")
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
-        remote = _remote_name(stream)
+        remote = remote_name(stream)
         decoder = FrameDecoder(self._max_frame_size)
         try:
             try:
@@ -344,7 +345,7 @@ class PeerTransport(TransportCommon):
                 self._counters.inbound_rejected += 1
                 self._counters.changed()
                 logger.warning("node %d: refused a peer connection from %s: %s",
-                               self._node_id, remote, _describe(exc))
+                               self._node_id, remote, describe_error(exc))
                 return
             peer_id = hello.node_id
             assert peer_id is not None  # a peer hello always names its node
@@ -363,7 +364,7 @@ class PeerTransport(TransportCommon):
                     logger.warning("node %d: closing the connection from node %d (%s): %s",
                                    self._node_id, peer_id, remote, exc)
                 except _NETWORK_ERRORS as exc:
-                    logger.info("node %d: connection from node %d broke: %s", self._node_id, peer_id, _describe(exc))
+                    logger.info("node %d: connection from node %d broke: %s", self._node_id, peer_id, describe_error(exc))
                 except trio.ClosedResourceError:
                     pass  # the inbound channel was closed: we are stopping
                 finally:
@@ -400,28 +401,6 @@ class PeerTransport(TransportCommon):
                 logger.info("node %d: node %d closed its connection", node_id, peer_id)
                 return
             counters.bytes_received += len(data)
-
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    text = str(exc)
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, trio.BrokenResourceError) and cause is not None:
-        text = f"{text or 'broken'} ({type(cause).__name__}: {cause})"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _remote_name(stream: trio.abc.Stream) -> str:
-    sock_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    if isinstance(sock_stream, trio.SocketStream):
-        try:
-            host, port = sock_stream.socket.getpeername()[:2]
-            return format_address(host, port)
-        except OSError:
-            pass
-    return "an unknown address"
 
 
 @asynccontextmanager
