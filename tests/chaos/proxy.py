@@ -156,8 +156,8 @@ class LinkProxy:
                 await self._reader(downstream, send)
                 # clean end of the stream: let the writer flush, then stop
                 await send.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
+            pass  # bare or wrapped in the nursery's ExceptionGroup: the link broke
         scope.cancel()
 
     async def _reader(self, downstream: trio.abc.Stream, send: trio.MemorySendChannel[tuple[float, bytes]]) -> None:
