@@ -53,7 +53,6 @@ from dengine.raft.messages import Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
 from dengine.storage.file import FileStorage
 from dengine.transport.base import single_leaf
-from dengine.storage.memory import MemoryStorage
 from dengine.watch.dispatcher import DispatcherStatistics, Watch
 
 log = logging.getLogger("dengine.engine")
@@ -405,9 +404,9 @@ async def open_engine(
     """Start an engine and stop it when the block exits.
 
     ``data_dir`` alone gives a single node. ``config`` is a ``dengine.Config``
-    or the path of a TOML file. ``network`` (a
-    ``dengine.transport.memory.MemoryNetwork``) and ``storage`` (a ``Storage``)
-    replace TCP and the file backend, for tests.
+    or the path of a TOML file. ``network`` and ``storage`` replace TCP and
+    the file backend; tests use them through :mod:`dengine.testing`
+    (``open_memory_engine``, ``open_cluster``).
     """
     cfg = _resolve_config(data_dir, config)
     engine: Engine | None = None
@@ -502,4 +501,4 @@ async def run_engine(config: Config | str, *, task_status: Any = trio.TASK_STATU
         await trio.sleep_forever()
 
 
-__all__ = ["EmbeddedClient", "Engine", "MemoryStorage", "open_engine", "run_engine"]
+__all__ = ["EmbeddedClient", "Engine", "open_engine", "run_engine"]

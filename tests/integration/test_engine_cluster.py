@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pathlib
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
 
 import dengine
-from dengine.api import WatchEvent, WatchEventType
-from tests.integration.cluster_helpers import open_cluster
+from dengine.api import WatchEventType
+from dengine.testing import open_cluster, snapshots_installed
 
 TRANSPORTS = [pytest.param(False, id="memory"), pytest.param(True, id="tcp")]
 
@@ -86,23 +87,25 @@ async def test_ttl_expiry_identical_on_every_node(tmp_path: pathlib.Path) -> Non
     with trio.fail_after(30):
         async with open_cluster(tmp_path) as cluster:
             leader = await cluster.wait_leader()
-            seen: dict[int, list[WatchEvent]] = {nid: [] for nid in cluster.engines}
-            expired = {nid: trio.Event() for nid in cluster.engines}
-            for nid, engine in cluster.engines.items():
-
-                def sink(events: list[WatchEvent], applied: int, nid: int = nid) -> None:
-                    for ev in events:
-                        if ev.type is WatchEventType.DELETE and ev.key == b"/session/s1":
-                            seen[nid].append(ev)
-                            expired[nid].set()
-
-                engine._node.event_sinks.append(sink)
-            await leader.client.put(b"/session/s1", b"alive", ttl=0.3)
-            for event in expired.values():
-                await event.wait()
-            revisions = {nid: [e.revision for e in evs] for nid, evs in seen.items()}
-            assert len({tuple(r) for r in revisions.values()}) == 1, revisions
-            assert len(next(iter(revisions.values()))) == 1
+            async with AsyncExitStack() as stack:
+                watches = {
+                    nid: await stack.enter_async_context(engine.client.open_watch(b"/session/", prefix=True))
+                    for nid, engine in cluster.engines.items()
+                }
+                await leader.client.put(b"/session/s1", b"alive", ttl=0.3)
+                deleted_at: dict[int, int] = {}
+                for nid, watch in watches.items():
+                    put = await watch.receive()
+                    assert (put.type, put.key) == (WatchEventType.PUT, b"/session/s1")
+                    deleted = await watch.receive()
+                    assert (deleted.type, deleted.key) == (WatchEventType.DELETE, b"/session/s1")
+                    deleted_at[nid] = deleted.revision
+                assert len(set(deleted_at.values())) == 1, deleted_at
+                # Expired once: the next event every node sees is a later write, not a second DELETE.
+                marker = await leader.client.put(b"/session/marker", b"m")
+                for watch in watches.values():
+                    event = await watch.receive()
+                    assert (event.key, event.revision) == (b"/session/marker", marker)
             for engine in cluster.engines.values():
                 assert await engine.client.get(b"/session/s1") is None
 
@@ -122,7 +125,7 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
             scan = await back.client.scan_prefix(b"/k/")
             assert len(scan.entries) == 100
             # It got there by installing the leader's snapshot: the log it missed was compacted.
-            assert back._node.installed_snapshots >= 1
+            assert snapshots_installed(back) >= 1
             # The local read bound before the install reads the installed state.
             assert back.client.get_nowait(b"/k/000") == b"v"
 
@@ -142,20 +145,21 @@ async def test_ttl_expiry_survives_a_leader_change(tmp_path: pathlib.Path) -> No
         async with open_cluster(tmp_path, raft={"transfer_leadership_on_stop": False}) as cluster:
             leader = await cluster.wait_leader()
             old_id = leader.status().node_id
-            gone = {nid: trio.Event() for nid in cluster.engines if nid != old_id}
-            for nid, event in gone.items():
-
-                def sink(events: list[WatchEvent], applied: int, event: trio.Event = event) -> None:
-                    if any(e.type is WatchEventType.DELETE and e.key == b"/lease/x" for e in events):
-                        event.set()
-
-                cluster.engines[nid]._node.event_sinks.append(sink)
-            await leader.client.put(b"/lease/x", b"held", ttl=0.5)
-            await cluster.stop(old_id)  # the leader that stamped the TTL dies
-            new = await cluster.wait_leader()
-            assert await new.client.get(b"/lease/x") in (b"held", None)
-            for event in gone.values():
-                await event.wait()  # the new leader proposed the expiry
+            async with AsyncExitStack() as stack:
+                watches = {
+                    nid: await stack.enter_async_context(engine.client.open_watch(b"/lease/x"))
+                    for nid, engine in cluster.engines.items()
+                    if nid != old_id
+                }
+                await leader.client.put(b"/lease/x", b"held", ttl=0.5)
+                await cluster.stop(old_id)  # the leader that stamped the TTL dies
+                new = await cluster.wait_leader()
+                assert await new.client.get(b"/lease/x") in (b"held", None)
+                for watch in watches.values():
+                    event = await watch.receive()
+                    if event.type is WatchEventType.PUT:
+                        event = await watch.receive()
+                    assert event.type is WatchEventType.DELETE  # the new leader proposed the expiry
             for engine in cluster.engines.values():
                 assert await engine.client.get(b"/lease/x") is None
 

@@ -11,9 +11,9 @@ import pytest
 import trio
 
 import dengine
-import dengine.embedded
 import dengine.errors
 from dengine import Config, ReadConsistency
+from dengine.testing import MemoryStorage, open_memory_engine
 
 
 def single(tmp_path: pathlib.Path, **raft: object) -> Config:
@@ -170,7 +170,7 @@ async def test_run_engine_in_callers_nursery(tmp_path: pathlib.Path) -> None:
         assert engine.stopped_notify().is_set()
 
 
-class FailingStorage(dengine.embedded.MemoryStorage):
+class FailingStorage(MemoryStorage):
     """Fails its fsync after a few batches, as a dying disk would."""
 
     def __init__(self, fail_after: int) -> None:
@@ -188,7 +188,7 @@ async def test_a_dying_task_stops_the_engine_with_one_clear_error(tmp_path: path
     stop = None
     with trio.fail_after(20):
         with pytest.raises(dengine.errors.StorageFailed) as info:
-            async with dengine.open_engine(config=single(tmp_path), storage=FailingStorage(5)) as engine:
+            async with open_memory_engine(single(tmp_path), storage=FailingStorage(5)) as engine:
                 stop = engine.stop_notify()
                 await engine.wait_ready(timeout=5)
                 for i in range(100):
@@ -198,7 +198,7 @@ async def test_a_dying_task_stops_the_engine_with_one_clear_error(tmp_path: path
     assert engine.stopped_notify().is_set()
 
 
-class PreparingStorage(dengine.embedded.MemoryStorage):
+class PreparingStorage(MemoryStorage):
     """Asks for preparation (as FileStorage does for its next WAL segment)
     until prepared, then again after every 20 appends."""
 
@@ -229,7 +229,7 @@ class PreparingStorage(dengine.embedded.MemoryStorage):
 async def test_storage_preparation_runs_in_a_worker_thread(tmp_path: pathlib.Path) -> None:
     storage = PreparingStorage()
     with trio.fail_after(20):
-        async with dengine.open_engine(config=single(tmp_path), storage=storage) as engine:
+        async with open_memory_engine(single(tmp_path), storage=storage) as engine:
             await engine.wait_ready(timeout=5)
             for i in range(30):
                 await engine.client.put(b"k%d" % i, b"v")

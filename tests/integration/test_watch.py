@@ -23,8 +23,7 @@ from dengine import Config, WatchEvent, WatchEventType
 from dengine.config import WatchSettings
 from dengine.embedded import Engine
 from dengine.errors import ErrorCode
-from dengine.raft.messages import ConfChange, ConfChangeType
-from tests.integration.cluster_helpers import open_cluster
+from dengine.testing import open_cluster, snapshots_installed
 
 PUT, DELETE = WatchEventType.PUT, WatchEventType.DELETE
 CANCELED, PROGRESS = WatchEventType.CANCELED, WatchEventType.PROGRESS
@@ -346,16 +345,8 @@ async def test_leader_follower_and_learner_watches_see_the_same_events(tmp_path:
         async with open_cluster(tmp_path) as cluster:
             leader = await cluster.wait_leader()
             # A learner: proposed by the leader, started with cluster.join = true.
-            base = cluster.config(1)
-            learner_cfg = attrs.evolve(
-                base,
-                node=attrs.evolve(base.node, id=4, data_dir=str(tmp_path / "n4"), peer_address="127.0.0.1:7004"),
-                cluster=attrs.evolve(base.cluster, join=True),
-            )
-            own_config = cluster.config
-            cluster.config = lambda nid: learner_cfg if nid == 4 else own_config(nid)  # type: ignore[method-assign]
-            leader._node.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
-            learner = await cluster.start(4)
+            learner = await cluster.add_learner(4)
+            assert learner.config.cluster.join and learner.config.node_id == 4
             async with AsyncExitStack() as stack:
                 watches = {
                     nid: await stack.enter_async_context(eng.client.open_watch(b"/w/", prefix=True, prev_kv=True))
@@ -393,7 +384,7 @@ async def test_snapshot_install_on_a_follower_cancels_its_watchers_with_compacte
                 assert last.revision > rev0  # the first revision it did not get
                 with pytest.raises(trio.EndOfChannel):
                     await watch.receive()
-            assert follower._node.installed_snapshots >= 1
+            assert snapshots_installed(follower) >= 1
             assert follower.watch_statistics().canceled_compacted == 1
             # Re-sync: a resume from before the snapshot is COMPACTED; scan + a new watch works.
             async with follower.client.open_watch(b"/k/", prefix=True, start_revision=rev0 + 1) as old:

@@ -35,6 +35,8 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.client", 7, "client"),
     ("dengine.embedded", 7, "embedded"),
     ("dengine.server", 8, "server"),
+    # Helpers for tests of applications (open_cluster, ...): above the engine, like trio.testing.
+    ("dengine.testing", 8, "testing"),
     ("dengine.cli", 9, "cli"),
     ("dengine.__main__", 9, "cli"),
 ]
