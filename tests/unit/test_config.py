@@ -11,12 +11,14 @@ test that checks the os.environ default through monkeypatch).
 from __future__ import annotations
 
 import pickle
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
+import dengine.config
 from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, ReadConsistency
 from dengine.config import (
     DEFAULT_CLIENT_ADDRESS,
@@ -392,6 +394,39 @@ def test_toml_round_trip_of_every_section(full: Config, tmp_path: Path) -> None:
         path.write_text(config.to_toml())
         assert Config.from_toml(path, env={}) == config
         assert Config.from_dict(config.to_dict()) == config
+
+
+def test_to_toml_is_to_dict_written_as_toml(full: Config) -> None:
+    with_clients = attrs.evolve(full, cluster=attrs.evolve(full.cluster, client_addresses={3: "[::1]:9083", 1: "h:1"}))
+    for config in (Config(), full, with_clients):
+        text = config.to_toml()
+        assert tomllib.loads(text) == config.to_dict()
+        assert text.startswith("[node]\n") and text.endswith("\n")
+    # Member maps are written as tables keyed by node id, in id order.
+    assert '[cluster.client_addresses]\n1 = "h:1"\n3 = "[::1]:9083"\n' in with_clients.to_toml()
+
+
+def test_every_public_name_is_importable_from_the_package() -> None:
+    assert set(dengine.config.__all__) == {
+        "DEFAULT_CLIENT_ADDRESS",
+        "DEFAULT_CLUSTER_ID",
+        "DEFAULT_DATA_DIR",
+        "DEFAULT_PEER_ADDRESS",
+        "ENV_PREFIX",
+        "ClusterSettings",
+        "Config",
+        "NodeSettings",
+        "RaftSettings",
+        "ServerSettings",
+        "StorageSettings",
+        "TransportSettings",
+        "WatchSettings",
+        "format_address",
+        "parse_address",
+        "parse_members",
+    }
+    for name in dengine.config.__all__:
+        assert getattr(dengine.config, name) is not None
 
 
 def test_toml_partial_file_keeps_defaults_and_takes_initial_as_a_string(tmp_path: Path) -> None:
