@@ -1,4 +1,7 @@
-"""One client connection to one server: handshake, request ids, streams.
+"""One client connection to one server, in trio: the IO around a
+:class:`~dengine.client._core.ConnectionState`, which owns the protocol
+(hello and welcome, request ids and frames, matching responses to requests
+and streams, stream buffers and their overflow).
 
 Rules:
 
@@ -39,27 +42,29 @@ Rules:
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import math
 import ssl
-from collections import deque
 from typing import Any
 
 import outcome
 import trio
 
-from dengine.errors import DengineError, ResourceExhausted
-from dengine.transport.base import single_leaf
-from dengine.transport.client_protocol import (
-    STATUS_ITEM,
-    Response,
-    decode_response,
-    encode_request,
-    error_from_map,
+from dengine.client._core import (
+    MAX_FRAME_SIZE,
+    ConnectionEnded,
+    ConnectionLost,
+    ConnectionState,
+    Expired,
+    StreamBuffer,
+    StreamClosed,
+    StreamEnded,
+    result_of,
 )
-from dengine.transport.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
-from dengine.transport.handshake import PROTOCOL_VERSION, Hello, connect_handshake
+from dengine.errors import DengineError
+from dengine.transport.base import single_leaf
+
+__all__ = ["NETWORK_ERRORS", "Connection", "ConnectionLost", "Expired", "Stream"]
 
 log = logging.getLogger("dengine.client")
 
@@ -74,25 +79,6 @@ _SENT = 2  # written in full (or may have been: see _fail_all)
 _DROPPED = 3  # its caller gave up before it was written: never written
 
 
-class ConnectionLost(Exception):
-    """The connection broke before the answer came. ``sent``: the request
-    had been written in full (the server may have acted on it)."""
-
-    def __init__(self, endpoint: str, *, sent: bool, reason: str = "") -> None:
-        super().__init__(f"the connection to {endpoint} was lost" + (f" ({reason})" if reason else ""))
-        self.endpoint = endpoint
-        self.sent = sent
-
-
-class Expired(Exception):
-    """A request's deadline passed before its answer came. ``sent``: its
-    frame had been written (the server may act on it)."""
-
-    def __init__(self, *, sent: bool) -> None:
-        super().__init__("the request's deadline passed before its answer came")
-        self.sent = sent
-
-
 class _Pending:
     """One unary request: its frame's state and its waiting task (None once
     it was woken or gave up)."""
@@ -102,7 +88,7 @@ class _Pending:
     def __init__(self, frame: bytes) -> None:
         self.frame = frame
         self.state = _QUEUED
-        self.response: Response | None = None
+        self.response: Any = None
         self.task: trio.lowlevel.Task | None = None
         self.expired = False
 
@@ -111,70 +97,64 @@ class _Pending:
 
 
 class Stream:
-    """The items of one streaming request, in order."""
+    """The items of one streaming request, in order (a trio face on the
+    core's StreamBuffer)."""
 
-    def __init__(self, conn: Connection, request_id: int, limit: int) -> None:
+    def __init__(self, conn: Connection, buffer: StreamBuffer) -> None:
         self.conn = conn
-        self.request_id = request_id
-        self._items: deque[dict[str, Any]] = deque()
-        self._limit = limit
-        self._end: BaseException | None = None  # set once: what receive raises after the items
+        self.request_id = buffer.request_id
+        self._buffer = buffer
         self._event = trio.Event()
+        buffer.on_change = self._changed
 
-    def _push(self, response: Response) -> None:
-        if self._end is not None:
-            return
-        if response.status == STATUS_ITEM:
-            if len(self._items) >= self._limit:
-                self._finish(ResourceExhausted(
-                    f"the application read stream {self.request_id} too slowly ({self._limit} items unread)"
-                ))
-                self.conn._cancel_soon(self.request_id)
-                return
-            self._items.append(response.body)
-        elif response.status == "ok":
-            self._finish(trio.EndOfChannel())
-        else:
-            self._finish(error_from_map(response.body))
+    def _changed(self) -> None:
         self._event.set()
-
-    def _finish(self, exc: BaseException) -> None:
-        if self._end is None:
-            self._end = exc
-            self._event.set()
 
     async def receive(self) -> dict[str, Any]:
         """The next item; then raises the stream's end: ``EndOfChannel`` (the
         server ended it), its error, or ConnectionLost."""
         while True:
-            if self._items:
+            try:
+                item = self._buffer.pop()
+            except StreamEnded:
                 await trio.lowlevel.checkpoint()
-                return self._items.popleft()
-            if self._end is not None:
+                raise trio.EndOfChannel from None
+            except StreamClosed as exc:
                 await trio.lowlevel.checkpoint()
-                raise self._end
+                raise trio.ClosedResourceError(str(exc)) from None
+            if item is not None:
+                await trio.lowlevel.checkpoint()
+                return item
             self._event = trio.Event()
             await self._event.wait()
 
     async def aclose(self) -> None:
         """Cancel the stream on the server (best effort: the cancel is queued
         for the writer) and forget it."""
-        ended = self._end is not None
-        self._finish(trio.ClosedResourceError("this stream was closed"))
-        if self.conn._streams.pop(self.request_id, None) is not None and not ended:
-            self.conn._cancel_soon(self.request_id)
+        frame = self.conn._state.cancel(self._buffer)
+        if frame is not None:
+            self.conn._enqueue(frame, None)
         await trio.lowlevel.checkpoint()
 
 
 class Connection:
-    def __init__(self, endpoint: str, stream: trio.abc.Stream, node_id: int, max_frame_size: int) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        stream: trio.abc.Stream,
+        node_id: int,
+        max_frame_size: int,
+        *,
+        state: ConnectionState | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.node_id = node_id
         self._stream = stream
-        self._decoder = FrameDecoder(max_frame_size)
-        self._ids = itertools.count(1)
+        if state is None:
+            state = ConnectionState(endpoint, cluster_id="", max_frame_size=max_frame_size)
+            state.node_id = node_id
+        self._state = state  # it may hold frames pipelined behind the welcome
         self._pending: dict[int, _Pending] = {}
-        self._streams: dict[int, Stream] = {}
         self._scope = trio.CancelScope()
         self._closed: str | None = None
         self._write_failed: str | None = None  # why the writer stopped, if it failed
@@ -198,32 +178,41 @@ class Connection:
         cluster_id: str,
         ssl_context: ssl.SSLContext | None,
         connect_timeout: float,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_frame_size: int = MAX_FRAME_SIZE,
     ) -> Connection:
         """Connect and shake hands; raises OSError/TooSlowError for an
-        unreachable endpoint and the refusal's DengineError (WrongCluster, ...)."""
-        with trio.fail_after(connect_timeout):
-            tcp = await trio.open_tcp_stream(host, port)
-            stream: trio.abc.Stream = tcp
-            try:
-                if ssl_context is not None:
-                    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
-                decoder = FrameDecoder(max_frame_size)
-                hello = Hello(protocol_version=PROTOCOL_VERSION, cluster_id=cluster_id, node_id=None, kind="client")
-                welcome = await connect_handshake(stream, decoder, hello, peer=f"the server at {endpoint}")
-            except BaseException:
-                await trio.aclose_forcefully(stream)
+        unreachable endpoint, the refusal's DengineError (WrongCluster, ...),
+        ProtocolError for a server that does not speak the protocol, Timeout
+        for one that does not answer the hello."""
+        state = ConnectionState(endpoint, cluster_id=cluster_id, max_frame_size=max_frame_size)
+        handshake_at = math.inf
+        try:
+            with trio.fail_after(connect_timeout):
+                tcp = await trio.open_tcp_stream(host, port)
+                stream: trio.abc.Stream = tcp
+                try:
+                    if ssl_context is not None:
+                        stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
+                    handshake_at = trio.current_time()
+                    await stream.send_all(state.hello())
+                    node_id = None
+                    while node_id is None:
+                        data = await stream.receive_some(_RECEIVE_SIZE)
+                        if not data:
+                            raise state.handshake_ended()
+                        node_id = state.receive_handshake(data)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except trio.TooSlowError:
+            if handshake_at == math.inf:
                 raise
-        conn = cls(endpoint, stream, welcome.node_id, max_frame_size)
-        conn._decoder = decoder  # it may hold frames pipelined behind the welcome
-        return conn
+            raise state.handshake_timed_out(trio.current_time() - handshake_at) from None
+        return cls(endpoint, stream, node_id, max_frame_size, state=state)
 
     @property
     def closed(self) -> bool:
         return self._closed is not None
-
-    def _next_id(self) -> int:
-        return next(self._ids)
 
     # -- running ------------------------------------------------------------
 
@@ -250,39 +239,33 @@ class Connection:
                         reason = self._write_failed
                 except NETWORK_ERRORS as exc:
                     reason = f"{type(exc).__name__}: {exc}"
-                except DengineError as exc:  # the server broke the protocol
+                except DengineError as exc:
                     reason = str(exc)
-                    log.warning("closing the connection to %s: %s", self.endpoint, exc)
         finally:
             self._fail_all(reason)
             await trio.aclose_forcefully(self._stream)
 
     async def _read(self) -> str:
         data = b""
+        state = self._state
         while True:
-            for body in self._decoder.feed(data):
-                response = decode_response(body)
-                if response.id is None:
-                    return f"the server closed the connection: {error_from_map(response.body)}"
-                self._dispatch(response)
+            try:
+                answers = state.receive(data)
+            except ConnectionEnded as exc:
+                if "broke the protocol" in exc.reason:
+                    log.warning("closing the connection to %s: %s", self.endpoint, exc.reason)
+                return exc.reason
+            for rid, response in answers:
+                pending = self._pending.get(rid)
+                if pending is not None and pending.response is None:
+                    pending.response = response
+                    pending.state = _SENT
+                    self._wake(pending)
+            for frame in state.outgoing():
+                self._enqueue(frame, None)
             data = await self._stream.receive_some(_RECEIVE_SIZE)
             if not data:
                 return "the server closed the connection"
-
-    def _dispatch(self, response: Response) -> None:
-        assert response.id is not None
-        stream = self._streams.get(response.id)
-        if stream is not None:
-            stream._push(response)
-            if response.final:
-                self._streams.pop(response.id, None)
-            return
-        pending = self._pending.get(response.id)
-        if pending is not None and pending.response is None and response.final:
-            pending.response = response
-            pending.state = _SENT
-            self._wake(pending)
-        # anything else answers a request nobody waits for any more
 
     @staticmethod
     def _wake(pending: _Pending) -> None:
@@ -360,20 +343,11 @@ class Connection:
         if self._writer_lot:
             self._writer_lot.unpark()
 
-    def _cancel_soon(self, request_id: int) -> None:
-        """Forget a stream and queue its cancel for the server (best effort)."""
-        self._streams.pop(request_id, None)
-        if self._closed is None:
-            frame = encode_frame(encode_request(self._next_id(), "cancel", {"request_id": request_id}))
-            self._enqueue(frame, None)
-
     def _fail_all(self, reason: str) -> None:
         self._closed = reason
         for pending in self._pending.values():
             self._wake(pending)
-        for stream in self._streams.values():
-            stream._finish(ConnectionLost(self.endpoint, sent=True, reason=reason))
-        self._streams.clear()
+        self._state.close(reason)
         self._outbox = []
 
     def close(self) -> None:
@@ -388,8 +362,8 @@ class Connection:
         if self._closed is not None:
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
-        rid = next(self._ids)
-        pending = _Pending(encode_frame(encode_request(rid, op, args)))
+        rid, frame = self._state.request(op, args)
+        pending = _Pending(frame)
         self._pending[rid] = pending
         try:
             self._enqueue(pending.frame, pending)
@@ -412,6 +386,7 @@ class Connection:
             await trio.lowlevel.wait_task_rescheduled(abort)
         finally:
             del self._pending[rid]
+            self._state.forget(rid)
         response = pending.response
         if pending.expired:
             raise Expired(sent=pending.state != _DROPPED)
@@ -419,9 +394,7 @@ class Connection:
             raise ConnectionLost(
                 self.endpoint, sent=pending.state not in (_QUEUED, _DROPPED), reason=self._closed or "closed"
             )
-        if response.status != "ok":
-            raise error_from_map(response.body)
-        return response.body
+        return result_of(response)
 
     async def open_stream(self, op: str, args: dict[str, Any], *, limit: int) -> Stream:
         """Register a stream and queue its request; its items (or its end)
@@ -429,9 +402,8 @@ class Connection:
         if self._closed is not None:
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
-        rid = next(self._ids)
-        stream = Stream(self, rid, limit)
-        self._streams[rid] = stream
-        self._enqueue(encode_frame(encode_request(rid, op, args)), None)
+        buffer, frame = self._state.stream(op, args, limit=limit)
+        stream = Stream(self, buffer)
+        self._enqueue(frame, None)
         await trio.lowlevel.checkpoint()
         return stream
