@@ -381,6 +381,7 @@ class RaftCore:
             next=last + 1,
             inflights=Inflights(self.config.max_inflight),
             is_learner=peer in self.conf.learners,
+            last_heard=self.tick_count,  # a new leader or member gets a full election timeout
         )
 
     def campaign(self, force: bool = False) -> None:
@@ -416,14 +417,17 @@ class RaftCore:
         self.election_elapsed += 1
         if self.election_elapsed >= cfg.election_tick:
             self.election_elapsed = 0
-            if cfg.check_quorum:
-                active = {p for p, pr in self.prs.items() if pr.recent_active or p == self.id}
-                for p, pr in self.prs.items():
-                    pr.recent_active = p == self.id
-                if not has_quorum(self.conf.voters, active):
-                    # §6.2: we may be on the minority side of a partition.
-                    self.become_follower(self.term, None)
-                    return
+        if cfg.check_quorum:
+            # §6.2: checked every tick, not once per election timeout, so a
+            # leader cut off from a quorum steps down one election timeout
+            # after it last heard from one (not up to two), and its callers
+            # hear so (LeaderChanged) that much sooner.
+            now, limit = self.tick_count, cfg.election_tick
+            active = {p for p, pr in self.prs.items() if p == self.id or now - pr.last_heard < limit}
+            if not has_quorum(self.conf.voters, active):
+                # We may be on the minority side of a partition.
+                self.become_follower(self.term, None)
+                return
         if self.lead_transferee is not None:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= cfg.election_tick:
@@ -652,7 +656,7 @@ class RaftCore:
             return
         if pr is None:
             return
-        pr.recent_active = True
+        pr.last_heard = self.tick_count
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):

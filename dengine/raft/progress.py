@@ -64,7 +64,8 @@ class Progress:
     probe_sent: bool = False
     pending_snapshot: int = 0
     snapshot_sent_tick: int = 0
-    recent_active: bool = False
+    # Leader's tick when it last heard from this peer (check-quorum).
+    last_heard: int = 0
     # Tick of the last catch-up append sent on a heartbeat answer.
     resend_tick: int = -1
 

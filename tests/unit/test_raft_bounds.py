@@ -164,3 +164,20 @@ def test_the_core_routes_every_message_by_its_type() -> None:
         for ready in node.readies:
             assert all(not needs_durability(m) for m in ready.messages)
             assert all(needs_durability(m) for m in ready.after_persist)
+
+
+def test_check_quorum_steps_down_one_election_timeout_after_last_hearing_from_a_quorum() -> None:
+    net = Net(3, election_tick=10)
+    leader = net.elect(1)
+    # Run for a while with answers, so the isolation falls at any phase of
+    # the old once-per-election-timeout check.
+    for _ in range(13):
+        net.tick(1)
+        net.stabilize()
+    net.isolate(1)
+    for k in range(9):
+        net.tick(1)
+        net.process(1)
+        assert leader.role is Role.LEADER, f"stepped down {k + 1} ticks after the last answer"
+    net.tick(1)
+    assert leader.role is not Role.LEADER  # before: up to 20 ticks
