@@ -1,44 +1,87 @@
-"""dengine: an embeddable Raft consensus key-value engine for trio."""
+"""dengine: an embeddable Raft consensus key-value engine for trio.
 
-from dengine.api import (
-    KeyValue,
-    LeaderInfo,
-    Member,
-    ReadConsistency,
-    ScanResult,
-    Status,
-    WatchEvent,
-    WatchEventType,
-)
-from dengine.config import Config
-from dengine.embedded import EmbeddedClient, Engine, open_engine, run_engine
-from dengine.watch import Watch, WatchStatistics
-from dengine.client import Client, RemoteWatch, open_client
-from dengine.server import Server, open_server, serve
+The public API is re-exported here. The errors are imported at once (they
+are plain classes); everything else on first use (PEP 562), so that
+``import dengine`` -- and ``dengine.connect`` or a ``dengine get`` -- does
+not import trio, the engine or the server unless they are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from dengine.errors import (
     ClusterError,
     ConfigError,
+    DataDirLocked,
+    DataDirMissing,
     DengineError,
     EngineStopped,
-    LeaderChanged,
     ErrorCode,
+    FrameTooLarge,
     InvalidArgument,
+    LeaderChanged,
+    MalformedMessage,
+    MembershipChangeInProgress,
     NotLeader,
     ProposalDropped,
+    ProtocolError,
     ResourceExhausted,
     StorageCorrupted,
     StorageError,
+    StorageFailed,
+    StorageFull,
+    StoragePermissionDenied,
     Timeout,
     Unavailable,
+    UnknownOperation,
     UsageError,
+    WrongCluster,
+    WrongProtocolVersion,
 )
+
+if TYPE_CHECKING:
+    from dengine.api import (
+        KeyValue,
+        LeaderInfo,
+        Member,
+        ReadConsistency,
+        ScanResult,
+        Status,
+        WatchEvent,
+        WatchEventType,
+    )
+    from dengine.client import BlockingClient, BlockingWatch, Client, RemoteWatch, connect, open_client
+    from dengine.config import Config
+    from dengine.embedded import EmbeddedClient, Engine, open_engine, run_engine
+    from dengine.server import Server, open_server, serve
+    from dengine.watch import Watch, WatchStatistics
 
 __version__ = "0.1.0.dev0"
 
+# name -> the module it lives in, imported on first use.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ["KeyValue", "LeaderInfo", "Member", "ReadConsistency", "ScanResult", "Status", "WatchEvent",
+         "WatchEventType"],
+        "dengine.api",
+    ),
+    "Config": "dengine.config",
+    **dict.fromkeys(["EmbeddedClient", "Engine", "open_engine", "run_engine"], "dengine.embedded"),
+    **dict.fromkeys(["Watch", "WatchStatistics"], "dengine.watch"),
+    **dict.fromkeys(["Client", "RemoteWatch", "open_client"], "dengine.client.client"),
+    **dict.fromkeys(["BlockingClient", "BlockingWatch", "connect"], "dengine.client.blocking"),
+    **dict.fromkeys(["Server", "open_server", "serve"], "dengine.server"),
+}
+
 __all__ = [
+    "BlockingClient",
+    "BlockingWatch",
     "Client",
     "RemoteWatch",
     "Server",
+    "connect",
     "open_client",
     "open_server",
     "serve",
@@ -48,7 +91,6 @@ __all__ = [
     "KeyValue",
     "LeaderInfo",
     "Member",
-    "ProposalDropped",
     "ReadConsistency",
     "ScanResult",
     "Status",
@@ -58,19 +100,56 @@ __all__ = [
     "WatchStatistics",
     "open_engine",
     "run_engine",
+    # errors (docs/errors.md)
     "ClusterError",
     "ConfigError",
+    "DataDirLocked",
+    "DataDirMissing",
     "DengineError",
     "EngineStopped",
-    "LeaderChanged",
     "ErrorCode",
+    "FrameTooLarge",
     "InvalidArgument",
+    "LeaderChanged",
+    "MalformedMessage",
+    "MembershipChangeInProgress",
     "NotLeader",
+    "ProposalDropped",
+    "ProtocolError",
     "ResourceExhausted",
     "StorageCorrupted",
     "StorageError",
+    "StorageFailed",
+    "StorageFull",
+    "StoragePermissionDenied",
     "Timeout",
     "Unavailable",
+    "UnknownOperation",
     "UsageError",
+    "WrongCluster",
+    "WrongProtocolVersion",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is not None:
+        value = getattr(importlib.import_module(home), name)
+    elif not name.startswith("__"):
+        # A submodule used as an attribute (``dengine.config.Config`` after
+        # a bare ``import dengine``), as when everything was imported eagerly.
+        try:
+            value = importlib.import_module(f"dengine.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"dengine.{name}":
+                raise
+            raise AttributeError(f"module 'dengine' has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module 'dengine' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -305,6 +305,8 @@ def describe_error(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, ConnectionLost):
         return exc.reason or "the connection was lost"
+    if isinstance(exc, Expired):
+        return "no answer in time"
     name = type(exc).__name__
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is a dengine server running there?)"
@@ -1035,7 +1037,7 @@ class Diagnosis:
         if not self.statuses:
             if not att.seen:
                 return None
-            return "no server answered: " + "; ".join(f"{e}: {s}" for e, s in att.seen.items())
+            return "last seen: " + "; ".join(f"{e}: {s}" for e, s in att.seen.items())
         members = self._members()
         reached_ids = set(att.reached.values())
         known = {s.leader_id for s in self.statuses.values() if s.leader_id is not None}

@@ -409,7 +409,7 @@ def test_reads_are_retried_and_the_timeout_names_the_last_error() -> None:
     assert att.backoff(100.0) is not None and att.backoff(101.0) is None
     text = str(att.timeout_error(att.diagnosis()))
     assert text.startswith("get did not complete within 1 s: ")
-    assert "a:1: connection refused" in text and "applied" not in text
+    assert "last seen: a:1: connection refused" in text and "applied" not in text
 
 
 def _status(node_id: int, role: str, leader: int | None) -> Status:

@@ -1,0 +1,599 @@
+"""The blocking client, for programs that do not run trio.
+
+    import dengine
+
+    with dengine.connect(["127.0.0.1:9081", "127.0.0.1:9082"]) as client:
+        client.put(b"/config/timeout", b"30")
+        print(client.get(b"/config/timeout"))
+        with client.watch(b"/config/", prefix=True) as watch:
+            for event in watch:
+                print(event.type.name, event.key, event.value, event.revision)
+
+Rules of this client:
+
+* The same methods as the trio client (:func:`dengine.open_client`), without
+  ``await``; ``watch`` is a context manager and an iterator. Plain blocking
+  sockets (TLS with the standard ``ssl`` module); it never imports trio or
+  the engine, so ``import dengine; dengine.connect(...)`` stays cheap.
+* It decides nothing of its own: arguments, requests and their results,
+  matching responses, error mapping, where each call goes, whether and when
+  it is retried, what a timeout says and how a watch resumes all come from
+  the sans-IO core :mod:`dengine.client._core`, shared with the trio client.
+  This module only moves bytes and waits.
+* One connection per endpoint for calls, opened on first use. A call sends
+  one frame and reads until its answer, with socket timeouts computed from
+  the call's deadline. A frame whose ``sendall`` failed was cut short, so the
+  server never decoded it (``sent`` False); a connection that fails is closed
+  and forgotten.
+* Calls from several threads take turns (one lock per client). A watch has
+  a connection of its own, so one thread can iterate a watch while others
+  make calls.
+* An exception that is not the protocol's (``KeyboardInterrupt`` in the
+  middle of a call) closes the connection it interrupted: what was on the
+  wire is unknown.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from dengine.api import KeyValue, LeaderInfo, Member, ReadConsistency, ScanResult, Status, WatchEvent
+from dengine.client import _core
+from dengine.client._core import (
+    Attempts,
+    Call,
+    ConnectionEnded,
+    ConnectionLost,
+    ConnectionState,
+    Endpoint,
+    Expired,
+    Next,
+    Router,
+    StreamBuffer,
+    WatchState,
+    calls,
+)
+from dengine.errors import DengineError, Timeout, Unavailable
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["BlockingClient", "BlockingWatch", "connect"]
+
+_RECEIVE_SIZE = 256 * 1024
+_WRITE_TIMEOUT = 10.0
+_STREAM_BUFFER = 4096
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class _Connection:
+    """One socket to one server, and its protocol state."""
+
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, state: ConnectionState) -> None:
+        self.endpoint = endpoint.address
+        self.node_id: int = state.node_id if state.node_id is not None else 0
+        self._sock = sock
+        self._state = state
+        self.closed: str | None = None
+
+    @classmethod
+    def open(cls, endpoint: Endpoint, *, cluster_id: str, ssl_context: ssl.SSLContext | None,
+             timeout: float) -> _Connection:
+        """Connect and shake hands within ``timeout``; raises OSError for an
+        unreachable endpoint, the refusal's DengineError, ProtocolError for
+        a server that does not speak the protocol, Timeout for one that
+        does not answer the hello."""
+        deadline = _now() + timeout
+        state = ConnectionState(endpoint.address, cluster_id=cluster_id)
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock.settimeout(max(0.001, deadline - _now()))
+                sock = ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
+            started = _now()
+            sock.settimeout(max(0.001, deadline - _now()))
+            sock.sendall(state.hello())
+            node_id = None
+            while node_id is None:
+                sock.settimeout(max(0.001, deadline - _now()))
+                try:
+                    data = sock.recv(_RECEIVE_SIZE)
+                except TimeoutError:
+                    raise state.handshake_timed_out(_now() - started) from None
+                if not data:
+                    raise state.handshake_ended()
+                node_id = state.receive_handshake(data)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(endpoint, sock, state)
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._state.close(reason)
+            self._sock.close()
+
+    def _lost(self, reason: str, *, sent: bool) -> ConnectionLost:
+        self.close(reason)
+        return ConnectionLost(self.endpoint, sent=sent, reason=reason)
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        """Write one frame; ConnectionLost(sent=False) if it failed (the frame
+        was cut short: the server never decoded it)."""
+        try:
+            self._sock.settimeout(max(0.001, min(_WRITE_TIMEOUT, deadline - _now())))
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise self._lost(_core.describe_error(exc), sent=False) from None
+
+    def _pump(self, deadline: float) -> list[tuple[int, Any]]:
+        """Read once (until ``deadline``: Expired); the answers that came."""
+        if self.closed is not None:
+            raise ConnectionLost(self.endpoint, sent=True, reason=self.closed)
+        remaining = deadline - _now()
+        if remaining <= 0:
+            raise Expired(sent=True)
+        self._sock.settimeout(None if remaining == float("inf") else remaining)
+        try:
+            data = self._sock.recv(_RECEIVE_SIZE)
+        except TimeoutError:
+            raise Expired(sent=True) from None
+        except OSError as exc:
+            raise self._lost(_core.describe_error(exc), sent=True) from None
+        if not data:
+            raise self._lost("the server closed the connection", sent=True)
+        try:
+            answers = self._state.receive(data)
+        except ConnectionEnded as exc:
+            raise self._lost(exc.reason, sent=True) from None
+        for frame in self._state.outgoing():
+            self._send(frame, _now() + _WRITE_TIMEOUT)
+        return answers
+
+    def request(self, op: str, args: dict[str, Any], *, deadline: float = float("inf")) -> dict[str, Any]:
+        """One unary request: its result map, or raise its DengineError,
+        ConnectionLost, or Expired once ``deadline`` (time.monotonic) passes."""
+        if self.closed is not None:
+            raise ConnectionLost(self.endpoint, sent=False, reason=self.closed)
+        rid, frame = self._state.request(op, args)
+        try:
+            self._send(frame, deadline)
+            while True:
+                for answered, response in self._pump(deadline):
+                    if answered == rid:
+                        return _core.result_of(response)
+        except (Expired, ConnectionLost, DengineError):
+            raise
+        except BaseException:
+            self.close("interrupted")  # what is on the wire is unknown
+            raise
+        finally:
+            self._state.forget(rid)
+
+    def open_stream(self, op: str, args: dict[str, Any], *, deadline: float) -> StreamBuffer:
+        buffer, frame = self._state.stream(op, args, limit=_STREAM_BUFFER)
+        self._send(frame, deadline)
+        return buffer
+
+    def next_item(self, buffer: StreamBuffer, deadline: float = float("inf")) -> dict[str, Any]:
+        """The stream's next item (reading as needed); raises its end, or
+        Expired once ``deadline`` passes."""
+        while True:
+            item = buffer.pop()
+            if item is not None:
+                return item
+            try:
+                self._pump(deadline)
+            except ConnectionLost:
+                pass  # the buffer now ends with it
+            except Expired:
+                raise
+            except BaseException:
+                self.close("interrupted")
+                raise
+
+    def cancel(self, buffer: StreamBuffer) -> None:
+        frame = self._state.cancel(buffer)
+        if frame is not None and self.closed is None:
+            try:
+                self._send(frame, _now() + 1.0)
+            except ConnectionLost:
+                pass
+
+
+class BlockingClient:
+    """A blocking client of the servers of one cluster. Obtain it from
+    :func:`connect`; close it (or use ``with``)."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], *, timeout: float, auto_resume: bool, cluster_id: str,
+                 ssl_context: ssl.SSLContext | None, rng: random.Random) -> None:
+        self._eps = {e.address: e for e in endpoints}
+        self._router = Router([e.address for e in endpoints])
+        self.timeout = timeout
+        self.auto_resume = auto_resume
+        self.cluster_id = cluster_id
+        self._ssl_context = ssl_context
+        self._rng = rng
+        self._conns: dict[str, _Connection] = {}
+        self._lock = threading.RLock()
+        # Unknown: the protocol does not carry the servers' limits; their
+        # answers name them.
+        self.max_key_size: int | None = None
+        self.max_value_size: int | None = None
+        self._closed = False
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._router.endpoints)
+
+    def endpoint_of(self, node_id: int) -> str | None:
+        """The endpoint at which this client met node ``node_id`` (None if it has not)."""
+        return self._router.node_endpoints.get(node_id)
+
+    # -- connections ------------------------------------------------------------
+
+    def _endpoint(self, address: str) -> Endpoint:
+        ep = self._eps.get(address)
+        if ep is None:
+            ep = self._eps[address] = _core.parse_endpoint(address)
+        return ep
+
+    def _open(self, endpoint: str, deadline: float) -> _Connection:
+        if self._closed:
+            raise Unavailable("the client is closed")
+        return _Connection.open(self._endpoint(endpoint), cluster_id=self.cluster_id, ssl_context=self._ssl_context,
+                                timeout=max(0.001, min(_core.CONNECT_TIMEOUT, deadline - _now())))
+
+    def _connection(self, endpoint: str, deadline: float) -> _Connection:
+        conn = self._conns.get(endpoint)
+        if conn is not None and conn.closed is None:
+            return conn
+        conn = self._conns[endpoint] = self._open(endpoint, deadline)
+        self._router.welcomed(endpoint, conn.node_id)
+        return conn
+
+    def _connected(self) -> list[str]:
+        return [e for e, c in self._conns.items() if c.closed is None]
+
+    def _drop(self, endpoint: str) -> None:
+        conn = self._conns.pop(endpoint, None)
+        if conn is not None:
+            conn.close()
+        self._router.dropped(endpoint)
+
+    def _sleep(self, att: Attempts) -> bool:
+        delay = att.backoff(_now())
+        if delay is None:
+            return False
+        time.sleep(delay)
+        return _now() < att.request_deadline
+
+    # -- calls --------------------------------------------------------------------
+
+    def _run(self, call: Call) -> Any:
+        with self._lock:
+            att = Attempts(call, self._router, limit=self.timeout if call.timeout is None else call.timeout,
+                           now=_now(), rng=self._rng)
+            while True:
+                endpoint = att.target(self._connected())
+                try:
+                    conn = self._connection(endpoint, att.request_deadline)
+                except (OSError, DengineError) as exc:
+                    self._drop(endpoint)
+                    att.connect_failed(endpoint, exc)
+                    if not self._sleep(att):
+                        break
+                    continue
+                att.connected(endpoint, conn.node_id)
+                att.sending()
+                try:
+                    body = conn.request(call.op, att.args(_now()), deadline=att.request_deadline)
+                    return att.answered(endpoint, body)
+                except (Expired, ConnectionLost, DengineError) as exc:
+                    if isinstance(exc, ConnectionLost):
+                        self._drop(endpoint)
+                    step = att.failed(endpoint, exc)
+                if step is Next.GIVE_UP:
+                    break
+                if step is Next.BACKOFF and not self._sleep(att):
+                    break
+            raise att.timeout_error(self._diagnose(att))
+
+    def _diagnose(self, att: Attempts) -> _core.Diagnosis | None:
+        """Ask what the core's Diagnosis wants to know, in the time kept for it."""
+        diag = att.diagnosis()
+        if diag is None:
+            return None
+        for endpoint in diag.status_targets():
+            if _now() >= att.deadline:
+                return diag
+            try:
+                conn = self._connection(endpoint, att.deadline)
+                diag.saw_status(endpoint, calls.status(timeout=None).decode(
+                    conn.request("status", {}, deadline=att.deadline)))
+            except (OSError, Expired, ConnectionLost, DengineError) as exc:
+                diag.status_failed(endpoint, exc)
+        for endpoint in diag.probe_targets():
+            if _now() >= att.deadline:
+                return diag
+            try:
+                diag.saw_probe(endpoint, self._connection(endpoint, att.deadline).node_id)
+            except (OSError, DengineError) as exc:
+                diag.saw_probe(endpoint, exc)
+        return diag
+
+    # -- writes ---------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:
+        """Set ``key`` to ``value``; returns the revision of the write."""
+        return self._run(calls.put(key, value, ttl=ttl, timeout=timeout, max_key_size=self.max_key_size,  # type: ignore[no-any-return]
+                                   max_value_size=self.max_value_size))
+
+    def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
+        """Delete ``key``; True if it existed."""
+        return self._run(calls.delete(key, timeout=timeout, max_key_size=self.max_key_size))  # type: ignore[no-any-return]
+
+    def compare_and_swap(self, key: bytes, *, expected: bytes | None, new: bytes, ttl: float | None = None,
+                         timeout: float | None = None) -> bool:
+        """Set ``key`` to ``new`` only if it holds ``expected`` (None: absent)."""
+        return self._run(calls.compare_and_swap(  # type: ignore[no-any-return]
+            key, expected=expected, new=new, ttl=ttl, timeout=timeout,
+            max_key_size=self.max_key_size, max_value_size=self.max_value_size))
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, key: bytes, *, consistency: ReadConsistency | str | None = None,
+            timeout: float | None = None) -> bytes | None:
+        return self._run(calls.get(key, consistency=consistency, timeout=timeout,  # type: ignore[no-any-return]
+                                   max_key_size=self.max_key_size))
+
+    def get_kv(self, key: bytes, *, consistency: ReadConsistency | str | None = None,
+               timeout: float | None = None) -> KeyValue | None:
+        """Like get, with the revision that last set the key."""
+        return self._run(calls.get_kv(key, consistency=consistency, timeout=timeout,  # type: ignore[no-any-return]
+                                      max_key_size=self.max_key_size))
+
+    def get_many(self, keys: Sequence[bytes], *, consistency: ReadConsistency | str | None = None,
+                 timeout: float | None = None) -> list[bytes | None]:
+        """Several keys read at one consistent point."""
+        return self._run(calls.get_many(keys, consistency=consistency, timeout=timeout,  # type: ignore[no-any-return]
+                                        max_key_size=self.max_key_size))
+
+    def scan_prefix(self, prefix: bytes, *, consistency: ReadConsistency | str | None = ReadConsistency.LINEARIZABLE,
+                    timeout: float | None = None) -> ScanResult:
+        """Every key starting with ``prefix``, with the revision the scan saw."""
+        return self._run(calls.scan_prefix(prefix, consistency=consistency, timeout=timeout,  # type: ignore[no-any-return]
+                                           max_key_size=self.max_key_size))
+
+    # -- cluster ------------------------------------------------------------------------
+
+    def status(self, *, endpoint: str | None = None, timeout: float | None = None) -> Status:
+        """The status of one server (``endpoint``, else any)."""
+        call = calls.status(timeout=timeout)
+        if endpoint is None:
+            return self._run(call)  # type: ignore[no-any-return]
+        limit = self.timeout if call.timeout is None else call.timeout
+        deadline = _now() + limit
+        with self._lock:
+            try:
+                conn = self._connection(endpoint, deadline)
+                return call.decode(conn.request(call.op, {}, deadline=deadline))  # type: ignore[no-any-return]
+            except (OSError, ConnectionLost) as exc:
+                self._drop(endpoint)
+                raise Unavailable(f"cannot reach {endpoint}: {_core.describe_error(exc)}") from None
+            except Expired:
+                raise Timeout(f"{call.op} of {endpoint} did not complete within {limit:g} s") from None
+
+    def members(self, *, timeout: float | None = None) -> list[Member]:
+        return self._run(calls.members(timeout=timeout))  # type: ignore[no-any-return]
+
+    def leader(self, *, timeout: float | None = None) -> LeaderInfo:
+        """The leader as the server the client talks to sees it."""
+        return self._run(calls.leader(timeout=timeout))  # type: ignore[no-any-return]
+
+    # -- watches ----------------------------------------------------------------------------
+
+    def watch(self, key: bytes, *, prefix: bool = False, prev_kv: bool = False,
+              start_revision: int | None = None) -> BlockingWatch:
+        """Watch ``key`` (or every key under a ``/.../`` prefix)::
+
+            with client.watch(b"/services/", prefix=True) as watch:
+                for event in watch: ...
+
+        The watch is registered on a server when the block is entered (or
+        at the first event asked for)."""
+        state = WatchState(key, prefix=prefix, prev_kv=prev_kv, start_revision=start_revision,
+                           max_key_size=self.max_key_size)
+        return BlockingWatch(self, state)
+
+    open_watch = watch
+
+    def _open_stream(self, op: str, args: dict[str, Any], *, avoid: str | None
+                     ) -> tuple[_Connection, StreamBuffer]:
+        """Open a stream on a connection of its own, on some server, within
+        the client's timeout."""
+        with self._lock:
+            att = Attempts(_core.stream_call(op, args), self._router, limit=self.timeout, now=_now(), rng=self._rng)
+        att.avoid = avoid
+        while _now() < att.deadline:
+            with self._lock:
+                endpoint = att.target()
+            conn: _Connection | None = None
+            try:
+                conn = self._open(endpoint, att.deadline)
+                with self._lock:
+                    self._router.welcomed(endpoint, conn.node_id)
+                return conn, conn.open_stream(op, args, deadline=att.deadline)
+            except (OSError, ConnectionLost, DengineError) as exc:
+                if conn is not None:
+                    conn.close()
+                with self._lock:
+                    att.stream_failed(endpoint, exc)
+            if not self._sleep(att):
+                break
+        raise att.stream_error()
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection (watches close their own)."""
+        with self._lock:
+            self._closed = True
+            for endpoint in list(self._conns):
+                self._drop(endpoint)
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class BlockingWatch:
+    """A watch served by some server over a connection of its own; iterate
+    it for WatchEvents. Ends after a CANCELED event; raises Unavailable if
+    its server goes away and ``auto_resume`` is off (or no server can take
+    it over)."""
+
+    def __init__(self, client: BlockingClient, state: WatchState) -> None:
+        self._client = client
+        self._state = state
+        self.key = state.key
+        self.prefix = state.prefix
+        self.prev_kv = state.prev_kv
+        self._conn: _Connection | None = None
+        self._buffer: StreamBuffer | None = None
+        self._opened = False
+        self._closed = False
+
+    @property
+    def endpoint(self) -> str | None:
+        """The server currently serving this watch."""
+        return None if self._conn is None else self._conn.endpoint
+
+    @property
+    def next_revision(self) -> int | None:
+        return self._state.start
+
+    @property
+    def resumes(self) -> int:
+        return self._state.resumes
+
+    def _open(self, avoid: str | None) -> None:
+        client = self._client
+        deadline = _now() + client.timeout
+        while True:
+            if _now() >= deadline:
+                raise Unavailable(f"no server could take over the watch within {client.timeout:g} s")
+            conn, buffer = client._open_stream("watch", self._state.open_args(), avoid=avoid)
+            try:
+                self._state.opened(conn.next_item(buffer, deadline))
+            except (ConnectionLost, Unavailable, Expired):
+                conn.close()
+                avoid = conn.endpoint
+                time.sleep(_core.backoff_delay(1, client._rng))
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._buffer, self._opened = conn, buffer, True
+            return
+
+    def receive(self, timeout: float | None = None) -> WatchEvent:
+        """The next event; raises Timeout if none comes within ``timeout``
+        seconds (None: wait as long as it takes), EOFError once the watch
+        ended (after its CANCELED event, or when the server ended it)."""
+        deadline = float("inf") if timeout is None else _now() + _core.check_timeout(timeout)
+        state = self._state
+        if not self._opened and not self._closed:
+            self._open(avoid=None)
+        while True:
+            if self._closed:
+                raise Unavailable("this watch was closed")
+            conn, buffer = self._conn, self._buffer
+            if state.done or conn is None or buffer is None:
+                raise EOFError("the watch ended")
+            try:
+                body = conn.next_item(buffer, deadline)
+            except _core.StreamEnded:
+                state.done = True
+                raise EOFError("the server ended the watch") from None
+            except Expired:
+                raise Timeout(f"no event within {timeout:g} s") from None
+            except (ConnectionLost, Unavailable) as exc:
+                conn.close()
+                state.lost(conn.endpoint, exc, auto_resume=self._client.auto_resume)
+                self._conn = self._buffer = None
+                self._open(avoid=conn.endpoint)
+                continue
+            event = state.item(body)
+            if event is None:
+                continue
+            if state.done:
+                self._drop()
+            return event
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        try:
+            return self.receive()
+        except EOFError:
+            raise StopIteration from None
+
+    def _drop(self) -> None:
+        conn, buffer = self._conn, self._buffer
+        self._conn = self._buffer = None
+        if conn is not None:
+            if buffer is not None:
+                conn.cancel(buffer)
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+    def __enter__(self) -> BlockingWatch:
+        if not self._opened:
+            self._open(avoid=None)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def connect(
+    endpoints: Sequence[str] | str,
+    *,
+    timeout: float = 5.0,
+    auto_resume: bool = True,
+    cluster_id: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    rng: random.Random | None = None,
+) -> BlockingClient:
+    """A blocking client of the servers at ``endpoints``: the arguments of
+    :func:`dengine.open_client`. Connections open on first use; close the
+    client (or use ``with``) when done."""
+    eps = _core.parse_endpoints(endpoints)
+    limit = _core.check_timeout(timeout)
+    cluster = _core.check_cluster_id(cluster_id)
+    if _core.wants_tls(eps, ssl_context is not None) and ssl_context is None:
+        import ssl as ssl_module
+
+        ssl_context = ssl_module.create_default_context()
+    return BlockingClient(eps, timeout=limit, auto_resume=bool(auto_resume), cluster_id=cluster,
+                          ssl_context=ssl_context, rng=rng if rng is not None else random.Random())
