@@ -4,11 +4,14 @@
     dengine run [flags]              run one embedded engine node until Ctrl-C
     dengine get KEY | put KEY VALUE | del KEY | cas KEY NEW | scan PREFIX
     dengine watch KEY | members | status | leader
+    dengine --version
 
 Conventions follow etcdctl: ``dengine COMMAND --help`` for every command;
 ``--endpoints`` (or ``DENGINE_ENDPOINTS``) names the servers; ``-w
 simple|json|table`` picks the output; keys and values are UTF-8 text, or
-hex with ``--hex``. Errors go to stderr in plain words. Exit codes:
+hex with ``--hex``. The common flags (``--endpoints``, ``--timeout``,
+``-w``, ``--log-level``, ...) may come before or after the command. Errors
+go to stderr in plain words. Exit codes:
 
 * 0 ok
 * 1 a dengine error (unreachable cluster, timeout, refused, ...)
@@ -16,28 +19,26 @@ hex with ``--hex``. Errors go to stderr in plain words. Exit codes:
 * 3 a negative answer: ``get`` of a missing key, ``del`` of a missing key,
   ``cas`` that did not swap
 * 130 interrupted (Ctrl-C) for client commands
+
+Start-up: the client commands use the blocking client
+(:mod:`dengine.client.blocking`) and never import trio, the engine or the
+server; ``serve`` and ``run`` import them when they start.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import attrs
-import trio
-
-from dengine.api import WatchEvent, WatchEventType
-from dengine.client import open_client
-from dengine.config import DEFAULT_CLIENT_ADDRESS, Config, parse_members
-from dengine.embedded import open_engine
 from dengine.errors import ConfigError, DengineError, InvalidArgument, UsageError
-from dengine.server import open_server
+
+if TYPE_CHECKING:
+    from dengine.api import Status
+    from dengine.client.blocking import BlockingClient
+    from dengine.config import Config
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -45,9 +46,12 @@ EXIT_USAGE = 2
 EXIT_NEGATIVE = 3
 EXIT_INTERRUPTED = 130
 
-log = logging.getLogger("dengine.cli")
-
 _CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader")
+# The common flags of the client commands, by dest (see _common_flags).
+_CLIENT_FLAGS = {
+    "endpoints": "--endpoints", "timeout": "--timeout", "write_out": "--write-out", "hex": "--hex",
+    "cacert": "--cacert", "cert": "--cert", "keyfile": "--key",
+}
 
 
 # --------------------------------------------------------------------------
@@ -55,19 +59,54 @@ _CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "sta
 # --------------------------------------------------------------------------
 
 
-def _client_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("connection and output")
-    g.add_argument("--endpoints", default=os.environ.get("DENGINE_ENDPOINTS", DEFAULT_CLIENT_ADDRESS),
-                   help="comma-separated server client addresses (env DENGINE_ENDPOINTS; default %(default)s)")
-    g.add_argument("--cluster-id", default=os.environ.get("DENGINE_CLUSTER_ID"),
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (importlib.metadata),
+    looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version of dengine and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"dengine {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dengine")
+    except metadata.PackageNotFoundError:  # a source tree that was not installed
+        return str(sys.modules["dengine"].__version__)  # the package this module is in
+
+
+def _log_flag(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a flag given before the command is not reset by the command's parser.
+    p.add_argument("--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (env DENGINE_LOG_LEVEL; default info)")
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """The client commands' common flags. Defaults are filled in after
+    parsing (_client_defaults), so these may come before or after the
+    command."""
+    g = p.add_argument_group("connection and output (before or after the command)")
+    s = argparse.SUPPRESS
+    g.add_argument("--endpoints", default=s,
+                   help="comma-separated server client addresses, host:port or http(s)://host:port "
+                   "(env DENGINE_ENDPOINTS; default 127.0.0.1:9081)")
+    g.add_argument("--cluster-id", default=s,
                    help="cluster id the servers must have (env DENGINE_CLUSTER_ID; default 'dengine')")
-    g.add_argument("--timeout", type=float, default=5.0, help="deadline of the command in seconds (default 5)")
-    g.add_argument("-w", "--write-out", choices=["simple", "json", "table"], default="simple",
+    g.add_argument("--timeout", type=float, default=s, help="deadline of the command in seconds (default 5)")
+    g.add_argument("-w", "--write-out", choices=["simple", "json", "table"], default=s,
                    help="output format (default simple)")
-    g.add_argument("--hex", action="store_true", help="keys and values are given and printed as hex")
-    g.add_argument("--cacert", help="CA bundle: connect with TLS and verify the server against it")
-    g.add_argument("--cert", help="client certificate (PEM) for servers that require one")
-    g.add_argument("--key", dest="keyfile", help="private key of --cert")
+    g.add_argument("--hex", action="store_true", default=s, help="keys and values are given and printed as hex")
+    g.add_argument("--cacert", default=s, help="CA bundle: connect with TLS and verify the server against it")
+    g.add_argument("--cert", default=s, help="client certificate (PEM) for servers that require one")
+    g.add_argument("--key", dest="keyfile", default=s, help="private key of --cert")
+    _log_flag(g)  # type: ignore[arg-type]
 
 
 def _consistency_flag(p: argparse.ArgumentParser) -> None:
@@ -86,8 +125,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "`dengine COMMAND --help` explains each command.",
         epilog="exit codes: 0 ok, 1 error, 2 bad usage, 3 key not found / not deleted / CAS not swapped",
     )
-    parser.add_argument("--log-level", default=os.environ.get("DENGINE_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
+    parser.add_argument("--version", action=_Version)
+    _common_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = _sub(sub, "run", "run one embedded engine node until interrupted",
@@ -97,6 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML configuration file (DENGINE_* environment variables apply on top)")
     run.add_argument("--self-check", action="store_true",
                      help="write, read and delete one key once ready, print the result, and exit")
+    _log_flag(run)
 
     serve = _sub(sub, "serve", "run one node as a server for remote clients",
                  "Run one dengine node serving the client protocol (docs/protocol.md) until SIGINT/SIGTERM, "
@@ -112,18 +152,24 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-addresses",
                        help="id=host:port,... client addresses of the members, for leader hints "
                        "(cluster.client_addresses)")
-    serve.add_argument("--cluster-id", help="cluster id checked in every handshake (cluster.id)")
+    serve.add_argument("--cluster-id", default=argparse.SUPPRESS, help="cluster id checked in every handshake (cluster.id)")
+    _log_flag(serve)
 
     get = _sub(sub, "get", "read a key (or every key under a prefix)",
                "Print the value of KEY; exit 3 if it does not exist. With --prefix, every key starting "
                "with KEY (like scan).")
     get.add_argument("key", help="the key")
     get.add_argument("--prefix", action="store_true", help="read every key starting with KEY")
+    get.add_argument("--keys-only", action="store_true", help="print keys only")
     _consistency_flag(get)
 
-    put = _sub(sub, "put", "write a key", "Set KEY to VALUE; prints OK and the revision of the write.")
+    put = _sub(sub, "put", "write a key",
+               "Set KEY to VALUE; prints OK and the revision of the write. VALUE '-' reads the value from "
+               "standard input, --value-file from a file (as bytes, as they are; needed for values over "
+               "~128 KiB, the largest one command-line argument may be).")
     put.add_argument("key")
-    put.add_argument("value")
+    put.add_argument("value", nargs="?", help="the value, or '-' for standard input")
+    put.add_argument("--value-file", metavar="PATH", help="read the value from this file")
     put.add_argument("--ttl", type=float, help="seconds after which the key expires")
 
     delete = _sub(sub, "del", "delete a key", "Delete KEY; prints 1 if it existed (exit 0), 0 if not (exit 3).")
@@ -131,7 +177,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     cas = _sub(sub, "cas", "compare and swap",
                "Set KEY to NEW only if it currently holds --expected (or, with --absent, only if it does "
-               "not exist). Prints true if it swapped (exit 0), false if not (exit 3).")
+               "not exist). Prints true if it swapped (exit 0), false if not (exit 3). NEW '-' reads the "
+               "value from standard input.")
     cas.add_argument("key")
     cas.add_argument("new")
     which = cas.add_mutually_exclusive_group(required=True)
@@ -147,7 +194,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     watch = _sub(sub, "watch", "print changes to a key or prefix",
                  "Print changes to KEY (with --prefix: to every key under KEY, which must start and end "
-                 "with '/') as they commit, until Ctrl-C or --count events.")
+                 "with '/') as they commit, until Ctrl-C or --count events. Each event is 3 lines: its "
+                 "type, its key, its value (empty for DELETE); with --prev-kv a 4th: the value before "
+                 "(empty if none).")
     watch.add_argument("key")
     watch.add_argument("--prefix", action="store_true", help="watch every key under KEY")
     watch.add_argument("--prev-kv", action="store_true", help="also print the value before each change")
@@ -155,15 +204,29 @@ def _build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=int, help="exit after this many PUT/DELETE events")
     watch.add_argument("--progress", action="store_true", help="also print PROGRESS heartbeats")
 
-    _sub(sub, "members", "list the cluster members", "Print every member: id, peer and client address, role.")
+    _sub(sub, "members", "list the cluster members",
+         "Print every member, one line each: id, peer address, client address, voter or learner, "
+         "whether it is the leader. An unknown field is an empty column.")
     status = _sub(sub, "status", "show the status of each endpoint",
                   "Print each endpoint's node id, role, term, leader, commit and applied index.")
     status.add_argument("--all", action="store_true", help="ask every endpoint (default: the first that answers)")
     _sub(sub, "leader", "show the current leader", "Print the leader's id, term and client address.")
 
     for name in _CLIENT_COMMANDS:
-        _client_flags(sub.choices[name])
+        _common_flags(sub.choices[name])
     return parser
+
+
+def _client_defaults(args: argparse.Namespace) -> None:
+    """Fill in the common flags not given, before or after the command."""
+    defaults = {
+        "endpoints": os.environ.get("DENGINE_ENDPOINTS") or "127.0.0.1:9081",
+        "cluster_id": os.environ.get("DENGINE_CLUSTER_ID") or None,
+        "timeout": 5.0, "write_out": "simple", "hex": False, "cacert": None, "cert": None, "keyfile": None,
+    }
+    for name, value in defaults.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
 
 
 # --------------------------------------------------------------------------
@@ -178,6 +241,24 @@ def _arg_bytes(text: str, hex_: bool, what: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         raise InvalidArgument(f"{what} {text!r} is not hex (--hex was given)") from None
+
+
+def _value_bytes(text: str | None, path: str | None, hex_: bool, what: str) -> bytes:
+    """A value from the command line, '-' (standard input) or a file; the
+    last two are taken as bytes, as they are."""
+    if path is not None:
+        if text is not None:
+            raise InvalidArgument(f"give the {what} either on the command line or with --value-file, not both")
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read --value-file {path!r}: {exc.strerror or exc}") from None
+    if text is None:
+        raise InvalidArgument(f"give the {what}: VALUE, '-' for standard input, or --value-file PATH")
+    if text == "-":
+        return sys.stdin.buffer.read()
+    return _arg_bytes(text, hex_, what)
 
 
 def _show(data: bytes | None, hex_: bool) -> str | None:
@@ -196,6 +277,8 @@ class _Out:
 
     def emit(self, obj: Any, simple: Sequence[str], table: tuple[list[str], list[list[Any]]] | None = None) -> None:
         if self.fmt == "json":
+            import json
+
             print(json.dumps(obj, sort_keys=True))
         elif self.fmt == "table" and table is not None:
             print(_table(*table))
@@ -216,19 +299,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _event_dict(ev: WatchEvent, out: _Out) -> dict[str, Any]:
-    return {
-        "type": ev.type.name,
-        "key": out.b(ev.key),
-        "value": out.b(ev.value),
-        "prev_value": out.b(ev.prev_value),
-        "revision": ev.revision,
-        "error": ev.error,
-    }
-
-
 # --------------------------------------------------------------------------
-# Client commands
+# Client commands (the blocking client: no trio, no engine)
 # --------------------------------------------------------------------------
 
 
@@ -245,92 +317,101 @@ def _ssl_context(args: argparse.Namespace) -> Any:
     return ctx
 
 
-async def _client_command(args: argparse.Namespace) -> int:
+def _client_command(args: argparse.Namespace) -> int:
+    from dengine.client.blocking import connect
+
+    _client_defaults(args)
     out = _Out(args.write_out, args.hex)
     if not args.timeout > 0:
         raise InvalidArgument(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    async with open_client(endpoints, timeout=args.timeout, cluster_id=args.cluster_id,
-                           ssl_context=_ssl_context(args)) as client:
-        handler = _HANDLERS[args.command]
-        return await handler(client, args, out)
+    with connect(args.endpoints, timeout=args.timeout, cluster_id=args.cluster_id,
+                 ssl_context=_ssl_context(args)) as client:
+        return _HANDLERS[args.command](client, args, out)
 
 
-async def _get(client: Any, args: argparse.Namespace, out: _Out) -> int:
+def _get(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     key = _arg_bytes(args.key, args.hex, "key")
     if args.prefix:
-        args.prefix_arg = args.key
-        return await _scan_bytes(client, key, args, out)
-    kv = await client.get_kv(key, consistency=args.consistency)
+        return _scan_bytes(client, key, args, out)
+    kv = client.get_kv(key, consistency=args.consistency)
     if kv is None:
         out.emit({"key": out.b(key), "found": False}, [], (["key", "value", "revision"], []))
         print(f"dengine: key {args.key!r} not found", file=sys.stderr)
         return EXIT_NEGATIVE
+    if args.keys_only:
+        out.emit({"key": out.b(key), "revision": kv.revision, "found": True}, [out.b(key) or ""],
+                 (["key", "revision"], [[out.b(key), kv.revision]]))
+        return EXIT_OK
     out.emit({"key": out.b(key), "value": out.b(kv.value), "revision": kv.revision, "found": True},
              [out.b(kv.value) or ""], (["key", "value", "revision"], [[out.b(key), out.b(kv.value), kv.revision]]))
     return EXIT_OK
 
 
-async def _put(client: Any, args: argparse.Namespace, out: _Out) -> int:
+def _put(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     key = _arg_bytes(args.key, args.hex, "key")
-    value = _arg_bytes(args.value, args.hex, "value")
-    rev = await client.put(key, value, ttl=args.ttl)
+    value = _value_bytes(args.value, args.value_file, args.hex, "value")
+    rev = client.put(key, value, ttl=args.ttl)
     out.emit({"revision": rev}, [f"OK revision {rev}"], (["revision"], [[rev]]))
     return EXIT_OK
 
 
-async def _del(client: Any, args: argparse.Namespace, out: _Out) -> int:
-    existed = await client.delete(_arg_bytes(args.key, args.hex, "key"))
+def _del(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    existed = client.delete(_arg_bytes(args.key, args.hex, "key"))
     out.emit({"deleted": 1 if existed else 0}, ["1" if existed else "0"], (["deleted"], [[int(existed)]]))
     return EXIT_OK if existed else EXIT_NEGATIVE
 
 
-async def _cas(client: Any, args: argparse.Namespace, out: _Out) -> int:
+def _cas(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     key = _arg_bytes(args.key, args.hex, "key")
     expected = None if args.absent else _arg_bytes(args.expected, args.hex, "expected value")
-    swapped = await client.compare_and_swap(key, expected=expected, new=_arg_bytes(args.new, args.hex, "value"),
-                                            ttl=args.ttl)
+    new = _value_bytes(args.new, None, args.hex, "value")
+    swapped = client.compare_and_swap(key, expected=expected, new=new, ttl=args.ttl)
     out.emit({"swapped": swapped}, ["true" if swapped else "false"], (["swapped"], [[swapped]]))
     return EXIT_OK if swapped else EXIT_NEGATIVE
 
 
-async def _scan(client: Any, args: argparse.Namespace, out: _Out) -> int:
-    return await _scan_bytes(client, _arg_bytes(args.prefix, args.hex, "prefix"), args, out)
+def _scan(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    return _scan_bytes(client, _arg_bytes(args.prefix, args.hex, "prefix"), args, out)
 
 
-async def _scan_bytes(client: Any, prefix: bytes, args: argparse.Namespace, out: _Out) -> int:
+def _scan_bytes(client: BlockingClient, prefix: bytes, args: argparse.Namespace, out: _Out) -> int:
     kw = {} if args.consistency is None else {"consistency": args.consistency}
-    result = await client.scan_prefix(prefix, **kw)
-    keys_only = getattr(args, "keys_only", False)
+    result = client.scan_prefix(prefix, **kw)
+    if args.keys_only:
+        keys = [out.b(k) or "" for k, _ in result.entries]
+        out.emit({"revision": result.revision, "entries": [{"key": k} for k in keys]}, keys,
+                 (["key"], [[k] for k in keys]))
+        return EXIT_OK
     simple: list[str] = []
     for k, v in result.entries:
-        simple.append(out.b(k) or "")
-        if not keys_only:
-            simple.append(out.b(v) or "")
+        simple += [out.b(k) or "", out.b(v) or ""]
     obj = {"revision": result.revision,
            "entries": [{"key": out.b(k), "value": out.b(v)} for k, v in result.entries]}
     out.emit(obj, simple, (["key", "value"], [[out.b(k), out.b(v)] for k, v in result.entries]))
     return EXIT_OK
 
 
-async def _watch(client: Any, args: argparse.Namespace, out: _Out) -> int:
+def _watch(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    from dengine.api import WatchEventType
+
     key = _arg_bytes(args.key, args.hex, "key")
     count = 0
-    async with client.open_watch(key, prefix=args.prefix, prev_kv=args.prev_kv,
-                                 start_revision=args.start_revision) as watch:
+    with client.watch(key, prefix=args.prefix, prev_kv=args.prev_kv, start_revision=args.start_revision) as watch:
         print(f"watching {args.key!r}{' (prefix)' if args.prefix else ''}", file=sys.stderr, flush=True)
-        async for ev in watch:
+        for ev in watch:
             if ev.type == WatchEventType.PROGRESS and not args.progress:
                 continue
-            lines = [ev.type.name, out.b(ev.key) or ""]
-            if ev.type == WatchEventType.PUT:
-                lines.append(out.b(ev.value) or "")
-            if args.prev_kv and ev.prev_value is not None:
-                lines.append(f"prev: {out.b(ev.prev_value)}")
+            # docs/cli.md: 3 lines per event (4 with --prev-kv), whatever its type.
+            lines = [ev.type.name, out.b(ev.key) or "", out.b(ev.value) or ""]
+            if args.prev_kv:
+                lines.append(out.b(ev.prev_value) or "")
+            out.emit({"type": ev.type.name, "key": out.b(ev.key), "value": out.b(ev.value),
+                      "prev_value": out.b(ev.prev_value), "revision": ev.revision, "error": ev.error}, lines)
             if ev.type == WatchEventType.CANCELED:
-                lines = [f"CANCELED at revision {ev.revision} (error code {ev.error})"]
-            out.emit(_event_dict(ev, out), lines, None)
-            if ev.type == WatchEventType.CANCELED:
+                why = {5001: "the watcher fell behind (5001 WATCH_BUFFER_OVERFLOW); re-sync with scan, then watch "
+                       "again", 5002: "the start revision is no longer retained (5002 COMPACTED); re-sync with "
+                       "scan, then watch again"}.get(ev.error, f"error code {ev.error}")
+                print(f"dengine: the watch was canceled at revision {ev.revision}: {why}", file=sys.stderr)
                 return EXIT_ERROR
             if ev.type in (WatchEventType.PUT, WatchEventType.DELETE):
                 count += 1
@@ -339,45 +420,57 @@ async def _watch(client: Any, args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
-async def _members(client: Any, args: argparse.Namespace, out: _Out) -> int:
-    members = await client.members()
-    leader = await client.leader()
+def _members(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    members = client.members()
+    leader = client.leader()
     rows = [[m.node_id, m.peer_address, m.client_address or "", "learner" if m.is_learner else "voter",
-             "yes" if m.node_id == leader.leader_id else ""] for m in members]
+             "true" if m.node_id == leader.leader_id else "false"] for m in members]
     out.emit(
-        {"leader_id": leader.leader_id, "members": [attrs.asdict(m) for m in members]},
-        [", ".join(str(c) for c in r if c != "") for r in rows],
+        {"leader_id": leader.leader_id,
+         "members": [{"node_id": m.node_id, "peer_address": m.peer_address, "client_address": m.client_address,
+                      "is_learner": m.is_learner} for m in members]},
+        # etcdctl: every field, empty ones too, so columns never shift.
+        [", ".join(str(c) for c in r) for r in rows],
         (["id", "peer address", "client address", "kind", "leader"], rows),
     )
     return EXIT_OK
 
 
-async def _status(client: Any, args: argparse.Namespace, out: _Out) -> int:
-    endpoints = client.endpoints if args.all else [None]
+def _status(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     rows: list[list[Any]] = []
     objs: list[dict[str, Any]] = []
     failed = False
-    for endpoint in endpoints:
-        try:
-            st = await client.status(endpoint=endpoint)
-        except DengineError as exc:
-            failed = True
-            print(f"dengine: {endpoint or 'status'}: {exc}", file=sys.stderr)
-            continue
-        where = endpoint or "-"
-        rows.append([where, st.node_id, st.role, st.term, st.leader_id, st.commit_index, st.applied_index])
-        obj = attrs.asdict(st)
-        obj["endpoint"] = endpoint
-        objs.append(obj)
+    answers: list[tuple[str, Status]] = []
+    if args.all:
+        for endpoint in client.endpoints:
+            try:
+                answers.append((endpoint, client.status(endpoint=endpoint)))
+            except DengineError as exc:
+                failed = True
+                print(f"dengine: {endpoint}: {exc}", file=sys.stderr)
+    else:
+        st = client.status()  # the first server that answers, retried within --timeout
+        answers.append((client.endpoint_of(st.node_id) or "-", st))
+    for endpoint, st in answers:
+        rows.append([endpoint, st.node_id, st.role, st.term, st.leader_id, st.commit_index, st.applied_index])
+        objs.append({"endpoint": endpoint, "node_id": st.node_id, "role": st.role, "term": st.term,
+                     "leader_id": st.leader_id, "commit_index": st.commit_index, "applied_index": st.applied_index,
+                     "last_snapshot_index": st.last_snapshot_index,
+                     "members": [{"node_id": m.node_id, "peer_address": m.peer_address,
+                                  "client_address": m.client_address, "is_learner": m.is_learner}
+                                 for m in st.members]})
+    if not objs:
+        return EXIT_ERROR
     header = ["endpoint", "id", "role", "term", "leader", "commit", "applied"]
-    simple = [f"{r[0]}: node {r[1]} {r[2]} term {r[3]} leader {r[4]} commit {r[5]} applied {r[6]}" for r in rows]
-    out.emit(objs if args.all else (objs[0] if objs else {}), simple, (header, rows))
+    simple = [f"{r[0]}: node {r[1]} {r[2]} term {r[3]} "
+              + ("no leader" if r[4] is None else f"leader {r[4]}") + f" commit {r[5]} applied {r[6]}" for r in rows]
+    out.emit(objs if args.all else objs[0], simple, (header, rows))
     return EXIT_ERROR if failed else EXIT_OK
 
 
-async def _leader(client: Any, args: argparse.Namespace, out: _Out) -> int:
-    info = await client.leader()
-    members = {m.node_id: m for m in await client.members()}
+def _leader(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    info = client.leader()
+    members = {m.node_id: m for m in client.members()}
     address = members[info.leader_id].client_address if info.leader_id in members else None
     text = f"node {info.leader_id} term {info.term}" + (f" at {address}" if address else "")
     if info.leader_id is None:
@@ -387,18 +480,22 @@ async def _leader(client: Any, args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK if info.leader_id is not None else EXIT_ERROR
 
 
-_HANDLERS: dict[str, Callable[[Any, argparse.Namespace, _Out], Any]] = {
+_HANDLERS: dict[str, Callable[[BlockingClient, argparse.Namespace, _Out], int]] = {
     "get": _get, "put": _put, "del": _del, "cas": _cas, "scan": _scan, "watch": _watch,
     "members": _members, "status": _status, "leader": _leader,
 }
 
 
 # --------------------------------------------------------------------------
-# run / serve
+# run / serve (these import trio, the engine and the server)
 # --------------------------------------------------------------------------
 
 
 def _load_config(args: argparse.Namespace) -> Config:
+    import attrs
+
+    from dengine.config import Config
+
     if args.config:
         cfg = Config.from_toml(args.config)
     else:
@@ -409,6 +506,10 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 
 def _serve_config(args: argparse.Namespace) -> Config:
+    import attrs
+
+    from dengine.config import Config, parse_members
+
     cfg = Config.from_toml(args.config) if args.config else Config.from_env()
     node: dict[str, Any] = {}
     cluster: dict[str, Any] = {}
@@ -425,7 +526,7 @@ def _serve_config(args: argparse.Namespace) -> Config:
             cluster["initial"] = parse_members(args.initial_cluster)
         if args.client_addresses is not None:
             cluster["client_addresses"] = parse_members(args.client_addresses)
-        if args.cluster_id is not None:
+        if getattr(args, "cluster_id", None) is not None:
             cluster["id"] = args.cluster_id
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from None
@@ -433,6 +534,14 @@ def _serve_config(args: argparse.Namespace) -> Config:
 
 
 async def _run(cfg: Config, self_check: bool) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from dengine.embedded import open_engine
+
+    log = logging.getLogger("dengine.cli")
     async with open_engine(config=cfg) as engine:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             with trio.move_on_after(60) as scope:
@@ -459,6 +568,14 @@ async def _run(cfg: Config, self_check: bool) -> int:
 
 
 async def _serve(cfg: Config) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from dengine.server import open_server
+
+    log = logging.getLogger("dengine.cli")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(cfg) as server:
             peers = "none (single node)" if cfg.is_single_node else cfg.peer_address
@@ -470,8 +587,9 @@ async def _serve(cfg: Config) -> int:
                 async def announce_ready() -> None:
                     await server.wait_ready()
                     st = server.status()
+                    leader = "none yet" if st.leader_id is None else f"node {st.leader_id}"
                     log.info("ready: node %d serving clients on %s (%s, term %d, leader %s)",
-                             cfg.node_id, server.client_address, st.role, st.term, st.leader_id)
+                             cfg.node_id, server.client_address, st.role, st.term, leader)
 
                 nursery.start_soon(announce_ready)
                 async for signum in signals:
@@ -482,6 +600,25 @@ async def _serve(cfg: Config) -> int:
     return EXIT_OK
 
 
+def _server_command(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    given = [flag for dest, flag in _CLIENT_FLAGS.items() if hasattr(args, dest)]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'is a flag' if len(given) == 1 else 'are flags'} of the client "
+                         f"commands; `dengine {args.command}` does not take {'it' if len(given) == 1 else 'them'}")
+    level = getattr(args, "log_level", None) or os.environ.get("DENGINE_LOG_LEVEL") or "info"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        if hasattr(args, "cluster_id"):
+            raise UsageError("--cluster-id is not a flag of `dengine run`; use --config or DENGINE_CLUSTER__ID")
+        return trio.run(_run, _load_config(args), args.self_check)
+    return trio.run(_serve, _serve_config(args))
+
+
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -490,21 +627,14 @@ async def _serve(cfg: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        if args.command == "run":
-            return trio.run(_run, _load_config(args), args.self_check)
-        if args.command == "serve":
-            return trio.run(_serve, _serve_config(args))
-        return trio.run(_client_command, args)
-    except ConfigError as exc:
-        print(f"dengine: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UsageError as exc:
+        if args.command in ("run", "serve"):
+            return _server_command(args)
+        return _client_command(args)
+    except (ConfigError, UsageError) as exc:
         print(f"dengine: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DengineError as exc:
