@@ -83,7 +83,9 @@ def _from_toml_value(meta: Meta, value: Any) -> Any:
         if isinstance(value, dict):
             out: dict[int, str] = {}
             for key, address in value.items():
-                if not (key.isascii() and key.isdigit()) or int(key) <= 0:
+                if isinstance(key, int) and not isinstance(key, bool) and key > 0:
+                    key = str(key)  # plain Python data may use int ids
+                if not (isinstance(key, str) and key.isascii() and key.isdigit()) or int(key) <= 0:
                     raise ValueError(f"{KIND_WORDS[kind]} (key {key!r} is not a positive node id)")
                 if not isinstance(address, str):
                     raise ValueError(f"{KIND_WORDS[kind]} (the address of node {key} is not a string)")

@@ -810,3 +810,11 @@ def test_docs_list_every_setting_with_its_env_var_and_default() -> None:
         assert shown.format(default) in row or isinstance(default, int) and default > 10**6, (dotted, row)
     for dotted in ("node.peer_address", "server.tls_cert", "server.tls_key", "server.tls_ca"):
         assert env_name(dotted) in text
+
+
+def test_from_dict_takes_int_member_ids_and_refuses_other_keys_clearly() -> None:
+    cfg = Config.from_dict({"cluster": {"initial": {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}}})
+    assert cfg.cluster.initial == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
+    for bad in ({0: "a:1"}, {True: "a:1"}, {1.5: "a:1"}):
+        with pytest.raises(ConfigError, match="is not a positive node id"):
+            Config.from_dict({"cluster": {"initial": bad}})
