@@ -17,6 +17,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "suite": ("benchmarks.suite", "the whole suite, dengine beside etcd and PySyncObj (the default)"),
     "storage": ("benchmarks.storage", "WAL append throughput vs raw disk, and recovery time"),
     "watch": ("benchmarks.watch", "watch latency, delivered events/s, write overhead of idle watchers"),
+    "cli": ("benchmarks.cli_startup", "CLI start-up: `dengine get k` beside `python3 -c pass`"),
 }
 
 
