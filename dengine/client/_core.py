@@ -65,7 +65,6 @@ from dengine.api import (
     LeaderInfo,
     Member,
     ReadConsistency,
-    ScanResult,
     Status,
     WatchEvent,
     WatchEventType,
@@ -249,6 +248,12 @@ def check_cluster_id(cluster_id: object) -> str:
     if not isinstance(cluster_id, str) or not cluster_id:
         raise InvalidArgument(f"cluster_id must be a non-empty string, got {cluster_id!r}")
     return cluster_id
+
+
+def connect_timeout(deadline: float, now: float) -> float:
+    """How long connecting and the handshake may take, for a call with
+    ``deadline``."""
+    return max(0.001, min(CONNECT_TIMEOUT, deadline - now))
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -456,7 +461,9 @@ class ConnectionState:
             reply = unpack(bodies[0], what="handshake reply")
         except MalformedMessage:
             raise self.not_dengine(_looks_like(frame(bodies[0]))) from None
-        if type(reply) is list and len(reply) == 2 and reply[0] == "welcome":
+        # ["welcome", node_id], or with more fields after it (a server may
+        # add its client address): a client needs only the id.
+        if type(reply) is list and len(reply) >= 2 and reply[0] == "welcome":
             node_id = reply[1]
             if type(node_id) is int and node_id >= 0:
                 self.node_id = node_id
@@ -809,8 +816,8 @@ class Attempts:
                   answered: return attempts.answered(endpoint, body)
                   failed: next = attempts.failed(endpoint, exc) (may raise)
             delay = attempts.backoff(now) unless next is RETRY; None: stop; else sleep it
-        if attempts.diagnose(): ask status / probe members (see Diagnosis) until attempts.deadline
-        raise attempts.timeout_error()
+        diagnosis = attempts.diagnosis(); if any: ask what it asks (status, probes) until attempts.deadline
+        raise attempts.timeout_error(diagnosis)
     """
 
     def __init__(self, call: Call, router: Router, *, limit: float, now: float, rng: random.Random) -> None:
@@ -837,12 +844,6 @@ class Attempts:
         endpoint = self.router.pick(self.call.to_leader, self.avoid, connected)
         self.avoid = None
         return endpoint
-
-    def remaining(self, now: float) -> float:
-        return self.request_deadline - now
-
-    def connect_timeout(self, now: float) -> float:
-        return max(0.001, min(CONNECT_TIMEOUT, self.request_deadline - now))
 
     def args(self, now: float) -> dict[str, Any]:
         remaining_ms = max(1, int((self.request_deadline - now) * 1000))

@@ -253,7 +253,7 @@ class BlockingClient:
         if self._closed:
             raise Unavailable("the client is closed")
         return _Connection.open(self._endpoint(endpoint), cluster_id=self.cluster_id, ssl_context=self._ssl_context,
-                                timeout=max(0.001, min(_core.CONNECT_TIMEOUT, deadline - _now())))
+                                timeout=_core.connect_timeout(deadline, _now()))
 
     def _connection(self, endpoint: str, deadline: float) -> _Connection:
         conn = self._conns.get(endpoint)

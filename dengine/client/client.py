@@ -125,7 +125,7 @@ class Client:
                 ep.port,
                 cluster_id=self.cluster_id,
                 ssl_context=self._ssl_context,
-                connect_timeout=max(0.001, min(_core.CONNECT_TIMEOUT, deadline - trio.current_time())),
+                connect_timeout=_core.connect_timeout(deadline, trio.current_time()),
             )
             self._conns[endpoint] = conn
             self._router.welcomed(endpoint, conn.node_id)

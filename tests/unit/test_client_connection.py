@@ -244,6 +244,11 @@ def test_the_welcome_split_anywhere_and_a_response_pipelined_behind_it() -> None
         assert [r.body for _, r in state.receive(rest)] == [{"n": 1}], cut
 
 
+def test_a_welcome_with_more_fields_is_a_welcome() -> None:
+    state = _core.ConnectionState("s:1", cluster_id="c")
+    assert state.receive_handshake(framing.encode_frame(pack(["welcome", 4, "127.0.0.1:9084"]))) == 4
+
+
 def test_a_refusal_is_its_dengine_error() -> None:
     state = _core.ConnectionState("s:1", cluster_id="c")
     refusal = handshake.Refused(4004, "cluster id 'c' does not match this node's cluster id 'd'")
