@@ -112,3 +112,52 @@ async def test_client_commands_against_a_server(tmp_path: pathlib.Path) -> None:
             assert code == 2 and "ttl must be greater than 0" in err
     code, _, err = await _cli("get", "k", "--timeout", "0.3", endpoint="127.0.0.1:1")
     assert code == 1 and "did not complete within 0.3 s" in err and "Traceback" not in err
+
+
+class _FakeClient:
+    """Answers members() and leader() like a cluster whose member 2 has no
+    client address and whose peer addresses are unknown to node 3."""
+
+    def members(self) -> list[dengine.Member]:
+        return [dengine.Member(node_id=1, peer_address="127.0.0.1:7001", client_address="127.0.0.1:9081"),
+                dengine.Member(node_id=2, peer_address="127.0.0.1:7002", client_address=None),
+                dengine.Member(node_id=3, peer_address="", client_address="127.0.0.1:9083", is_learner=True)]
+
+    def leader(self) -> dengine.LeaderInfo:
+        return dengine.LeaderInfo(leader_id=1, term=4)
+
+
+def test_members_keep_empty_fields_as_empty_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    from dengine.cli import _members, _Out
+
+    args = _build_parser().parse_args(["members"])
+    assert _members(_FakeClient(), args, _Out("simple", False)) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines() == [
+        "1, 127.0.0.1:7001, 127.0.0.1:9081, voter, true",
+        "2, 127.0.0.1:7002, , voter, false",
+        "3, , 127.0.0.1:9083, learner, false",
+    ]
+    assert _members(_FakeClient(), args, _Out("table", False)) == 0  # type: ignore[arg-type]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 ")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")] == ["2", "127.0.0.1:7002", "", "voter", "false"]
+
+
+def test_common_flags_parse_before_or_after_the_command() -> None:
+    parser = _build_parser()
+    before = parser.parse_args(["--endpoints", "a:1", "-w", "json", "--timeout", "2", "get", "k"])
+    after = parser.parse_args(["get", "k", "--endpoints", "a:1", "-w", "json", "--timeout", "2"])
+    for args in (before, after):
+        assert (args.endpoints, args.write_out, args.timeout) == ("a:1", "json", 2.0)
+    both = parser.parse_args(["-w", "json", "get", "k", "-w", "table"])
+    assert both.write_out == "table"  # the one after the command wins
+    serve = parser.parse_args(["--cluster-id", "x", "serve", "--log-level", "debug"])
+    assert (serve.cluster_id, serve.log_level) == ("x", "debug")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"dengine {metadata.version('dengine')}\n"
