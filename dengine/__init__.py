@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from dengine.errors import (
+    AddressInUse,
     ClusterError,
     ConfigError,
     DataDirLocked,
@@ -76,6 +77,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "AddressInUse",
     "BlockingClient",
     "BlockingWatch",
     "Client",

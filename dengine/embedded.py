@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -253,6 +253,8 @@ class Engine:
         self._node = node
         self.client = EmbeddedClient(self)
         self.default_consistency = ReadConsistency.parse(config.raft.default_read_consistency)
+        # Client addresses the other members announced (live; empty without TCP peers).
+        self.peer_client_addresses: Mapping[int, str] = {}
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -400,26 +402,25 @@ async def open_engine(
     config: Config | str | os.PathLike[str] | None = None,
     network: Any = None,
     storage: Any = None,
+    client_address: str | None = None,
 ) -> AsyncIterator[Engine]:
     """Start an engine and stop it when the block exits.
 
     ``data_dir`` alone gives a single node. ``config`` is a ``dengine.Config``
-    or the path of a TOML file. ``network`` and ``storage`` replace TCP and
-    the file backend; tests use them through :mod:`dengine.testing`
+    or the path of a TOML file. ``client_address`` is where this node serves
+    clients (``dengine serve`` passes the address it bound): it is announced
+    to the other members, so leader hints carry addresses. ``network`` and
+    ``storage`` replace TCP and the file backend; tests use them through
+    :mod:`dengine.testing`
     (``open_memory_engine``, ``open_cluster``).
     """
     cfg = _resolve_config(data_dir, config)
     engine: Engine | None = None
     try:
         async with AsyncExitStack() as stack:
-            store = storage if storage is not None else await trio.to_thread.run_sync(
-                lambda: FileStorage(
-                    cfg.data_dir, segment_size=cfg.storage.segment_size, preallocate=cfg.storage.preallocate
-                )
-            )
-            stack.callback(store.close)
             outbox: Any = NullOutbox()
             inbound = None
+            learned: Mapping[int, str] = {}
             peers = cfg.peers()
             if network is not None:
                 transport = await stack.enter_async_context(network.open_transport(cfg.node_id))
@@ -436,11 +437,22 @@ async def open_engine(
                         max_frame_size=cfg.transport.max_frame_size,
                         ssl_context=_peer_ssl_context(cfg, server_side=True),
                         client_ssl_context=_peer_ssl_context(cfg, server_side=False),
+                        client_address=client_address,
                     )
                 )
                 outbox, inbound = transport, transport.inbound
+                learned = transport.client_addresses
+            # After the listeners bound: an address in use is reported before
+            # the data directory is created.
+            store = storage if storage is not None else await trio.to_thread.run_sync(
+                lambda: FileStorage(
+                    cfg.data_dir, segment_size=cfg.storage.segment_size, preallocate=cfg.storage.preallocate
+                )
+            )
+            stack.callback(store.close)
             node = await stack.enter_async_context(open_node(node_options(cfg), store, outbox, inbound))
             engine = Engine(cfg, node)
+            engine.peer_client_addresses = learned
             log.info("dengine node %d started (data dir %s)", cfg.node_id, cfg.data_dir)
             try:
                 yield engine

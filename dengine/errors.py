@@ -24,6 +24,7 @@ class ErrorCode:
 
     INVALID_ARGUMENT = 1001
     CONFIG_INVALID = 1002
+    ADDRESS_IN_USE = 1003
 
     NOT_LEADER = 2001
     UNAVAILABLE = 2002
@@ -75,6 +76,14 @@ class UsageError(DengineError):
 
 class InvalidArgument(UsageError):
     code = ErrorCode.INVALID_ARGUMENT
+
+
+class AddressInUse(UsageError):
+    """An address this node should listen on cannot be bound (another
+    program uses it, or it is not an address of this machine). The message
+    names which listener (client or peer) and the address."""
+
+    code = ErrorCode.ADDRESS_IN_USE
 
 
 class ConfigError(UsageError):

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections import ChainMap
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
 from dengine.api import LeaderInfo, Status
-from dengine.config import Config, parse_address
+from dengine.config import Config, format_address, parse_address
 from dengine.embedded import Engine, open_engine
 from dengine.errors import InvalidArgument
 from dengine.lifecycle import Subscription
 from dengine.transport.base import single_leaf
+from dengine.transport.describe import bind_error
 from dengine.server.service import ClientService, ServerStatistics, ServiceOptions
 
 __all__ = ["Server", "open_server", "serve", "server_ssl_context"]
@@ -47,10 +49,6 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
         ctx.load_verify_locations(s.tls_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
-
-
-def _format(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Server:
@@ -143,16 +141,27 @@ async def open_server(
     host, port = parse_address(config.client_address)
     ssl_context = server_ssl_context(config)
     opts = options if options is not None else _service_options(config)
+    # The client listeners are bound first: an address in use is reported
+    # (naming it) before anything is created on disk or dialled.
     try:
-        async with open_engine(config=config, network=network) as engine:
-            listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
-                await trio.open_tcp_listeners(port, host=host)
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(await trio.open_tcp_listeners(port, host=host))
+    except OSError as exc:
+        raise bind_error(exc, "client", config.client_address) from None
+    bound = tuple(format_address(*lst.socket.getsockname()[:2]) for lst in listeners)  # type: ignore[attr-defined]
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
+    try:
+        async with AsyncExitStack() as stack:
+            for listener in listeners:
+                stack.push_async_callback(trio.aclose_forcefully, listener)  # closed even if the engine fails
+            engine = await stack.enter_async_context(
+                open_engine(config=config, network=network, client_address=bound[0])
             )
-            bound = tuple(_format(*lst.socket.getsockname()[:2]) for lst in listeners)  # type: ignore[attr-defined]
-            if ssl_context is not None:
-                listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
-            client_addresses = dict(config.cluster.client_addresses)
-            client_addresses.setdefault(config.node_id, bound[0])
+            # Leader hints: a configured override first, then this node's own
+            # address, then what the other members announced.
+            client_addresses = ChainMap(
+                dict(config.cluster.client_addresses), {config.node_id: bound[0]}, engine.peer_client_addresses
+            )
             async with trio.open_nursery() as nursery:
                 service = ClientService(engine, nursery, opts, client_addresses=client_addresses)
                 for listener in listeners:

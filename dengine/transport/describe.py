@@ -9,11 +9,14 @@ Neither raises: they only ever feed log messages.
 
 from __future__ import annotations
 
+import errno
+
 import trio
 
 from dengine.config.addresses import format_address
+from dengine.errors import AddressInUse
 
-__all__ = ["UNKNOWN_REMOTE", "describe_error", "remote_name"]
+__all__ = ["UNKNOWN_REMOTE", "bind_error", "describe_error", "remote_name"]
 
 #: What :func:`remote_name` returns when the stream has no peer address.
 UNKNOWN_REMOTE = "an unknown address"
@@ -45,3 +48,17 @@ def remote_name(stream: trio.abc.Stream) -> str:
         if isinstance(peer, tuple) and len(peer) >= 2:
             return format_address(str(peer[0]), int(peer[1]))
     return UNKNOWN_REMOTE
+
+
+def bind_error(exc: OSError, what: str, address: str) -> AddressInUse:
+    """The error to raise when the ``what`` listener (``"client"``,
+    ``"peer"``) cannot bind ``address``: which one, where, and why."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "it is already in use (another dengine node or program listens there)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "it is not an address of this machine"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = "this user may not listen on that port"
+    else:
+        why = exc.strerror or str(exc)
+    return AddressInUse(f"cannot listen for {what}s on {address}: {why}")

@@ -5,14 +5,18 @@ Rules (protocol version 1):
 * The side that connects sends the first frame, a Hello::
 
       ["hello", protocol_version, cluster_id, node_id, kind]
+      ["hello", protocol_version, cluster_id, node_id, kind, client_address]
 
   ``kind`` is ``"peer"`` (``node_id`` is the sender's node id) or
-  ``"client"`` (``node_id`` is nil).
+  ``"client"`` (``node_id`` is nil). A peer may add its own client address
+  (``"host:port"`` or nil), so every node learns where each member serves
+  clients and its leader hints always carry an address.
 * The side that accepts answers with exactly one frame and, on refusal,
   closes the connection::
 
-      ["welcome", node_id]          # the accepting node's id
-      ["error", code, message]      # a stable code from dengine.errors
+      ["welcome", node_id]                   # the accepting node's id
+      ["welcome", node_id, client_address]   # ... and its client address
+      ["error", code, message]               # a stable code from dengine.errors
 
 * A different ``protocol_version`` is refused with WRONG_PROTOCOL_VERSION
   (checked before anything else of the Hello is read, so a future version
@@ -86,11 +90,13 @@ class Hello:
     cluster_id: str
     node_id: int | None
     kind: Kind = "peer"
+    client_address: str | None = None
 
 
 @attrs.frozen(slots=True)
 class Welcome:
     node_id: int
+    client_address: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -119,8 +125,22 @@ def _id(value: Any, name: str) -> int:
     return value
 
 
+_MAX_ADDRESS = 300
+
+
+def _address(value: Any) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str or not 0 < len(value) <= _MAX_ADDRESS:
+        raise MalformedMessage(f"handshake field 'client_address' must be a short string or nil, got {value!r:.60}")
+    return value
+
+
 def encode_hello(hello: Hello) -> bytes:
-    return pack(["hello", hello.protocol_version, hello.cluster_id, hello.node_id, hello.kind])
+    fields: list[Any] = ["hello", hello.protocol_version, hello.cluster_id, hello.node_id, hello.kind]
+    if hello.client_address is not None:
+        fields.append(hello.client_address)
+    return pack(fields)
 
 
 def decode_hello(body: bytes) -> Hello:
@@ -136,9 +156,10 @@ def decode_hello(body: bytes) -> Hello:
         raise WrongProtocolVersion(
             f"protocol version {version} is not supported; this node speaks version {PROTOCOL_VERSION}"
         )
-    if len(obj) != 5:
-        raise MalformedMessage(f"a version {PROTOCOL_VERSION} hello has 5 fields, got {len(obj)}")
-    _, _, cluster_id, node_id, kind = obj
+    if len(obj) not in (5, 6):
+        raise MalformedMessage(f"a version {PROTOCOL_VERSION} hello has 5 or 6 fields, got {len(obj)}")
+    _, _, cluster_id, node_id, kind = obj[:5]
+    client_address = _address(obj[5]) if len(obj) == 6 else None
     if type(cluster_id) is not str:
         raise MalformedMessage(f"handshake field 'cluster_id' must be a string, got {cluster_id!r:.60}")
     if kind not in _KINDS:
@@ -147,19 +168,22 @@ def decode_hello(body: bytes) -> Hello:
         node_id = _id(node_id, "node_id")
     elif node_id is not None:
         raise MalformedMessage(f"a client hello carries no node id, got {node_id!r:.60}")
-    return Hello(protocol_version=version, cluster_id=cluster_id, node_id=node_id, kind=kind)
+    return Hello(protocol_version=version, cluster_id=cluster_id, node_id=node_id, kind=kind,
+                 client_address=client_address)
 
 
 def encode_reply(reply: Welcome | Refused) -> bytes:
     if isinstance(reply, Welcome):
+        if reply.client_address is not None:
+            return pack(["welcome", reply.node_id, reply.client_address])
         return pack(["welcome", reply.node_id])
     return pack(["error", reply.code, reply.message])
 
 
 def decode_reply(body: bytes) -> Welcome | Refused:
     obj = unpack(body, what="handshake reply")
-    if type(obj) is list and len(obj) == 2 and obj[0] == "welcome":
-        return Welcome(_id(obj[1], "node_id"))
+    if type(obj) is list and len(obj) in (2, 3) and obj[0] == "welcome":
+        return Welcome(_id(obj[1], "node_id"), _address(obj[2]) if len(obj) == 3 else None)
     if type(obj) is list and len(obj) == 3 and obj[0] == "error":
         code, message = obj[1], obj[2]
         if type(code) is not int or type(message) is not str:
@@ -256,8 +280,10 @@ async def accept_handshake(
     kind: Kind,
     known_peers: Container[int] | None = None,
     timeout: float = math.inf,
+    client_address: str | None = None,
 ) -> Hello:
-    """Accepting side: read the Hello, answer Welcome or an error frame.
+    """Accepting side: read the Hello, answer Welcome (with this node's
+    ``client_address``, if given) or an error frame.
 
     On refusal the error frame is sent (best effort, briefly) and the reason
     is raised; the caller closes the stream. Timeout after ``timeout``
@@ -271,7 +297,7 @@ async def accept_handshake(
             except DengineError as exc:
                 await _send_refusal(stream, refusal_for(exc))
                 raise
-            await send_frames(stream, [encode_reply(Welcome(node_id))])
+            await send_frames(stream, [encode_reply(Welcome(node_id, client_address))])
     except trio.TooSlowError:
         raise Timeout(f"handshake did not complete within {timeout}s") from None
     return hello

@@ -52,7 +52,7 @@ from dengine.transport.base import (
     check_queue_size,
     single_leaf,
 )
-from dengine.transport.describe import describe_error, remote_name
+from dengine.transport.describe import bind_error, describe_error, remote_name
 from dengine.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     MAX_FRAME_SIZE_LIMIT,
@@ -115,8 +115,12 @@ class PeerTransport(TransportCommon):
         backoff: tuple[float, float],
         client_ssl_context: ssl.SSLContext | None,
         rng: random.Random,
+        client_address: str | None = None,
     ) -> None:
         self._node_id = node_id
+        self._client_address = client_address
+        # Client addresses the other members announced in their handshakes.
+        self.client_addresses: dict[int, str] = {}
         self._cluster_id = cluster_id
         self._listen_addresses = listen_addresses
         self._nursery = nursery
@@ -186,6 +190,7 @@ class PeerTransport(TransportCommon):
 
     def _remove_peer(self, peer: _Peer, *, close_inbound: bool) -> None:
         del self._peers[peer.node_id]
+        self.client_addresses.pop(peer.node_id, None)
         peer.scope.cancel()
         dropped = peer.queue.clear()
         if dropped:
@@ -201,12 +206,22 @@ class PeerTransport(TransportCommon):
 
     async def _run_sender(self, peer: _Peer) -> None:
         delay = self._backoff_min
+        # A node that serves clients introduces itself to every peer at once
+        # (its handshake carries its client address), not only when it first
+        # has a message for it: followers learn each other's addresses too.
+        introduce = self._client_address is not None
         with peer.scope:
             while True:
-                batch = await peer.queue.get_batch()
+                batch = [] if introduce else await peer.queue.get_batch()
                 try:
                     stream = await self._connect(peer)
                 except _NETWORK_ERRORS as exc:
+                    if introduce:
+                        # The peer is not up yet: it introduces itself when it starts.
+                        introduce = False
+                        logger.debug("node %d: node %d is not reachable yet: %s",
+                                     self._node_id, peer.node_id, describe_error(exc))
+                        continue
                     self._counters.connect_failures += 1
                     self._drop_unreachable(len(batch))
                     level = logging.DEBUG if peer.failing else logging.WARNING
@@ -216,6 +231,7 @@ class PeerTransport(TransportCommon):
                     await self._back_off(peer, delay)
                     delay = min(delay * 2, self._backoff_max)
                     continue
+                introduce = False
                 if peer.failing:
                     logger.info("node %d: connected to node %d at %s", self._node_id, peer.node_id, peer.address)
                 peer.failing = False
@@ -239,8 +255,8 @@ class PeerTransport(TransportCommon):
             if self._client_ssl_context is not None:
                 stream = trio.SSLStream(tcp, self._client_ssl_context, server_hostname=peer.host)
             hello = Hello(protocol_version=PROTOCOL_VERSION, cluster_id=self._cluster_id,
-                          node_id=self._node_id, kind="peer")
-            await connect_handshake(
+                          node_id=self._node_id, kind="peer", client_address=self._client_address)
+            welcome = await connect_handshake(
                 stream,
                 FrameDecoder(self._max_frame_size),
                 hello,
@@ -251,7 +267,20 @@ class PeerTransport(TransportCommon):
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
+        self._learn_client_address(peer.node_id, welcome.client_address)
         return stream
+
+    def _learn_client_address(self, peer_id: int, address: str | None) -> None:
+        if address is None or self.client_addresses.get(peer_id) == address:
+            return
+        try:
+            parse_address(address, allow_port_zero=False)
+        except InvalidArgument as exc:
+            logger.warning("node %d: node %d announced a client address that is not usable: %s",
+                           self._node_id, peer_id, exc)
+            return
+        if peer_id in self._peers:  # only members; bounded by the membership
+            self.client_addresses[peer_id] = address
 
     async def _back_off(self, peer: _Peer, delay: float) -> None:
         # Equal jitter: [delay/2, delay). Meanwhile nothing can reach the peer.
@@ -340,6 +369,7 @@ class PeerTransport(TransportCommon):
                     kind="peer",
                     known_peers=self._peers,
                     timeout=self._handshake_timeout,
+                    client_address=self._client_address,
                 )
             except _NETWORK_ERRORS as exc:
                 self._counters.inbound_rejected += 1
@@ -351,6 +381,7 @@ class PeerTransport(TransportCommon):
             assert peer_id is not None  # a peer hello always names its node
             if peer_id not in self._peers:  # removed while we sent the welcome
                 return
+            self._learn_client_address(peer_id, hello.client_address)
             self._counters.inbound_connections += 1
             self._counters.changed()
             with trio.CancelScope() as scope:
@@ -421,6 +452,7 @@ async def open_peer_transport(
     ssl_context: ssl.SSLContext | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
     rng: random.Random | None = None,
+    client_address: str | None = None,
 ) -> AsyncIterator[PeerTransport]:
     """Run the peer transport of ``node_id`` of ``cluster_id``.
 
@@ -454,7 +486,10 @@ async def open_peer_transport(
     if math.isinf(write_timeout):
         raise InvalidArgument("write_timeout must be finite")
 
-    listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(await trio.open_tcp_listeners(port, host=host))
+    try:
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(await trio.open_tcp_listeners(port, host=host))
+    except OSError as exc:
+        raise bind_error(exc, "peer", listen_address) from None
     try:
         bound = tuple(
             format_address(*listener.socket.getsockname()[:2])  # type: ignore[attr-defined]
@@ -480,6 +515,7 @@ async def open_peer_transport(
                     backoff=(backoff_min, backoff_max),
                     client_ssl_context=client_ssl_context if client_ssl_context is not None else ssl_context,
                     rng=rng if rng is not None else random.Random(),
+                    client_address=client_address,
                 )
                 for listener in listeners:
                     nursery.start_soon(transport._accept_loop, listener, name=f"dengine peer listener {node_id}")

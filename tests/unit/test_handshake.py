@@ -59,6 +59,18 @@ def test_hello_round_trips_and_has_the_documented_layout() -> None:
     assert decode_hello(encode_hello(client)) == client
 
 
+def test_a_peer_may_announce_its_client_address_both_ways() -> None:
+    hello = Hello(protocol_version=PROTOCOL_VERSION, cluster_id="c1", node_id=2, kind="peer",
+                  client_address="127.0.0.1:9082")
+    assert msgpack.unpackb(encode_hello(hello)) == ["hello", PROTOCOL_VERSION, "c1", 2, "peer", "127.0.0.1:9082"]
+    assert decode_hello(encode_hello(hello)) == hello
+    welcome = Welcome(3, "[::1]:9083")
+    assert msgpack.unpackb(encode_reply(welcome)) == ["welcome", 3, "[::1]:9083"]
+    assert decode_reply(encode_reply(welcome)) == welcome
+    # Nil is allowed (a node that does not serve clients).
+    assert decode_reply(msgpack.packb(["welcome", 3, None])) == Welcome(3)
+
+
 def test_replies_round_trip() -> None:
     assert msgpack.unpackb(encode_reply(Welcome(3))) == ["welcome", 3]
     assert decode_reply(encode_reply(Welcome(3))) == Welcome(3)
@@ -88,6 +100,10 @@ def test_another_protocol_version_is_refused_before_the_rest_is_read() -> None:
         ["hello", PROTOCOL_VERSION, "c", True, "peer"],
         ["hello", PROTOCOL_VERSION, "c", 1, "client"],
         ["hello", PROTOCOL_VERSION, "c", 1, "admin"],
+        ["hello", PROTOCOL_VERSION, "c", 1, "peer", 9082],
+        ["hello", PROTOCOL_VERSION, "c", 1, "peer", ""],
+        ["hello", PROTOCOL_VERSION, "c", 1, "peer", "x" * 301],
+        ["hello", PROTOCOL_VERSION, "c", 1, "peer", "a:1", "extra"],
         {"hello": 1},
         "hello",
     ],
@@ -98,7 +114,9 @@ def test_malformed_hellos(obj: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "obj", [["welcome"], ["welcome", -1], ["welcome", "1"], ["error", "x", "y"], ["error", 1], ["ok"], 7]
+    "obj",
+    [["welcome"], ["welcome", -1], ["welcome", "1"], ["welcome", 1, 5], ["welcome", 1, "a:1", 2],
+     ["error", "x", "y"], ["error", 1], ["ok"], 7],
 )
 def test_malformed_replies(obj: object) -> None:
     with pytest.raises(MalformedMessage):
