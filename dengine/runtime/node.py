@@ -168,6 +168,7 @@ class Node:
         self.last_snapshot_index = snapshot.meta.index if snapshot else 0
         self.kv.bind_clock(self.now_ms)
         self._expiring: set[tuple[bytes, int]] = set()
+        self._leader_seen: tuple[int | None, int] | None = None
         self.driver = Driver(
             self.raw,
             DriverOptions(
@@ -327,6 +328,15 @@ class Node:
             self._apply_wakeup.set()
 
     def _on_leader_changed(self, leader: int | None, term: int) -> None:
+        if (leader, term) != self._leader_seen:
+            self._leader_seen = (leader, term)
+            me = self.raw.id
+            if leader is None:
+                log.info("node %d: no leader in term %d", me, term)
+            elif leader == me:
+                log.info("node %d: became the leader in term %d", me, term)
+            else:
+                log.info("node %d: the leader is node %d in term %d", me, leader, term)
         self.lifecycle.leader_changed(leader, term)
         if self.driver.role is not Role.LEADER:
             self._expiring.clear()
