@@ -254,7 +254,7 @@ class Engine:
         self.client = EmbeddedClient(self)
         self.default_consistency = ReadConsistency.parse(config.raft.default_read_consistency)
         # Client addresses the other members announced (live; empty without TCP peers).
-        self.peer_client_addresses: Mapping[int, str] = {}
+        self.peer_client_addresses: dict[int, str] = {}
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -420,7 +420,7 @@ async def open_engine(
         async with AsyncExitStack() as stack:
             outbox: Any = NullOutbox()
             inbound = None
-            learned: Mapping[int, str] = {}
+            learned: dict[int, str] = {}
             peers = cfg.peers()
             if network is not None:
                 transport = await stack.enter_async_context(network.open_transport(cfg.node_id))

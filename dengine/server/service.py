@@ -46,7 +46,7 @@ import errno
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -167,7 +167,7 @@ class ClientService:
         nursery: trio.Nursery,
         options: ServiceOptions,
         *,
-        client_addresses: dict[int, str],
+        client_addresses: Mapping[int, str],
     ) -> None:
         self.engine = engine
         self.options = options
