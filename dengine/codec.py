@@ -71,7 +71,8 @@ T = TypeVar("T")
 
 def pack(obj: Any) -> bytes:
     """msgpack-encode a plain structure with dengine's options."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes | bytearray | memoryview, *, what: str = "message") -> Any:
@@ -356,7 +357,7 @@ def encode_message(msg: Message) -> bytes:
 def decode_message(data: bytes | bytearray | memoryview) -> Message:
     """Decode a peer message; any other value or malformed bytes raise
     MalformedMessage."""
-    return decode(data, MESSAGE_TYPES)  # type: ignore[no-any-return]
+    return decode(data, MESSAGE_TYPES)
 
 
 def _check_attrs_fields() -> None:

@@ -383,7 +383,7 @@ def _find_dengine_error(exc: BaseException) -> DengineError | None:
 
 def _resolve_config(data_dir: str | os.PathLike[str] | None, config: Config | str | os.PathLike[str] | None) -> Config:
     if config is None:
-        return Config.single_node(os.fspath(data_dir) if data_dir is not None else None)
+        return Config.single_node(os.fspath(data_dir)) if data_dir is not None else Config.single_node()
     if isinstance(config, (str, os.PathLike)):
         loaded = Config.from_toml(os.fspath(config))
     elif isinstance(config, Config):

@@ -246,7 +246,7 @@ class Connection:
             await trio.aclose_forcefully(self._stream)
 
     async def _read(self) -> str:
-        data = b""
+        data: bytes | bytearray = b""
         state = self._state
         while True:
             try:

@@ -258,7 +258,7 @@ def connect_timeout(deadline: float, now: float) -> float:
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     """10 ms doubling to 500 ms, jittered to 50-100 %."""
-    delay = min(BACKOFF_MAX, BACKOFF_MIN * (2 ** min(attempt, 16)))
+    delay: float = min(BACKOFF_MAX, BACKOFF_MIN * (2 ** min(attempt, 16)))
     return delay * (0.5 + rng.random() / 2)
 
 
@@ -444,7 +444,7 @@ class ConnectionState:
     def hello(self) -> bytes:
         return frame(pack(["hello", PROTOCOL_VERSION, self.cluster_id, None, "client"]))
 
-    def receive_handshake(self, data: bytes) -> int | None:
+    def receive_handshake(self, data: bytes | bytearray) -> int | None:
         """Feed bytes read before the welcome; the server's node id once the
         welcome is complete (bytes after it stay buffered), else None.
         Raises the refusal's dengine error, or ProtocolError saying what a
@@ -546,7 +546,7 @@ class ConnectionState:
 
     # -- responses -----------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[tuple[int, Response]]:
+    def receive(self, data: bytes | bytearray) -> list[tuple[int, Response]]:
         """Feed bytes; the final answers of the unary requests still waited
         for. Stream items go to their buffers. Raises ConnectionEnded when
         the server ended the connection or broke the protocol."""
@@ -1058,8 +1058,8 @@ class Diagnosis:
         reachable = len(reached_ids & set(members)) if members else len(self.statuses)
         if known:
             lead = sorted(known)[0]
-            m = members.get(lead)
-            where = f" at {m.client_address}" if m is not None and m.client_address else ""
+            lead_member = members.get(lead)
+            where = f" at {lead_member.client_address}" if lead_member is not None and lead_member.client_address else ""
             head = f"node {lead}{where} is said to be the leader but did not answer as one"
         else:
             head = "no leader"

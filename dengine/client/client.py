@@ -141,6 +141,9 @@ class Client:
     async def _backoff(self, attempt: int) -> None:
         await trio.sleep(_core.backoff_delay(attempt, self._rng))
 
+    # Any: a Call's decode gives the result type of the method that built it,
+    # which the (non-generic) Call cannot carry, so the public methods below
+    # return it under "# type: ignore[no-any-return]".
     async def _run(self, call: Call) -> Any:
         """Run one call within its deadline, as the core's Attempts decide.
         The connection enforces the deadline on the request itself (no cancel
@@ -213,8 +216,8 @@ class Client:
 
     async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:
         """Set ``key`` to ``value``; returns the revision of the write."""
-        return await self._run(calls.put(key, value, ttl=ttl, timeout=timeout, max_key_size=self.max_key_size,
-                                         max_value_size=self.max_value_size))  # type: ignore[no-any-return]
+        return await self._run(calls.put(key, value, ttl=ttl, timeout=timeout,  # type: ignore[no-any-return]
+                                         max_key_size=self.max_key_size, max_value_size=self.max_value_size))
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
         """Delete ``key``; True if it existed."""

@@ -86,20 +86,20 @@ class Config:
     ) -> None:
         node = node if node is not None else NodeSettings()
         cluster = cluster if cluster is not None else ClusterSettings()
-        flat_node = {
+        flat_node: dict[str, Any] = {
             "id": node_id,
             "data_dir": data_dir,
             "peer_address": peer_address,
             "client_address": client_address,
         }
-        flat_cluster = {"id": cluster_id, "initial": initial_cluster}
+        flat_cluster: dict[str, Any] = {"id": cluster_id, "initial": initial_cluster}
         node_changes = {k: v for k, v in flat_node.items() if v is not None}
         cluster_changes = {k: v for k, v in flat_cluster.items() if v is not None}
         if node_changes and isinstance(node, NodeSettings):
             node = attrs.evolve(node, **node_changes)
         if cluster_changes and isinstance(cluster, ClusterSettings):
             cluster = attrs.evolve(cluster, **cluster_changes)
-        self.__attrs_init__(  # type: ignore[attr-defined]
+        self.__attrs_init__(
             node=node,
             cluster=cluster,
             raft=raft if raft is not None else RaftSettings(),

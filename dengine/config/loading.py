@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from dengine.api import ReadConsistency
 from dengine.config.addresses import parse_members
@@ -230,7 +230,10 @@ def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cls: type, values: Mapping[str, Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def build(cls: type[_T], values: Mapping[str, Any]) -> _T:
     """Instantiate section ``cls`` (or Config) from nested typed ``values``."""
     kwargs: dict[str, Any] = {}
     for field, meta in schema_fields(cls):

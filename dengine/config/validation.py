@@ -162,7 +162,7 @@ def _check_together(good: Mapping[str, Any]) -> list[str]:
     if have("node.id", "node.peer_address", "cluster.initial", "node.client_address"):
         peer = g["node.peer_address"] or g["cluster.initial"].get(g["node.id"], DEFAULT_PEER_ADDRESS)
         client = g["node.client_address"]
-        if peer == client and split_address(client)[1] != 0:  # type: ignore[index]
+        if peer == client and split_address(client)[1] != 0:
             problems.append(f"node.client_address and the peer address are both {client!r}; they must differ.")
     if have("raft.election_ticks", "raft.heartbeat_ticks"):
         if g["raft.election_ticks"] <= g["raft.heartbeat_ticks"]:

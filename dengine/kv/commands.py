@@ -88,6 +88,12 @@ class CompareAndSwap:
     ttl_ms: int | None = None
 
 
+def _stamped_keys(pairs: Iterable[tuple[bytes, int]]) -> tuple[tuple[bytes, int], ...]:
+    # A typed converter: with ``converter=tuple`` mypy's attrs plugin types
+    # the __init__ argument as an unsolved ``Iterable[_T_co]``.
+    return tuple(pairs)
+
+
 @attrs.frozen(slots=True)
 class ExpireKeys:
     """Delete keys whose TTL ran out, proposed by the leader's sweeper.
@@ -96,7 +102,7 @@ class ExpireKeys:
     it; a key whose expiry has changed since (rewritten, TTL cleared) is left
     alone. The result is the number of keys deleted."""
 
-    keys: tuple[tuple[bytes, int], ...] = attrs.field(converter=tuple)
+    keys: tuple[tuple[bytes, int], ...] = attrs.field(converter=_stamped_keys)
 
 
 Command = Union[Put, Delete, CompareAndSwap, ExpireKeys]
@@ -182,7 +188,8 @@ def encode_batch(commands: Iterable[Command], now_ms: int) -> bytes:
     wire = [_wire(cmd) for cmd in commands]
     if not wire:
         raise InvalidArgument("a batch needs at least one command")
-    return msgpack.packb([FORMAT_VERSION, now_ms, wire], use_bin_type=True)
+    packed: bytes = msgpack.packb([FORMAT_VERSION, now_ms, wire], use_bin_type=True)
+    return packed
 
 
 def encode_command(cmd: Command, now_ms: int) -> bytes:
@@ -196,7 +203,7 @@ def encode_command(cmd: Command, now_ms: int) -> bytes:
 
 
 def _is_int(value: object) -> bool:
-    return type(value) is int and 0 <= value <= _INT64_MAX  # type: ignore[operator]
+    return type(value) is int and 0 <= value <= _INT64_MAX
 
 
 def _is_opt_int(value: object) -> bool:

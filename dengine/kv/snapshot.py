@@ -46,9 +46,10 @@ def encode_image(image: FrozenImage) -> bytes:
         append(values[key])
         append(revisions[key])
         append(expire_at(key))
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat], use_bin_type=True
     )
+    return packed
 
 
 def snapshot_bytes(store: KVStore) -> bytes:
@@ -57,7 +58,7 @@ def snapshot_bytes(store: KVStore) -> bytes:
 
 
 def _is_uint(value: object) -> bool:
-    return type(value) is int and value >= 0  # type: ignore[operator]
+    return type(value) is int and value >= 0
 
 
 def decode_image(data: bytes) -> FrozenImage:

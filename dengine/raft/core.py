@@ -37,7 +37,7 @@ Rules (section numbers of the Raft paper / Ongaro's thesis):
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -75,6 +75,12 @@ from dengine.raft.quorum import VoteResult, committed_index, has_quorum, vote_re
 from dengine.raft.read_only import PendingRead, ReadOnly, Round
 
 
+def _node_set(nodes: Iterable[int]) -> frozenset[int]:
+    # A typed converter: with ``converter=frozenset`` mypy's attrs plugin types
+    # the __init__ argument as an unsolved ``Iterable[_T_co]``.
+    return frozenset(nodes)
+
+
 @attrs.frozen
 class RaftConfig:
     """Knobs of the pure core. Time is counted in ticks."""
@@ -83,7 +89,7 @@ class RaftConfig:
     # Voters of a brand-new cluster. Every initial member must be given the
     # same set; a node joining an existing cluster is given an empty set and
     # learns the membership from the leader.
-    initial_voters: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
+    initial_voters: frozenset[int] = attrs.field(factory=frozenset, converter=_node_set)
     election_tick: int = 10
     heartbeat_tick: int = 1
     max_inflight: int = 256
@@ -227,7 +233,7 @@ class RaftCore:
         self.msgs_after_persist: list[Message] = []
         self.read_states: list[ReadState] = []
         self.dropped_reads: list[bytes] = []
-        self.first_commit_in_term = None
+        self.first_commit_in_term: int | None = None
         self._reset_randomized_timeout()
         self._index_conf_entries(self.log.snapshot_index + 1)
         self._apply_committed_conf()
@@ -306,7 +312,7 @@ class RaftCore:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         # A first-commit not yet reported is moot once we stop leading.
-        self.first_commit_in_term: int | None = None
+        self.first_commit_in_term = None
         self._reset_randomized_timeout()
         self.votes = {}
         self.lead_transferee = None

@@ -11,6 +11,7 @@ to msgpack and back.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import Union
 
 import attrs
@@ -67,12 +68,18 @@ class ConfChange:
         return cls(ConfChangeType(data[0]), int.from_bytes(data[1:], "big"))
 
 
+def _node_set(nodes: Iterable[int]) -> frozenset[int]:
+    # A typed converter: with ``converter=frozenset`` mypy's attrs plugin types
+    # the __init__ argument as an unsolved ``Iterable[_T_co]``.
+    return frozenset(nodes)
+
+
 @attrs.frozen(slots=True)
 class ConfState:
     """The membership in force: voters and learners (disjoint sets)."""
 
-    voters: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
-    learners: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
+    voters: frozenset[int] = attrs.field(factory=frozenset, converter=_node_set)
+    learners: frozenset[int] = attrs.field(factory=frozenset, converter=_node_set)
 
     def members(self) -> frozenset[int]:
         return self.voters | self.learners

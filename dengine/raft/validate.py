@@ -173,7 +173,7 @@ def _elected_term(m: Message) -> str | None:
 def _node_ids(value: object, name: str) -> str | None:
     if type(value) is not frozenset:
         return f"{name} is not a set ({type(value).__name__})"
-    for node in value:  # type: ignore[attr-defined]
+    for node in value:
         problem = _uint(node, f"a node id in {name}")
         if problem:
             return problem

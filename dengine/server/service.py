@@ -362,7 +362,7 @@ class _Connection:
         connection-level error is queued)."""
         counters = self.service._counters
         idle = self.service.options.idle_timeout
-        data: bytes = b""
+        data: bytes | bytearray = b""
         with self._reader_scope:
             while True:
                 try:

@@ -120,6 +120,11 @@ class FileStorage(Storage):
     runs beside them).
     """
 
+    # Set by _start from the recovered state.
+    _snap_meta: SnapshotMeta | None
+    _terms: array.array[int]
+    _first: int
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
@@ -330,7 +335,7 @@ class FileStorage(Storage):
         state = recovered.state
         self._initial = state
         self._hard_state = state.hard_state
-        self._snap_meta: SnapshotMeta | None = state.snapshot.meta if state.snapshot is not None else None
+        self._snap_meta = state.snapshot.meta if state.snapshot is not None else None
         self._terms = array.array("Q", (e.term for e in state.entries))
         self._first = state.entries[0].index if state.entries else self._snap_index() + 1
         self._segments = recovered.segments

@@ -81,7 +81,7 @@ def parse_segment_name(name: str) -> int | None:
 # --------------------------------------------------------------------------
 
 
-def frame(payload: bytes) -> bytes:
+def frame(payload: bytes | bytearray | memoryview) -> bytes:
     """The 8-byte record header for ``payload``."""
     length = len(payload).to_bytes(4, "big")
     return length + zlib.crc32(payload, zlib.crc32(length)).to_bytes(4, "big")

@@ -258,6 +258,13 @@ def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
     return leaves[0] if len(leaves) == 1 else None
 
 
+class _Queued(Protocol):
+    """What TransportCommon needs of a peer: its outbound queue."""
+
+    @property
+    def queue(self) -> PeerQueue: ...
+
+
 class TransportCommon:
     """The half of the Transport interface both transports implement alike:
     subclasses set ``_node_id``, ``_inbound_receive``, ``_counters``,
@@ -268,7 +275,7 @@ class TransportCommon:
     _inbound_receive: trio.MemoryReceiveChannel[Message]
     _counters: Counters
     _closed: bool
-    _peers: Mapping[int, object]
+    _peers: Mapping[int, _Queued]
 
     @property
     def node_id(self) -> int:
@@ -294,7 +301,7 @@ class TransportCommon:
         raise NotImplementedError
 
     def statistics(self) -> TransportStatistics:
-        return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))  # type: ignore[attr-defined]
+        return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))
 
     async def wait_statistics(self, predicate: Callable[[TransportStatistics], bool]) -> TransportStatistics:
         return await self._counters.wait(self.statistics, predicate)

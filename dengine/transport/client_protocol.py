@@ -369,7 +369,8 @@ def decode_watch_item(body: Mapping[str, Any]) -> WatchEvent | int:
     """A watch item: a WatchEvent, or (for the first item, ``{"created":
     true, "start_revision": n}``) the first revision the watch can deliver."""
     if body.get("created") is True:
-        return _field(body, "start_revision", _uint)
+        start_revision: int = _field(body, "start_revision", _uint)
+        return start_revision
     raw_type = _field(body, "type", _uint)
     try:
         kind = WatchEventType(raw_type)
