@@ -35,27 +35,15 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchmarks.procs import free_ports
+
 GOAL_RATIO = 4.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> float:
@@ -109,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             env["PYTHONDONTWRITEBYTECODE"] = "1"
         else:
             env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
-        peer, client = _free_ports(2)
+        peer, client = free_ports(2)
         endpoint = f"127.0.0.1:{client}"
         server = subprocess.Popen(
             [py, "-m", "dengine", "serve", "--log-level", "warning", "--data-dir", os.path.join(tmp, "data"),

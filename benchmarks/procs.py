@@ -11,19 +11,10 @@ import sys
 import time
 from typing import Any
 
+import dengine.testing
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+
+free_ports = dengine.testing.free_ports
 
 
 def wait_port(port: int, timeout: float) -> bool:

@@ -90,7 +90,9 @@ def snapshots_installed(engine: Engine) -> int:
     return engine._node.installed_snapshots
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free at the time of the call (for
+    servers a test starts on 127.0.0.1)."""
     socks = []
     try:
         for _ in range(n):
@@ -127,7 +129,7 @@ class Cluster:
         self.tcp = tcp
         self.cluster_id = cluster_id
         self.network: MemoryNetwork | None = None if tcp else MemoryNetwork()
-        ports = _free_ports(n) if tcp else [7000 + i for i in range(1, n + 1)]
+        ports = free_ports(n) if tcp else [7000 + i for i in range(1, n + 1)]
         self.addresses: dict[int, str] = {i: f"127.0.0.1:{ports[i - 1]}" for i in range(1, n + 1)}
         self.raft: dict[str, Any] = {**FAST_RAFT, **(raft or {})}
         self.engines: dict[int, Engine] = {}

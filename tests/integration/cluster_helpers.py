@@ -6,18 +6,6 @@ applications embedding dengine test with it too).
 
 from __future__ import annotations
 
-import socket
+from dengine.testing import free_ports
 
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports free at the time of the call."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+__all__ = ["free_ports"]
