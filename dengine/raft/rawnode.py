@@ -160,11 +160,14 @@ class RawNode:
             self.applying_bytes < self.core.config.max_committed_bytes_per_ready
         )
 
-    def on_applied(self, index: int) -> None:
+    def on_applied(self, index: int) -> bool:
         """The committed entries handed out up to ``index`` are applied (or a
-        snapshot at ``index`` was installed): more may be handed out."""
+        snapshot at ``index`` was installed). Returns True when committed
+        entries held back by the bound may now be handed out."""
+        held = self.core.log.has_next_committed() and not self._may_hand_committed()
         while self._applying and self._applying[0][0] <= index:
             self.applying_bytes -= self._applying.popleft()[1]
+        return held and self._may_hand_committed()
 
     def on_persisted(self, number: int) -> list[Message]:
         """Everything in Readies up to ``number`` is durable. Returns the

@@ -538,11 +538,13 @@ class Driver:
             for w in self.proposal_waiters.pop(index)[1]:
                 w.fail(err)
 
-    def on_applied(self, job: ApplyJob, results: Sequence[Any | None]) -> None:
+    def on_applied(self, job: ApplyJob, results: Sequence[Any | None]) -> bool:
         """``job`` is applied; ``results[k]`` is what entry k produced (an
         object with ``results``: one per command, exceptions for commands
         that failed) or None for entries that carry no commands (no-ops,
-        membership changes, entries already applied)."""
+        membership changes, entries already applied). Returns True when
+        committed entries held back by the apply bound may now be taken
+        (the raft loop should run)."""
         assert job is self._applying, "apply jobs complete one at a time, in order"
         self._applying = None
         for entry, result in zip(job.entries, results):
@@ -556,10 +558,11 @@ class Driver:
                 self.applied_term = last.term
         elif job.snapshot is not None:
             self.applied_index = max(self.applied_index, job.snapshot.meta.index)
-        self.raw.on_applied(self.applied_index)
+        unblocked = self.raw.on_applied(self.applied_index)
         heap = self._applied_waiters
         while heap and heap[0][0] <= self.applied_index:
             heapq.heappop(heap)[2].set(None)
+        return unblocked
 
     @staticmethod
     def _resolve(entry: Entry, pending: tuple[int, list[WaiterLike]], result: Any | None) -> None:

@@ -390,11 +390,10 @@ class Node:
                 if job.snapshot is not None:
                     await self._install_snapshot(job.snapshot)
                 results = self._apply_entries(job.entries) if job.entries else []
-                driver.on_applied(job, results)
+                if driver.on_applied(job, results):
+                    self.wake()  # the next bounded step may be handed out now
                 self._maybe_ready()
                 self._maybe_snapshot()
-                if self.raw.has_ready():
-                    self.wake()  # the next step may be handed out now
                 if driver.apply_waiting:
                     await trio.lowlevel.checkpoint()
 
