@@ -625,8 +625,14 @@ class Call:
     timeout: float | None = None
 
 
+_LEVELS: dict[object, str] = {**{m: m.value for m in ReadConsistency}, **{m.value: m.value for m in ReadConsistency}}
+
+
 def _level(value: ReadConsistency | str | None) -> str | None:
-    return None if value is None else ReadConsistency.parse(value).value
+    if value is None:
+        return None
+    known = _LEVELS.get(value)  # the common spellings, without parsing per call
+    return known if known is not None else ReadConsistency.parse(value).value
 
 
 def _timeout(timeout: float | None) -> float | None:
@@ -691,13 +697,13 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
     @staticmethod
     def get(key: bytes, *, consistency: ReadConsistency | str | None, timeout: float | None,
             max_key_size: int | None = None) -> Call:
-        call = calls.get_kv(key, consistency=consistency, timeout=timeout, max_key_size=max_key_size)
+        calls._key(key, max_key_size)
 
         def value(body: dict[str, Any]) -> bytes | None:
             kv: KeyValue | None = decode_kv(key, body)
             return None if kv is None else kv.value
 
-        return attrs.evolve(call, decode=value)
+        return calls._read("get", {"key": key}, value, consistency, timeout)
 
     @staticmethod
     def get_many(keys: Sequence[bytes], *, consistency: ReadConsistency | str | None, timeout: float | None,
