@@ -26,7 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", action="store_true", help="print the trace of every run")
     args = p.parse_args(argv)
     # Nodes log each peer that sends nonsense once; the simulator sends plenty.
-    logging.getLogger("dengine").setLevel(logging.ERROR)
+    quiet = logging.getLogger("dengine")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    finally:
+        quiet.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     violations = 0
     steps = 0

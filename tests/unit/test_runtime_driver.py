@@ -6,6 +6,7 @@ schedules."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import attrs
@@ -323,6 +324,7 @@ def test_proposal_dropped_when_the_entry_at_its_index_has_another_term() -> None
 
 
 def test_a_nonsensical_append_is_dropped_counted_and_the_node_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dengine.node")
     d = make(nid=2)
     before = [(e.index, e.term) for e in d.raw.core.log.entries]
     bad = AppendEntries(frm=1, to=2, term=2, prev_index=0, prev_term=0, entries=(Entry(1, 2), Entry(5, 2)), commit=0)
