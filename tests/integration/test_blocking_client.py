@@ -178,7 +178,8 @@ async def test_tls_with_a_context_and_with_an_https_endpoint(tmp_path: pathlib.P
                 with dengine.connect([ep], timeout=1) as client, pytest.raises(dengine.DengineError):
                     client.get(b"secret")
                 # A CA the client does not trust: refused, saying TLS failed.
-                with dengine.connect([ep], timeout=1, ssl_context=ssl.create_default_context()) as client:
+                # (a long deadline: under load a 1 s one can pass before the TLS refusal is seen)
+                with dengine.connect([ep], timeout=5, ssl_context=ssl.create_default_context()) as client:
                     with pytest.raises(dengine.Timeout, match="TLS failed"):
                         client.get(b"secret")
 

@@ -72,8 +72,9 @@ async def test_ttl_expires_through_the_log(tmp_path: pathlib.Path) -> None:
         async with dengine.open_engine(config=single(tmp_path)) as engine:
             await engine.wait_ready(timeout=5)
             kv = engine.client
-            await kv.put(b"/session/a", b"x", ttl=0.2)
-            await kv.put(b"/session/b", b"y", ttl=0.2)
+            # Long enough that the next three calls finish first on a loaded machine.
+            await kv.put(b"/session/a", b"x", ttl=1.5)
+            await kv.put(b"/session/b", b"y", ttl=1.5)
             await kv.put(b"/session/b", b"y2")  # a put without ttl clears the TTL
             assert await kv.get(b"/session/a") == b"x"
             applied_before = engine.status().applied_index
