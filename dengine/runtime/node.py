@@ -261,6 +261,8 @@ class Node:
 
     def applied_waiter(self, index: int) -> Waiter | None:
         """A waiter set once ``index`` is applied (None if it already is)."""
+        if index <= self.driver.applied_index:
+            return None  # the common case on the read path: no waiter, no event
         waiter = Waiter()
         return waiter if self.driver.wait_applied(index, waiter) else None
 
