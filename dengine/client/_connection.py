@@ -26,6 +26,12 @@ Rules:
   (each new request pops the answered ones at its top).
 * A caller that gives up (cancelled, or its deadline passed) before its
   frame was written takes the frame back: it is never sent.
+* While a request waits, a silent server is pinged and, silent for the
+  keepalive timeout (by default the server's election timeout, from its
+  welcome), the connection is closed: its requests fail with
+  ConnectionLost at once instead of waiting out their deadline at a
+  paused or cut-off server (the core's :class:`Liveness` decides; one
+  keepalive task per connection sleeps until its next check).
 * A stream keeps at most ``stream_buffer`` items the application has not
   read; one more and the stream is cancelled on the server and ends with
   ``ResourceExhausted`` locally (never a silent drop).
@@ -56,11 +62,14 @@ from dengine.client._core import (
     ConnectionLost,
     ConnectionState,
     Expired,
+    Liveness,
+    ServerInfo,
     StreamBuffer,
     StreamClosed,
     StreamEnded,
     result_of,
 )
+from dengine.client._core import keepalive_timeout as keepalive_timeout_of
 from dengine.errors import DengineError
 from dengine.transport.base import single_leaf
 
@@ -146,6 +155,7 @@ class Connection:
         max_frame_size: int,
         *,
         state: ConnectionState | None = None,
+        keepalive_timeout: float = math.inf,
     ) -> None:
         self.endpoint = endpoint
         self.node_id = node_id
@@ -157,7 +167,7 @@ class Connection:
         self._pending: dict[int, _Pending] = {}
         self._scope = trio.CancelScope()
         self._closed: str | None = None
-        self._write_failed: str | None = None  # why the writer stopped, if it failed
+        self._failed: str | None = None  # why the writer or the keepalive ended the connection
         # Frames waiting for the writer, with their request (None: a stream's
         # or a cancel's frame).
         self._outbox: list[tuple[bytes, _Pending | None]] = []
@@ -167,6 +177,8 @@ class Connection:
         self._deadlines: list[tuple[float, _Pending]] = []
         self._timer_lot = trio.lowlevel.ParkingLot()
         self._timer_at = math.inf
+        self._live = Liveness(keepalive_timeout, trio.current_time())
+        self._keepalive_lot = trio.lowlevel.ParkingLot()
 
     @classmethod
     async def open(
@@ -179,6 +191,7 @@ class Connection:
         ssl_context: ssl.SSLContext | None,
         connect_timeout: float,
         max_frame_size: int = MAX_FRAME_SIZE,
+        keepalive_timeout: float | None = None,
     ) -> Connection:
         """Connect and shake hands; raises OSError/TooSlowError for an
         unreachable endpoint, the refusal's DengineError (WrongCluster, ...),
@@ -208,7 +221,13 @@ class Connection:
             if handshake_at == math.inf:
                 raise
             raise state.handshake_timed_out(trio.current_time() - handshake_at) from None
-        return cls(endpoint, stream, node_id, max_frame_size, state=state)
+        return cls(endpoint, stream, node_id, max_frame_size, state=state,
+                   keepalive_timeout=keepalive_timeout_of(keepalive_timeout, state.info))
+
+    @property
+    def info(self) -> ServerInfo:
+        """What the server's welcome said of it."""
+        return self._state.info
 
     @property
     def closed(self) -> bool:
@@ -227,6 +246,8 @@ class Connection:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(self._writer, nursery.cancel_scope)
                             nursery.start_soon(self._timer)
+                            if self._live.timeout != math.inf:
+                                nursery.start_soon(self._keepalive, nursery.cancel_scope)
                             reason = await self._read()
                             nursery.cancel_scope.cancel()
                     except BaseExceptionGroup as group:
@@ -235,8 +256,8 @@ class Connection:
                         if leaf is None:
                             raise
                         raise leaf from None
-                    if self._write_failed is not None:
-                        reason = self._write_failed
+                    if self._failed is not None:
+                        reason = self._failed
                 except NETWORK_ERRORS as exc:
                     reason = f"{type(exc).__name__}: {exc}"
                 except DengineError as exc:
@@ -266,6 +287,7 @@ class Connection:
             data = await self._stream.receive_some(_RECEIVE_SIZE)
             if not data:
                 return "the server closed the connection"
+            self._live.received(trio.current_time())
 
     @staticmethod
     def _wake(pending: _Pending) -> None:
@@ -275,7 +297,7 @@ class Connection:
 
     async def _writer(self, connection_scope: trio.CancelScope) -> None:
         """Send every queued frame with one ``send_all`` per batch. A failed
-        write is reported (``_write_failed``) and ends the connection through
+        write is reported (``_failed``) and ends the connection through
         ``connection_scope``; it is not raised (see the rules above)."""
         stream = self._stream
         while True:
@@ -308,7 +330,7 @@ class Connection:
                         pending.state = _QUEUED if pending is last else _SENT
                 if not isinstance(exc, NETWORK_ERRORS):
                     raise
-                self._write_failed = f"{type(exc).__name__}: {exc}"
+                self._failed = f"{type(exc).__name__}: {exc}"
                 connection_scope.cancel()
                 return
             for pending in written:
@@ -338,6 +360,27 @@ class Connection:
             with trio.move_on_at(at):
                 await self._timer_lot.park()
 
+    async def _keepalive(self, connection_scope: trio.CancelScope) -> None:
+        """Ping a silent server while requests wait; end the connection
+        through ``connection_scope`` once it stayed silent too long."""
+        live = self._live
+        while True:
+            if not self._pending:
+                await self._keepalive_lot.park()  # until a request waits
+                continue
+            at = live.next_check()
+            if at > trio.current_time():
+                await trio.sleep_until(at)
+                continue
+            verdict = live.check(trio.current_time())
+            if verdict == Liveness.DEAD:
+                self._failed = live.silence(self.endpoint, trio.current_time())
+                log.info("closing the connection to %s: %s", self.endpoint, self._failed)
+                connection_scope.cancel()
+                return
+            if verdict == Liveness.PING:
+                self._enqueue(self._state.ping(), None)
+
     def _enqueue(self, frame: bytes, pending: _Pending | None) -> None:
         self._outbox.append((frame, pending))
         if self._writer_lot:
@@ -364,6 +407,10 @@ class Connection:
             raise ConnectionLost(self.endpoint, sent=False, reason=self._closed)
         rid, frame = self._state.request(op, args)
         pending = _Pending(frame)
+        if not self._pending:
+            self._live.busy(trio.current_time())
+            if self._keepalive_lot:
+                self._keepalive_lot.unpark()
         self._pending[rid] = pending
         try:
             self._enqueue(pending.frame, pending)

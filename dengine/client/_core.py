@@ -20,10 +20,11 @@ Rules of this module:
   matched to the request or stream waiting for it (a response nobody waits
   for is dropped). A stream keeps at most ``limit`` unread items; one more
   ends it with ``ResourceExhausted`` and queues its cancel: never a silent
-  drop. A request larger than a frame may carry is refused before it is
-  sent, naming the frame limit (the client never cites a value limit of
-  its own: the server checks its configured ``raft.max_value_size`` and
-  says it).
+  drop. A key or value over the limits the server announced in its
+  welcome, or a request larger than a frame may carry, is refused before
+  it is sent, citing the server's limit (:class:`ServerInfo`). While
+  requests wait, a silent server is pinged and then given up
+  (:class:`Liveness`).
 * **One** :class:`Call` **per API call**: arguments checked with the
   embedded client's validators (:mod:`dengine.api`), the op, whether it
   writes, whether it must reach the leader, how its result decodes.
@@ -31,7 +32,8 @@ Rules of this module:
   node ids learned from welcomes, ``NotLeader`` hints and status answers.
 * **One** :class:`Attempts` **per call**: the retry rules of docs/protocol.md
   §7. A call is retried with capped exponential backoff (10 ms doubling to
-  500 ms, jittered) until its deadline, moving between endpoints on
+  500 ms or a quarter of the servers' election timeout, jittered) until its
+  deadline, moving between endpoints on
   connection failures, ``Unavailable`` and ``NotLeader`` (whose hint is
   followed at once). A write is retried only when it surely was not
   applied: never written in full, or answered ``NotLeader`` /
@@ -122,16 +124,20 @@ __all__ = [
     "ConnectionState",
     "Endpoint",
     "Expired",
+    "Liveness",
     "Next",
     "Router",
+    "ServerInfo",
     "StreamBuffer",
     "StreamClosed",
     "StreamEnded",
     "WatchState",
     "backoff_delay",
     "calls",
+    "check_keepalive",
     "check_timeout",
     "describe_error",
+    "keepalive_timeout",
     "parse_endpoints",
 ]
 
@@ -155,6 +161,9 @@ CONNECT_TIMEOUT: Final = 5.0
 #: DIAGNOSIS_MAX seconds) kept to find out why it could not.
 DIAGNOSIS_SHARE: Final = 0.1
 DIAGNOSIS_MAX: Final = 0.25
+
+#: The shortest keepalive timeout a server's election timeout gives.
+KEEPALIVE_MIN: Final = 0.1
 
 _HEADER = struct.Struct(">I")
 # Sizes the client does not know (the server checks its own, docs/protocol.md
@@ -242,6 +251,19 @@ def check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
+def check_keepalive(keepalive_timeout: object) -> float | None:
+    """None (the server's election timeout), a positive number of seconds,
+    or ``math.inf`` (no keepalive)."""
+    if keepalive_timeout is None:
+        return None
+    if (isinstance(keepalive_timeout, bool) or not isinstance(keepalive_timeout, (int, float))
+            or not keepalive_timeout > 0 or math.isnan(keepalive_timeout)):
+        raise InvalidArgument(
+            f"keepalive_timeout must be None, a positive number of seconds or math.inf, got {keepalive_timeout!r}"
+        )
+    return float(keepalive_timeout)
+
+
 def check_cluster_id(cluster_id: object) -> str:
     if cluster_id is None:
         return DEFAULT_CLUSTER_ID
@@ -256,10 +278,109 @@ def connect_timeout(deadline: float, now: float) -> float:
     return max(0.001, min(CONNECT_TIMEOUT, deadline - now))
 
 
-def backoff_delay(attempt: int, rng: random.Random) -> float:
-    """10 ms doubling to 500 ms, jittered to 50-100 %."""
-    delay: float = min(BACKOFF_MAX, BACKOFF_MIN * (2 ** min(attempt, 16)))
+def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_MAX) -> float:
+    """10 ms doubling to ``cap`` (500 ms, or a quarter of the servers'
+    election timeout when that is shorter), jittered to 50-100 %."""
+    delay: float = min(cap, BACKOFF_MAX, BACKOFF_MIN * (2 ** min(attempt, 16)))
     return delay * (0.5 + rng.random() / 2)
+
+
+# --------------------------------------------------------------------------
+# What a server tells a client in its welcome, and keepalive
+# --------------------------------------------------------------------------
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
+
+
+@attrs.frozen
+class ServerInfo:
+    """What a server's welcome says of it (docs/protocol.md §2); None where
+    it said nothing (an older server), and then the server's own answers
+    name its limits."""
+
+    max_key_size: int | None = None
+    max_value_size: int | None = None
+    max_frame_size: int | None = None
+    election_timeout: float | None = None  # seconds
+
+    @classmethod
+    def from_welcome(cls, info: Any) -> ServerInfo:
+        if type(info) is not dict:
+            return cls()
+        et = _positive_int(info.get("election_timeout_ms"))
+        return cls(
+            max_key_size=_positive_int(info.get("max_key_size")),
+            max_value_size=_positive_int(info.get("max_value_size")),
+            max_frame_size=_positive_int(info.get("max_frame_size")),
+            election_timeout=None if et is None else et / 1000,
+        )
+
+
+class Liveness:
+    """When a connection with requests waiting should ping its server, and
+    when silence means the server is gone (paused, cut off, its host
+    down): docs/protocol.md §7.
+
+    While at least one unary request waits, a connection that has received
+    nothing for ``timeout / 2`` sends a ``leader`` request (answered at
+    once by the server's reader, whatever its Raft state); one that has
+    received nothing for ``timeout`` is closed, and its requests fail with
+    ConnectionLost (a write's outcome is then unknown; a read is retried
+    elsewhere). A connection with no request waiting is never closed for
+    silence (an idle watch is silent by design). ``timeout`` is inf: off.
+    """
+
+    PING: Final = "ping"
+    DEAD: Final = "dead"
+
+    def __init__(self, timeout: float, now: float) -> None:
+        self.timeout = timeout
+        self.heard = now  # last bytes received, or when requests began to wait
+        self._pinged_at = -math.inf
+
+    def received(self, now: float) -> None:
+        self.heard = now
+
+    def busy(self, now: float) -> None:
+        """A request starts waiting on a connection that had none waiting:
+        silence counts from now."""
+        if now > self.heard:
+            self.heard = now
+
+    def next_check(self) -> float:
+        """When :meth:`check` has something to say next (inf: never)."""
+        if self.timeout == math.inf:
+            return math.inf
+        ping_at = self.heard + self.timeout / 2
+        return ping_at if self._pinged_at <= self.heard else self.heard + self.timeout
+
+    def check(self, now: float) -> str | None:
+        """PING, DEAD or None; call it while requests wait."""
+        silent = now - self.heard
+        if silent >= self.timeout:
+            return self.DEAD
+        if silent >= self.timeout / 2 and self._pinged_at <= self.heard:
+            self._pinged_at = now
+            return self.PING
+        return None
+
+    def silence(self, endpoint: str, now: float) -> str:
+        """The reason a connection closed for silence gives its requests."""
+        return (f"no answer from {endpoint} for {now - self.heard:.2f} s, not even to a ping "
+                "(the server may be paused, overloaded or cut off)")
+
+
+def keepalive_timeout(configured: float | None, info: ServerInfo) -> float:
+    """A connection's keepalive timeout: the caller's (inf: off), else the
+    server's election timeout (a leader silent that long has been replaced
+    or is about to be), else off."""
+    if configured is not None:
+        return configured
+    if info.election_timeout is not None:
+        return max(KEEPALIVE_MIN, info.election_timeout)
+    return math.inf
 
 
 # --------------------------------------------------------------------------
@@ -432,6 +553,7 @@ class ConnectionState:
         self.cluster_id = cluster_id
         self.max_frame_size = max_frame_size
         self.node_id: int | None = None
+        self.info = ServerInfo()  # from the welcome
         self.closed: str | None = None
         self._buf = bytearray()
         self._ids = itertools.count(1)
@@ -461,12 +583,14 @@ class ConnectionState:
             reply = unpack(bodies[0], what="handshake reply")
         except MalformedMessage:
             raise self.not_dengine(_looks_like(frame(bodies[0]))) from None
-        # ["welcome", node_id], or with more fields after it (a server may
-        # add its client address): a client needs only the id.
+        # ["welcome", node_id], or with its client address and an info map
+        # after it (fields a client does not know are ignored).
         if type(reply) is list and len(reply) >= 2 and reply[0] == "welcome":
             node_id = reply[1]
             if type(node_id) is int and node_id >= 0:
                 self.node_id = node_id
+                if len(reply) >= 4:
+                    self.info = ServerInfo.from_welcome(reply[3])
                 return node_id
         if type(reply) is list and len(reply) == 3 and reply[0] == "error":
             code, message = reply[1], reply[2]
@@ -494,15 +618,39 @@ class ConnectionState:
 
     # -- requests (docs/protocol.md §3) -------------------------------------------
 
+    def _check_sizes(self, args: Mapping[str, Any]) -> None:
+        """Keys and values over the limits this server announced are refused
+        before they are sent, citing the server's limit."""
+        info = self.info
+        for name, limit, setting in (("key", info.max_key_size, "raft.max_key_size"),
+                                     ("prefix", info.max_key_size, "raft.max_key_size"),
+                                     ("value", info.max_value_size, "raft.max_value_size"),
+                                     ("new", info.max_value_size, "raft.max_value_size")):
+            data = args.get(name)
+            if limit is not None and type(data) is bytes and len(data) > limit:
+                what = "value" if name == "new" else name
+                raise InvalidArgument(
+                    f"{what} is {len(data)} bytes, larger than the limit of {limit} bytes of the server at "
+                    f"{self.endpoint} (its {setting})"
+                )
+
     def _frame_of(self, rid: int, op: str, args: Mapping[str, Any]) -> bytes:
+        self._check_sizes(args)
         body = encode_request(rid, op, args)
-        if len(body) > self.max_frame_size:
+        limit = self.max_frame_size if self.info.max_frame_size is None else min(
+            self.max_frame_size, self.info.max_frame_size)
+        if len(body) > limit:
             raise InvalidArgument(
                 f"this {op} request is {len(body)} bytes, more than one frame may carry "
-                f"({self.max_frame_size} bytes, transport.max_frame_size); servers refuse values over "
+                f"({limit} bytes, transport.max_frame_size); servers refuse values over "
                 "their raft.max_value_size long before that"
             )
         return frame(body)
+
+    def ping(self) -> bytes:
+        """A keepalive request (``leader``, answered at once by any server);
+        its answer is waited for by nobody and dropped."""
+        return self._frame_of(next(self._ids), "leader", {})
 
     def request(self, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
         """A new unary request: its id and its frame."""
@@ -747,6 +895,8 @@ class Router:
         self.endpoints: list[str] = list(endpoints)
         self.leader: str | None = None
         self.node_endpoints: dict[int, str] = {}  # from welcomes, hints, leader answers
+        #: The servers' election timeout, from the latest welcome that said it.
+        self.election_timeout: float | None = None
         self._next = 0
 
     def rotate(self, avoid: str | None = None) -> str:
@@ -768,8 +918,16 @@ class Router:
                     return endpoint
         return self.rotate(avoid)
 
-    def welcomed(self, endpoint: str, node_id: int) -> None:
+    def welcomed(self, endpoint: str, node_id: int, info: ServerInfo | None = None) -> None:
         self.node_endpoints[node_id] = endpoint
+        if info is not None and info.election_timeout is not None:
+            self.election_timeout = info.election_timeout
+
+    def backoff_cap(self) -> float:
+        """Retries back off to at most a quarter of an election timeout: a
+        new leader is found about as soon as it is elected."""
+        et = self.election_timeout
+        return BACKOFF_MAX if et is None else max(BACKOFF_MIN, min(BACKOFF_MAX, et / 4))
 
     def dropped(self, endpoint: str) -> None:
         if self.leader == endpoint:
@@ -909,8 +1067,9 @@ class Attempts:
             if not exc.sent:
                 self.unknown = self._was_unknown
             elif write:
+                why = f" ({exc.reason})" if exc.reason else ""
                 raise Unavailable(
-                    f"the connection to {endpoint} was lost after the write was sent; "
+                    f"the connection to {endpoint} was lost after the write was sent{why}; "
                     "it may or may not have been applied"
                 )
             return Next.BACKOFF
@@ -944,7 +1103,7 @@ class Attempts:
         remaining = self.request_deadline - now
         if remaining <= 0:
             return None
-        delay = backoff_delay(self.attempt, self.rng)
+        delay = backoff_delay(self.attempt, self.rng, self.router.backoff_cap())
         self.attempt += 1
         return min(delay, remaining)
 

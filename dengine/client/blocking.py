@@ -53,6 +53,7 @@ from dengine.client._core import (
     ConnectionState,
     Endpoint,
     Expired,
+    Liveness,
     Next,
     Router,
     StreamBuffer,
@@ -78,16 +79,19 @@ def _now() -> float:
 class _Connection:
     """One socket to one server, and its protocol state."""
 
-    def __init__(self, endpoint: Endpoint, sock: socket.socket, state: ConnectionState) -> None:
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, state: ConnectionState,
+                 keepalive_timeout: float | None = None) -> None:
         self.endpoint = endpoint.address
         self.node_id: int = state.node_id if state.node_id is not None else 0
+        self.info = state.info
         self._sock = sock
         self._state = state
+        self._live = Liveness(_core.keepalive_timeout(keepalive_timeout, state.info), _now())
         self.closed: str | None = None
 
     @classmethod
     def open(cls, endpoint: Endpoint, *, cluster_id: str, ssl_context: ssl.SSLContext | None,
-             timeout: float) -> _Connection:
+             timeout: float, keepalive_timeout: float | None = None) -> _Connection:
         """Connect and shake hands within ``timeout``; raises OSError for an
         unreachable endpoint, the refusal's DengineError, ProtocolError for
         a server that does not speak the protocol, Timeout for one that
@@ -116,7 +120,7 @@ class _Connection:
         except BaseException:
             sock.close()
             raise
-        return cls(endpoint, sock, state)
+        return cls(endpoint, sock, state, keepalive_timeout)
 
     def close(self, reason: str = "closed") -> None:
         if self.closed is None:
@@ -137,22 +141,36 @@ class _Connection:
         except OSError as exc:
             raise self._lost(_core.describe_error(exc), sent=False) from None
 
-    def _pump(self, deadline: float) -> list[tuple[int, Any]]:
-        """Read once (until ``deadline``: Expired); the answers that came."""
-        if self.closed is not None:
-            raise ConnectionLost(self.endpoint, sent=True, reason=self.closed)
-        remaining = deadline - _now()
-        if remaining <= 0:
-            raise Expired(sent=True)
-        self._sock.settimeout(None if remaining == float("inf") else remaining)
-        try:
-            data = self._sock.recv(_RECEIVE_SIZE)
-        except TimeoutError:
-            raise Expired(sent=True) from None
-        except OSError as exc:
-            raise self._lost(_core.describe_error(exc), sent=True) from None
+    def _pump(self, deadline: float, *, busy: bool = False) -> list[tuple[int, Any]]:
+        """Read once (until ``deadline``: Expired); the answers that came.
+        ``busy``: a request waits, so a silent server is pinged and, silent
+        too long, given up (ConnectionLost; the core's Liveness decides)."""
+        live = self._live
+        while True:
+            if self.closed is not None:
+                raise ConnectionLost(self.endpoint, sent=True, reason=self.closed)
+            now = _now()
+            if deadline - now <= 0:
+                raise Expired(sent=True)
+            until = min(deadline, live.next_check()) if busy else deadline
+            if busy and until <= now:
+                verdict = live.check(now)
+                if verdict == Liveness.DEAD:
+                    raise self._lost(live.silence(self.endpoint, now), sent=True)
+                if verdict == Liveness.PING:
+                    self._send(self._state.ping(), now + _WRITE_TIMEOUT)
+                continue
+            self._sock.settimeout(None if until == float("inf") else until - now)
+            try:
+                data = self._sock.recv(_RECEIVE_SIZE)
+                break
+            except TimeoutError:
+                continue  # the deadline or the keepalive's next check
+            except OSError as exc:
+                raise self._lost(_core.describe_error(exc), sent=True) from None
         if not data:
             raise self._lost("the server closed the connection", sent=True)
+        live.received(_now())
         try:
             answers = self._state.receive(data)
         except ConnectionEnded as exc:
@@ -167,10 +185,11 @@ class _Connection:
         if self.closed is not None:
             raise ConnectionLost(self.endpoint, sent=False, reason=self.closed)
         rid, frame = self._state.request(op, args)
+        self._live.busy(_now())
         try:
             self._send(frame, deadline)
             while True:
-                for answered, response in self._pump(deadline):
+                for answered, response in self._pump(deadline, busy=True):
                     if answered == rid:
                         return _core.result_of(response)
         except (Expired, ConnectionLost, DengineError):
@@ -217,7 +236,8 @@ class BlockingClient:
     :func:`connect`; close it (or use ``with``)."""
 
     def __init__(self, endpoints: Sequence[Endpoint], *, timeout: float, auto_resume: bool, cluster_id: str,
-                 ssl_context: ssl.SSLContext | None, rng: random.Random) -> None:
+                 ssl_context: ssl.SSLContext | None, rng: random.Random,
+                 keepalive_timeout: float | None = None) -> None:
         self._eps = {e.address: e for e in endpoints}
         self._router = Router([e.address for e in endpoints])
         self.timeout = timeout
@@ -225,10 +245,11 @@ class BlockingClient:
         self.cluster_id = cluster_id
         self._ssl_context = ssl_context
         self._rng = rng
+        self.keepalive_timeout = keepalive_timeout
         self._conns: dict[str, _Connection] = {}
         self._lock = threading.RLock()
-        # Unknown: the protocol does not carry the servers' limits; their
-        # answers name them.
+        # Limits checked before any server is reached (None: none); each
+        # connection also checks the limits its server announced.
         self.max_key_size: int | None = None
         self.max_value_size: int | None = None
         self._closed = False
@@ -253,14 +274,15 @@ class BlockingClient:
         if self._closed:
             raise Unavailable("the client is closed")
         return _Connection.open(self._endpoint(endpoint), cluster_id=self.cluster_id, ssl_context=self._ssl_context,
-                                timeout=_core.connect_timeout(deadline, _now()))
+                                timeout=_core.connect_timeout(deadline, _now()),
+                                keepalive_timeout=self.keepalive_timeout)
 
     def _connection(self, endpoint: str, deadline: float) -> _Connection:
         conn = self._conns.get(endpoint)
         if conn is not None and conn.closed is None:
             return conn
         conn = self._conns[endpoint] = self._open(endpoint, deadline)
-        self._router.welcomed(endpoint, conn.node_id)
+        self._router.welcomed(endpoint, conn.node_id, conn.info)
         return conn
 
     def _connected(self) -> list[str]:
@@ -433,7 +455,7 @@ class BlockingClient:
             try:
                 conn = self._open(endpoint, att.deadline)
                 with self._lock:
-                    self._router.welcomed(endpoint, conn.node_id)
+                    self._router.welcomed(endpoint, conn.node_id, conn.info)
                 return conn, conn.open_stream(op, args, deadline=att.deadline)
             except (OSError, ConnectionLost, DengineError) as exc:
                 if conn is not None:
@@ -503,7 +525,7 @@ class BlockingWatch:
             except (ConnectionLost, Unavailable, Expired):
                 conn.close()
                 avoid = conn.endpoint
-                time.sleep(_core.backoff_delay(1, client._rng))
+                time.sleep(_core.backoff_delay(1, client._rng, client._router.backoff_cap()))
                 continue
             except BaseException:
                 conn.close()
@@ -584,16 +606,19 @@ def connect(
     cluster_id: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     rng: random.Random | None = None,
+    keepalive_timeout: float | None = None,
 ) -> BlockingClient:
     """A blocking client of the servers at ``endpoints``: the arguments of
     :func:`dengine.open_client`. Connections open on first use; close the
     client (or use ``with``) when done."""
     eps = _core.parse_endpoints(endpoints)
     limit = _core.check_timeout(timeout)
+    keepalive = _core.check_keepalive(keepalive_timeout)
     cluster = _core.check_cluster_id(cluster_id)
     if _core.wants_tls(eps, ssl_context is not None) and ssl_context is None:
         import ssl as ssl_module
 
         ssl_context = ssl_module.create_default_context()
     return BlockingClient(eps, timeout=limit, auto_resume=bool(auto_resume), cluster_id=cluster,
-                          ssl_context=ssl_context, rng=rng if rng is not None else random.Random())
+                          ssl_context=ssl_context, rng=rng if rng is not None else random.Random(),
+                          keepalive_timeout=keepalive)

@@ -13,8 +13,8 @@ Rules of this client (docs/protocol.md, "Client behaviour"):
   -- is decided by the sans-IO core :mod:`dengine.client._core`, which the
   blocking client (:mod:`dengine.client.blocking`) shares; this module only
   does the trio IO around it. Arguments are checked with the embedded
-  client's :mod:`dengine.api` validators; sizes only against what one frame
-  can carry: the server checks its own limits and its answer names them.
+  client's :mod:`dengine.api` validators; sizes against the limits each
+  server announced in its welcome, per connection.
 * Every call has a deadline: ``timeout=`` of the call, else the client's.
   Within it the call is retried with capped exponential backoff and jitter,
   moving between endpoints: on connection failures, ``Unavailable``, and
@@ -76,6 +76,7 @@ class Client:
         cluster_id: str,
         ssl_context: ssl.SSLContext | None,
         rng: random.Random,
+        keepalive_timeout: float | None = None,
     ) -> None:
         self._eps = {e.address: e for e in endpoints}
         self._router = Router([e.address for e in endpoints])
@@ -85,10 +86,11 @@ class Client:
         self.cluster_id = cluster_id
         self._ssl_context = ssl_context
         self._rng = rng
+        self.keepalive_timeout = keepalive_timeout
         self._conns: dict[str, Connection] = {}
         self._connecting: dict[str, trio.Lock] = {}
-        # The client cannot know each server's configured limits (the
-        # protocol does not carry them): None, and the server's answer says.
+        # Limits checked before any server is reached (None: none); each
+        # connection also checks the limits its server announced.
         self.max_key_size: int | None = None
         self.max_value_size: int | None = None
         self._closed = False
@@ -126,9 +128,10 @@ class Client:
                 cluster_id=self.cluster_id,
                 ssl_context=self._ssl_context,
                 connect_timeout=_core.connect_timeout(deadline, trio.current_time()),
+                keepalive_timeout=self.keepalive_timeout,
             )
             self._conns[endpoint] = conn
-            self._router.welcomed(endpoint, conn.node_id)
+            self._router.welcomed(endpoint, conn.node_id, conn.info)
             self._nursery.start_soon(conn.run, name=f"dengine client connection {endpoint}")
             return conn
 
@@ -139,7 +142,7 @@ class Client:
         self._router.dropped(endpoint)
 
     async def _backoff(self, attempt: int) -> None:
-        await trio.sleep(_core.backoff_delay(attempt, self._rng))
+        await trio.sleep(_core.backoff_delay(attempt, self._rng, self._router.backoff_cap()))
 
     # Any: a Call's decode gives the result type of the method that built it,
     # which the (non-generic) Call cannot carry, so the public methods below
@@ -491,14 +494,19 @@ async def open_client(
     cluster_id: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     rng: random.Random | None = None,
+    keepalive_timeout: float | None = None,
 ) -> AsyncIterator[Client]:
     """A client of the servers at ``endpoints`` (``"host:port"`` strings, or
     one comma-separated string; ``http://host:port`` and ``https://host:port``
     too, ``https`` meaning TLS). ``timeout`` is the default deadline of every
     call, in seconds; ``cluster_id`` must match the servers' (default
     ``"dengine"``); ``ssl_context`` turns on TLS (an ``https://`` endpoint
-    with no ``ssl_context`` uses the system's CAs). Connections open lazily."""
+    with no ``ssl_context`` uses the system's CAs). Connections open lazily.
+    While a call waits, a server silent for ``keepalive_timeout`` seconds
+    (default: its election timeout, from its welcome; ``math.inf``: never)
+    is given up and the call moves on (docs/protocol.md §7)."""
     eps = _core.parse_endpoints(endpoints)
+    keepalive = _core.check_keepalive(keepalive_timeout)
     limit = _core.check_timeout(timeout)
     cluster = _core.check_cluster_id(cluster_id)
     if _core.wants_tls(eps, ssl_context is not None) and ssl_context is None:
@@ -513,6 +521,7 @@ async def open_client(
                 cluster_id=cluster,
                 ssl_context=ssl_context,
                 rng=rng if rng is not None else random.Random(),
+                keepalive_timeout=keepalive,
             )
             try:
                 yield client

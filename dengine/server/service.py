@@ -179,6 +179,16 @@ class ClientService:
         self._listener_scopes: list[trio.CancelScope] = []
         self._node_id = engine.config.node_id
         self._cluster_id = engine.config.cluster_id
+        raft = engine.config.raft
+        # What a client learns in the welcome (docs/protocol.md §2): the
+        # limits it should check before sending, and the election timeout
+        # its retries and keepalive are scaled to.
+        self._welcome_info: dict[str, Any] = {
+            "max_key_size": raft.max_key_size,
+            "max_value_size": raft.max_value_size,
+            "max_frame_size": options.max_frame_size,
+            "election_timeout_ms": round(raft.election_ticks * raft.tick_interval_ms),
+        }
 
     # -- statistics ---------------------------------------------------------
 
@@ -326,6 +336,7 @@ class _Connection:
                         node_id=self.service._node_id,
                         kind="client",
                         timeout=opts.handshake_timeout,
+                        info=self.service._welcome_info,
                     )
                 except _NETWORK_ERRORS as exc:
                     counters.handshake_failures += 1

@@ -16,8 +16,13 @@ Rules (protocol version 1):
 
       ["welcome", node_id]                   # the accepting node's id
       ["welcome", node_id, client_address]   # ... and its client address
+      ["welcome", node_id, client_address, info]  # ... and facts for clients
       ["error", code, message]               # a stable code from dengine.errors
 
+  ``info`` (client port only) is a map of what a client should know of
+  this server: its ``max_key_size``, ``max_value_size`` and
+  ``max_frame_size`` in bytes and its ``election_timeout_ms``. A reader
+  ignores keys it does not know, so a server may add more.
 * A different ``protocol_version`` is refused with WRONG_PROTOCOL_VERSION
   (checked before anything else of the Hello is read, so a future version
   may change the rest of the layout); a different ``cluster_id`` with
@@ -97,6 +102,7 @@ class Hello:
 class Welcome:
     node_id: int
     client_address: str | None = None
+    info: dict[str, Any] | None = None
 
 
 @attrs.frozen(slots=True)
@@ -174,6 +180,8 @@ def decode_hello(body: bytes) -> Hello:
 
 def encode_reply(reply: Welcome | Refused) -> bytes:
     if isinstance(reply, Welcome):
+        if reply.info is not None:
+            return pack(["welcome", reply.node_id, reply.client_address, reply.info])
         if reply.client_address is not None:
             return pack(["welcome", reply.node_id, reply.client_address])
         return pack(["welcome", reply.node_id])
@@ -182,8 +190,11 @@ def encode_reply(reply: Welcome | Refused) -> bytes:
 
 def decode_reply(body: bytes) -> Welcome | Refused:
     obj = unpack(body, what="handshake reply")
-    if type(obj) is list and len(obj) in (2, 3) and obj[0] == "welcome":
-        return Welcome(_id(obj[1], "node_id"), _address(obj[2]) if len(obj) == 3 else None)
+    if type(obj) is list and len(obj) in (2, 3, 4) and obj[0] == "welcome":
+        info = obj[3] if len(obj) == 4 else None
+        if info is not None and (type(info) is not dict or not all(type(k) is str for k in info)):
+            raise MalformedMessage(f"handshake field 'info' must be a map with string keys, got {info!r:.60}")
+        return Welcome(_id(obj[1], "node_id"), _address(obj[2]) if len(obj) >= 3 else None, info)
     if type(obj) is list and len(obj) == 3 and obj[0] == "error":
         code, message = obj[1], obj[2]
         if type(code) is not int or type(message) is not str:
@@ -281,9 +292,10 @@ async def accept_handshake(
     known_peers: Container[int] | None = None,
     timeout: float = math.inf,
     client_address: str | None = None,
+    info: dict[str, Any] | None = None,
 ) -> Hello:
     """Accepting side: read the Hello, answer Welcome (with this node's
-    ``client_address``, if given) or an error frame.
+    ``client_address`` and ``info``, if given) or an error frame.
 
     On refusal the error frame is sent (best effort, briefly) and the reason
     is raised; the caller closes the stream. Timeout after ``timeout``
@@ -297,7 +309,7 @@ async def accept_handshake(
             except DengineError as exc:
                 await _send_refusal(stream, refusal_for(exc))
                 raise
-            await send_frames(stream, [encode_reply(Welcome(node_id, client_address))])
+            await send_frames(stream, [encode_reply(Welcome(node_id, client_address, info))])
     except trio.TooSlowError:
         raise Timeout(f"handshake did not complete within {timeout}s") from None
     return hello

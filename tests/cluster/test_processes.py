@@ -159,3 +159,42 @@ async def test_three_processes_survive_kill_9_of_the_leader(procs: Processes) ->
         # The survivors stop gracefully on SIGTERM, exit 0.
         for i in list(procs.procs):
             assert await procs.stop(i, signal.SIGTERM) == 0, procs.log_tail()
+
+
+async def test_a_paused_leader_is_given_up_at_once_not_at_the_deadline(procs: Processes) -> None:
+    """SIGSTOP of the leader: a write waiting there fails as soon as the
+    server stays silent through a ping (its error says so, and that the
+    write's outcome is unknown), not at the call's 20 s deadline; the next
+    calls of the same client reach the new leader. Both clients, the trio
+    one and the blocking one, follow the same rule."""
+    with trio.fail_after(DEADLINE):
+        async with dengine.open_client(procs.endpoints(), cluster_id="proc-test", timeout=20) as client:
+            await client.put(b"/s/0", b"0")  # waits (bounded) for processes, election, leader
+            leader = (await client.leader()).leader_id
+            assert leader is not None
+        first = [procs.clients[leader]] + [a for i, a in procs.clients.items() if i != leader]
+        blocking = dengine.connect(first, cluster_id="proc-test", timeout=20)
+        try:
+            async with dengine.open_client(first, cluster_id="proc-test", timeout=20) as client:
+                await client.put(b"/s/1", b"1")  # both connected to the leader
+                await trio.to_thread.run_sync(blocking.put, b"/s/2", b"2")
+                procs.procs[leader].send_signal(signal.SIGSTOP)
+                try:
+                    with pytest.raises(dengine.Unavailable) as trio_error:
+                        await client.put(b"/s/3", b"3")
+                    with pytest.raises(dengine.Unavailable) as blocking_error:
+                        await trio.to_thread.run_sync(blocking.put, b"/s/4", b"4")
+                    for error in (trio_error.value, blocking_error.value):
+                        text = str(error)
+                        assert f"the connection to {procs.clients[leader]} was lost after the write was sent" in text
+                        assert "not even to a ping" in text and "may or may not have been applied" in text
+                    # The same clients go on, at the new leader.
+                    assert await client.get(b"/s/2") == b"2"
+                    await client.put(b"/s/5", b"5")
+                    assert await trio.to_thread.run_sync(blocking.get, b"/s/5") == b"5"
+                    new_leader = (await client.leader()).leader_id
+                    assert new_leader not in (None, leader)
+                finally:
+                    procs.procs[leader].send_signal(signal.SIGCONT)
+        finally:
+            blocking.close()

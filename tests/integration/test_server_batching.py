@@ -40,7 +40,7 @@ async def test_pipelined_requests_over_the_limits_are_each_answered_once(tmp_pat
             decoder = FrameDecoder()
             hello = Hello(protocol_version=1, cluster_id="dengine", node_id=None, kind="client")
             await stream.send_all(encode_frame(encode_hello(hello)))
-            assert unpack(await receive_frame(stream, decoder)) == ["welcome", 1]
+            assert unpack(await receive_frame(stream, decoder))[:2] == ["welcome", 1]
             requests = []
             for i in range(100):
                 requests.append(pack([3 * i + 1, "put", {"key": b"k%03d" % i, "value": b"v%d" % i}]))

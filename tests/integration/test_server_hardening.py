@@ -69,7 +69,7 @@ async def _raw(server: Server, *, hello: bool = True, cluster: str = "dengine", 
 
 async def _welcomed(server: Server) -> Raw:
     raw = await _raw(server)
-    assert await raw.receive() == ["welcome", 1]
+    assert (await raw.receive())[:2] == ["welcome", 1]
     return raw
 
 
@@ -255,7 +255,7 @@ async def test_thousands_of_connections(tmp_path: pathlib.Path) -> None:
                 for _ in range(count):
                     raws.append(await _raw(srv))
                 for raw in raws:
-                    assert await raw.receive() == ["welcome", 1]
+                    assert (await raw.receive())[:2] == ["welcome", 1]
                 assert srv.statistics().connections_open == count
                 for n, raw in enumerate(raws):
                     await raw.send(pack([1, "get", {"key": b"/many/%d" % (n % 7), "consistency": "linearizable"}]))

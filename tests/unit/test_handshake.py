@@ -79,6 +79,15 @@ def test_replies_round_trip() -> None:
     assert decode_reply(encode_reply(refused)) == refused
 
 
+def test_a_client_welcome_may_carry_an_info_map() -> None:
+    info = {"max_value_size": 1024, "election_timeout_ms": 300, "future_key": [1]}
+    body = encode_reply(Welcome(3, None, info))
+    assert msgpack.unpackb(body) == ["welcome", 3, None, info]
+    assert decode_reply(body) == Welcome(3, None, info)
+    with_address = Welcome(3, "h:1", {"max_key_size": 8})
+    assert decode_reply(encode_reply(with_address)) == with_address
+
+
 def test_another_protocol_version_is_refused_before_the_rest_is_read() -> None:
     # A future version may lay the hello out differently: only the version counts.
     body = msgpack.packb(["hello", PROTOCOL_VERSION + 1, {"new": "layout"}])
@@ -116,6 +125,7 @@ def test_malformed_hellos(obj: object) -> None:
 @pytest.mark.parametrize(
     "obj",
     [["welcome"], ["welcome", -1], ["welcome", "1"], ["welcome", 1, 5], ["welcome", 1, "a:1", 2],
+     ["welcome", 1, None, [1]], ["welcome", 1, None, {1: 2}], ["welcome", 1, None, {}, "extra"],
      ["error", "x", "y"], ["error", 1], ["ok"], 7],
 )
 def test_malformed_replies(obj: object) -> None:
