@@ -164,6 +164,8 @@ DIAGNOSIS_MAX: Final = 0.25
 
 #: The shortest keepalive timeout a server's election timeout gives.
 KEEPALIVE_MIN: Final = 0.1
+#: The shortest time a handshake is given, whatever the keepalive timeout.
+HANDSHAKE_MIN: Final = 0.5
 
 _HEADER = struct.Struct(">I")
 # Sizes the client does not know (the server checks its own, docs/protocol.md
@@ -272,10 +274,14 @@ def check_cluster_id(cluster_id: object) -> str:
     return cluster_id
 
 
-def connect_timeout(deadline: float, now: float) -> float:
+def connect_timeout(deadline: float, now: float, silence: float = math.inf) -> float:
     """How long connecting and the handshake may take, for a call with
-    ``deadline``."""
-    return max(0.001, min(CONNECT_TIMEOUT, deadline - now))
+    ``deadline``: at most CONNECT_TIMEOUT, and at most ``silence`` (the
+    client's keepalive timeout, once known; never below HANDSHAKE_MIN) --
+    a server that does not answer a hello that long is paused or cut off,
+    like one that does not answer a ping."""
+    limit = CONNECT_TIMEOUT if silence == math.inf else min(CONNECT_TIMEOUT, max(HANDSHAKE_MIN, silence))
+    return max(0.001, min(limit, deadline - now))
 
 
 def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_MAX) -> float:
@@ -897,15 +903,34 @@ class Router:
         self.node_endpoints: dict[int, str] = {}  # from welcomes, hints, leader answers
         #: The servers' election timeout, from the latest welcome that said it.
         self.election_timeout: float | None = None
+        #: Endpoints whose connection failed or broke since their last
+        #: welcome: tried only when every other endpoint is in here too.
+        self.unreachable: set[str] = set()
         self._next = 0
 
+    def silence(self, configured: float | None) -> float:
+        """The keepalive timeout of a new connection before its welcome: the
+        caller's, else the election timeout other servers announced."""
+        return keepalive_timeout(configured, ServerInfo(election_timeout=self.election_timeout))
+
     def rotate(self, avoid: str | None = None) -> str:
-        for _ in range(len(self.endpoints)):
-            endpoint = self.endpoints[self._next % len(self.endpoints)]
-            self._next += 1
-            if endpoint != avoid or len(self.endpoints) == 1:
+        """The next endpoint in turn, skipping ``avoid`` and, while others
+        remain, the unreachable ones."""
+        n = len(self.endpoints)
+        fallback: int | None = None
+        for i in range(n):
+            at = (self._next + i) % n
+            endpoint = self.endpoints[at]
+            if endpoint == avoid and n > 1:
+                continue
+            if endpoint not in self.unreachable:
+                self._next = at + 1
                 return endpoint
-        return self.endpoints[0]
+            if fallback is None:
+                fallback = at
+        at = fallback if fallback is not None else self._next % n
+        self._next = at + 1
+        return self.endpoints[at]
 
     def pick(self, to_leader: bool, avoid: str | None, connected: Collection[str] = ()) -> str:
         """Writes and linearizable / lease reads: the leader if known; eventual
@@ -920,6 +945,7 @@ class Router:
 
     def welcomed(self, endpoint: str, node_id: int, info: ServerInfo | None = None) -> None:
         self.node_endpoints[node_id] = endpoint
+        self.unreachable.discard(endpoint)
         if info is not None and info.election_timeout is not None:
             self.election_timeout = info.election_timeout
 
@@ -930,6 +956,8 @@ class Router:
         return BACKOFF_MAX if et is None else max(BACKOFF_MIN, min(BACKOFF_MAX, et / 4))
 
     def dropped(self, endpoint: str) -> None:
+        """Connecting to ``endpoint`` failed, or its connection broke."""
+        self.unreachable.add(endpoint)
         if self.leader == endpoint:
             self.leader = None
 

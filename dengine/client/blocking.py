@@ -274,7 +274,7 @@ class BlockingClient:
         if self._closed:
             raise Unavailable("the client is closed")
         return _Connection.open(self._endpoint(endpoint), cluster_id=self.cluster_id, ssl_context=self._ssl_context,
-                                timeout=_core.connect_timeout(deadline, _now()),
+                                timeout=_core.connect_timeout(deadline, _now(), self._router.silence(self.keepalive_timeout)),
                                 keepalive_timeout=self.keepalive_timeout)
 
     def _connection(self, endpoint: str, deadline: float) -> _Connection:

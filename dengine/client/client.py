@@ -127,7 +127,7 @@ class Client:
                 ep.port,
                 cluster_id=self.cluster_id,
                 ssl_context=self._ssl_context,
-                connect_timeout=_core.connect_timeout(deadline, trio.current_time()),
+                connect_timeout=_core.connect_timeout(deadline, trio.current_time(), self._router.silence(self.keepalive_timeout)),
                 keepalive_timeout=self.keepalive_timeout,
             )
             self._conns[endpoint] = conn

@@ -249,3 +249,30 @@ def test_a_lost_write_names_why_the_connection_was_lost() -> None:
     att.sending()
     with pytest.raises(Unavailable, match=r"was lost after the write was sent \(no answer from a:1"):
         att.failed("a:1", _core.ConnectionLost("a:1", sent=True, reason="no answer from a:1 for 0.30 s"))
+
+
+# -- after a silent or unreachable server -------------------------------------------------------
+
+
+def test_an_endpoint_that_failed_is_tried_last_until_it_welcomes_again() -> None:
+    router = _core.Router(["a:1", "b:2", "c:3"])
+    router.dropped("a:1")  # its connection went silent, or connecting failed
+    assert [router.rotate() for _ in range(4)] == ["b:2", "c:3", "b:2", "c:3"]
+    router.dropped("b:2")
+    assert {router.rotate() for _ in range(3)} == {"c:3"}
+    router.dropped("c:3")  # all failed: every one is tried again in turn
+    assert {router.rotate() for _ in range(3)} == {"a:1", "b:2", "c:3"}
+    router.welcomed("a:1", 1)
+    assert {router.rotate() for _ in range(3)} == {"a:1"}
+    assert router.rotate(avoid="a:1") in ("b:2", "c:3")  # avoided: the others, unreachable or not
+
+
+def test_a_handshake_is_given_as_long_as_silence_is_tolerated_but_at_least_half_a_second() -> None:
+    assert _core.connect_timeout(100.0, 0.0) == _core.CONNECT_TIMEOUT  # nothing known
+    assert _core.connect_timeout(100.0, 0.0, silence=2.0) == 2.0
+    assert _core.connect_timeout(100.0, 0.0, silence=0.3) == _core.HANDSHAKE_MIN
+    assert _core.connect_timeout(0.2, 0.0, silence=2.0) == 0.2  # the call's deadline first
+    router = _core.Router(["a:1"])
+    assert router.silence(None) == math.inf
+    router.welcomed("a:1", 1, _core.ServerInfo(election_timeout=0.3))
+    assert router.silence(None) == 0.3 and router.silence(4.0) == 4.0
