@@ -28,6 +28,7 @@ state in WAL records without encoding twice.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -69,9 +70,19 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------
 
 
+_packers = threading.local()
+
+
 def pack(obj: Any) -> bytes:
-    """msgpack-encode a plain structure with dengine's options."""
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    """msgpack-encode a plain structure with dengine's options. One Packer
+    per thread, reused (``msgpack.packb`` builds one per call, which costs
+    as much as the packing of a small message); a Packer resets its buffer
+    after every call, failed or not."""
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(obj)
     return packed
 
 

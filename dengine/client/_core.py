@@ -106,6 +106,7 @@ from dengine.transport.client_protocol import (
     decode_revision,
     decode_scan,
     decode_status,
+    decode_value,
     decode_values,
     decode_watch_item,
     encode_request,
@@ -560,6 +561,8 @@ class ConnectionState:
         self.max_frame_size = max_frame_size
         self.node_id: int | None = None
         self.info = ServerInfo()  # from the welcome
+        self._size_checks: tuple[tuple[str, int, str], ...] = ()
+        self._send_limit = max_frame_size
         self.closed: str | None = None
         self._buf = bytearray()
         self._ids = itertools.count(1)
@@ -596,7 +599,7 @@ class ConnectionState:
             if type(node_id) is int and node_id >= 0:
                 self.node_id = node_id
                 if len(reply) >= 4:
-                    self.info = ServerInfo.from_welcome(reply[3])
+                    self._learn(ServerInfo.from_welcome(reply[3]))
                 return node_id
         if type(reply) is list and len(reply) == 3 and reply[0] == "error":
             code, message = reply[1], reply[2]
@@ -624,16 +627,25 @@ class ConnectionState:
 
     # -- requests (docs/protocol.md §3) -------------------------------------------
 
-    def _check_sizes(self, args: Mapping[str, Any]) -> None:
-        """Keys and values over the limits this server announced are refused
-        before they are sent, citing the server's limit."""
-        info = self.info
+    def _learn(self, info: ServerInfo) -> None:
+        self.info = info
+        checks = []
         for name, limit, setting in (("key", info.max_key_size, "raft.max_key_size"),
                                      ("prefix", info.max_key_size, "raft.max_key_size"),
                                      ("value", info.max_value_size, "raft.max_value_size"),
                                      ("new", info.max_value_size, "raft.max_value_size")):
+            if limit is not None:
+                checks.append((name, limit, setting))
+        self._size_checks = tuple(checks)
+        if info.max_frame_size is not None:
+            self._send_limit = min(self.max_frame_size, info.max_frame_size)
+
+    def _check_sizes(self, args: Mapping[str, Any]) -> None:
+        """Keys and values over the limits this server announced are refused
+        before they are sent, citing the server's limit."""
+        for name, limit, setting in self._size_checks:
             data = args.get(name)
-            if limit is not None and type(data) is bytes and len(data) > limit:
+            if type(data) is bytes and len(data) > limit:
                 what = "value" if name == "new" else name
                 raise InvalidArgument(
                     f"{what} is {len(data)} bytes, larger than the limit of {limit} bytes of the server at "
@@ -641,10 +653,10 @@ class ConnectionState:
                 )
 
     def _frame_of(self, rid: int, op: str, args: Mapping[str, Any]) -> bytes:
-        self._check_sizes(args)
+        if self._size_checks:
+            self._check_sizes(args)
         body = encode_request(rid, op, args)
-        limit = self.max_frame_size if self.info.max_frame_size is None else min(
-            self.max_frame_size, self.info.max_frame_size)
+        limit = self._send_limit
         if len(body) > limit:
             raise InvalidArgument(
                 f"this {op} request is {len(body)} bytes, more than one frame may carry "
@@ -769,14 +781,24 @@ def result_of(response: Response) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-@attrs.frozen
 class Call:
-    op: str
-    args: dict[str, Any]
-    decode: Callable[[dict[str, Any]], Any]
-    write: bool = False
-    to_leader: bool = False
-    timeout: float | None = None
+    """One API call: its op and arguments, how its answer decodes, whether
+    it writes, whether it must reach the leader, its own timeout (None: the
+    client's). A plain slotted class: one is built per call."""
+
+    __slots__ = ("args", "decode", "op", "timeout", "to_leader", "write")
+
+    def __init__(self, op: str, args: dict[str, Any], decode: Callable[[dict[str, Any]], Any], *,
+                 write: bool = False, to_leader: bool = False, timeout: float | None = None) -> None:
+        self.op = op
+        self.args = args
+        self.decode = decode
+        self.write = write
+        self.to_leader = to_leader
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Call({self.op!r}, {self.args!r}, write={self.write}, to_leader={self.to_leader})"
 
 
 _LEVELS: dict[object, str] = {**{m: m.value for m in ReadConsistency}, **{m.value: m.value for m in ReadConsistency}}
@@ -853,11 +875,7 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
             max_key_size: int | None = None) -> Call:
         calls._key(key, max_key_size)
 
-        def value(body: dict[str, Any]) -> bytes | None:
-            kv: KeyValue | None = decode_kv(key, body)
-            return None if kv is None else kv.value
-
-        return calls._read("get", {"key": key}, value, consistency, timeout)
+        return calls._read("get", {"key": key}, decode_value, consistency, timeout)
 
     @staticmethod
     def get_many(keys: Sequence[bytes], *, consistency: ReadConsistency | str | None, timeout: float | None,
@@ -932,7 +950,7 @@ class Router:
         self._next = at + 1
         return self.endpoints[at]
 
-    def pick(self, to_leader: bool, avoid: str | None, connected: Collection[str] = ()) -> str:
+    def pick(self, to_leader: bool, avoid: str | None, connected: Iterable[str] = ()) -> str:
         """Writes and linearizable / lease reads: the leader if known; eventual
         reads: a server already connected; else the next endpoint."""
         if to_leader and self.leader is not None and self.leader != avoid:
@@ -1032,7 +1050,7 @@ class Attempts:
 
     # -- where and how --------------------------------------------------------------
 
-    def target(self, connected: Collection[str] = ()) -> str:
+    def target(self, connected: Iterable[str] = ()) -> str:
         endpoint = self.router.pick(self.call.to_leader, self.avoid, connected)
         self.avoid = None
         return endpoint

@@ -152,10 +152,11 @@ class Client:
         The connection enforces the deadline on the request itself (no cancel
         scope per call); connecting and backing off run under a scope of
         their own, only when they happen."""
+        now = trio.current_time()
         att = Attempts(call, self._router, limit=self.timeout if call.timeout is None else call.timeout,
-                       now=trio.current_time(), rng=self._rng)
+                       now=now, rng=self._rng)
         while True:
-            endpoint = att.target(self._connected())
+            endpoint = att.target(e for e, c in self._conns.items() if not c.closed)
             conn = self._conns.get(endpoint)
             if conn is None or conn.closed:
                 conn = None
@@ -171,10 +172,11 @@ class Client:
                     if not await self._sleep(att):
                         break
                     continue
+                now = trio.current_time()
             att.connected(endpoint, conn.node_id)
             att.sending()
             try:
-                body = await conn.request(call.op, att.args(trio.current_time()), deadline=att.request_deadline)
+                body = await conn.request(call.op, att.args(now), deadline=att.request_deadline)
                 return att.answered(endpoint, body)
             except (Expired, ConnectionLost, DengineError) as exc:
                 if isinstance(exc, ConnectionLost):
@@ -184,6 +186,7 @@ class Client:
                 break
             if step is Next.BACKOFF and not await self._sleep(att):
                 break
+            now = trio.current_time()
         raise att.timeout_error(await self._diagnose(att))
 
     async def _sleep(self, att: Attempts) -> bool:

@@ -467,6 +467,12 @@ def decode_kv(key: bytes, body: Mapping[str, Any]) -> KeyValue | None:
     return KeyValue(key=key, value=value, revision=_field(body, "revision", _uint))
 
 
+def decode_value(body: Mapping[str, Any]) -> bytes | None:
+    """The value of a ``get`` answer (None: no such key)."""
+    value: bytes | None = _field(body, "value", _bin_or_nil)
+    return value
+
+
 def decode_values(body: Mapping[str, Any], count: int) -> list[bytes | None]:
     raw = body.get("values")
     if type(raw) is not list or len(raw) != count:
