@@ -192,7 +192,6 @@ class Node:
         self._apply_wakeup = trio.Event()
         self._snapshotting = False
         self._stopped = False
-        self.event_sinks: list[Callable[[list[WatchEvent], int], None]] = []
         # Watchers: fed synchronously by the applier, never blocking it.
         self.watch = WatchDispatcher(options.watch, applied_index=self.kv.applied_index)
         self.persisted_batches = 0
@@ -412,8 +411,6 @@ class Node:
         self.installed_snapshots += 1
         self.driver.on_snapshot_installed(snapshot.meta)
         self.watch.publish_snapshot(snapshot.meta.index)
-        for sink in self.event_sinks:
-            sink([], snapshot.meta.index)
 
     def _apply_entries(self, entries: Iterable[Entry]) -> list[ApplyResult | None]:
         kv = self.kv
@@ -440,8 +437,6 @@ class Node:
             if len(self._expiring) > 10 * self.options.ttl_sweep_limit:
                 self._expiring.clear()
         self.watch.publish(events, kv.applied_index)
-        for sink in self.event_sinks:
-            sink(events, kv.applied_index)
         return results
 
     def _maybe_snapshot(self) -> None:
