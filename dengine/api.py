@@ -147,6 +147,19 @@ class Member:
 
 
 @attrs.frozen(slots=True)
+class MembershipChange:
+    """One membership change that took effect at ``revision`` (the Raft
+    index of its entry): ``kind`` is "added_learner", "added_voter",
+    "promoted", "removed" or "updated"; ``members`` is the whole membership
+    after it."""
+
+    revision: int
+    kind: str
+    node_id: int
+    members: tuple[Member, ...]
+
+
+@attrs.frozen(slots=True)
 class Status:
     """A snapshot of one node's view of itself and the cluster."""
 

@@ -29,6 +29,7 @@ from dengine.api import (
     KeyValue,
     LeaderInfo,
     Member,
+    MembershipChange,
     ReadConsistency,
     ScanResult,
     Status,
@@ -43,13 +44,18 @@ from dengine.errors import (
     DengineError,
     EngineStopped,
     InvalidArgument,
+    LeaderChanged,
+    MembershipChangeInProgress,
+    MembershipChangeRefused,
     NotLeader,
     Timeout,
     Unavailable,
 )
+from dengine.config.addresses import parse_address
 from dengine.kv.commands import CompareAndSwap, Delete, Put
+from dengine.kv.members import encode_member_context
 from dengine.lifecycle import Subscription
-from dengine.raft.messages import Role
+from dengine.raft.messages import ConfChange, ConfChangeType, Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
 from dengine.storage.file import FileStorage
 from dengine.transport.base import single_leaf
@@ -255,6 +261,8 @@ class Engine:
         self.default_consistency = ReadConsistency.parse(config.raft.default_read_consistency)
         # Client addresses the other members announced (live; empty without TCP peers).
         self.peer_client_addresses: dict[int, str] = {}
+        #: Where this node serves clients (``dengine serve`` sets it), if anywhere.
+        self.client_address: str | None = None
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -329,14 +337,153 @@ class Engine:
         """Counters of this node's watch dispatcher: events, lag, cancellations."""
         return self._node.watch.statistics()
 
+    # -- membership -----------------------------------------------------------
+
+    def members(self) -> tuple[Member, ...]:
+        """The members as this node's applied state records them: roles,
+        peer addresses, and client addresses (announced in handshakes or
+        configured when the state has none)."""
+        return tuple(
+            m if m.client_address is not None else attrs.evolve(m, client_address=self._client_address_of(m.node_id))
+            for m in self._node.member_list()
+        )
+
+    def _client_address_of(self, node_id: int) -> str | None:
+        if node_id == self.config.node_id and self.client_address is not None:
+            return self.client_address
+        return self.peer_client_addresses.get(node_id) or self.config.cluster.client_addresses.get(node_id)
+
+    def _member(self, node_id: int) -> Member:
+        for m in self.members():
+            if m.node_id == node_id:
+                return m
+        raise Unavailable(f"node {node_id} is not a member (the change did not take effect)")
+
+    def watch_members(self) -> Subscription[MembershipChange]:
+        """Every membership change from now on, with the revision at which it
+        took effect and the whole membership after it: ``with
+        engine.watch_members() as changes: async for change in changes``. A
+        reader more than 64 changes behind is ended with ResourceExhausted
+        (none is dropped silently)."""
+        return self._node.lifecycle.membership_changes()
+
+    async def add_member(
+        self,
+        peer_address: str,
+        *,
+        learner: bool = True,
+        node_id: int | None = None,
+        client_address: str | None = None,
+        timeout: float | None = None,
+    ) -> Member:
+        """Add a member that will listen for peers at ``peer_address`` (and
+        serve clients at ``client_address``, if given; a node announces its
+        own when it starts). It joins as a learner; with ``learner=False``
+        it is promoted to voter once it has caught up, within the timeout.
+        ``node_id`` defaults to one never used in this cluster. Leader only."""
+        limit = self._timeout(timeout)
+        deadline = trio.current_time() + limit
+        peer_address = _member_address(peer_address, "peer_address")
+        if client_address is not None:
+            client_address = _member_address(client_address, "client_address")
+        node = self._node
+        if node.current_role is not Role.LEADER:
+            raise node.not_leader()
+        members = self.members()
+        for m in members:
+            if m.peer_address == peer_address:
+                raise InvalidArgument(f"peer address {peer_address} is already node {m.node_id}'s")
+        used = max([node.kv.members.max_id, *(m.node_id for m in members), *self.config.cluster.initial])
+        if node_id is None:
+            node_id = used + 1
+        elif isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 0:
+            raise InvalidArgument(f"node_id must be a positive integer, got {node_id!r}")
+        elif any(m.node_id == node_id for m in members):
+            raise InvalidArgument(f"node {node_id} is already a member")
+        elif node_id <= node.kv.members.max_id:
+            raise InvalidArgument(f"node id {node_id} belonged to a removed member; ids are never reused")
+        context = encode_member_context(peer_address, client_address)
+        await self._change(ConfChange(ConfChangeType.ADD_LEARNER, node_id, context), deadline, limit)
+        if not learner:
+            await self._promote_when_caught_up(node_id, deadline, limit)
+        return self._member(node_id)
+
+    async def promote_member(self, node_id: int, *, timeout: float | None = None) -> Member:
+        """Make learner ``node_id`` a voter; refused (MembershipChangeRefused)
+        unless it is within ``raft.learner_max_lag`` entries of the leader.
+        Leader only."""
+        limit = self._timeout(timeout)
+        await self._change(ConfChange(ConfChangeType.PROMOTE, _node_id(node_id)), trio.current_time() + limit, limit)
+        return self._member(node_id)
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        """Remove member ``node_id`` (voter or learner; the leader itself too:
+        it hands leadership to the most caught-up voter once the removal
+        commits). Refused if it would leave no reachable majority. Leader
+        only."""
+        limit = self._timeout(timeout)
+        await self._change(ConfChange(ConfChangeType.REMOVE, _node_id(node_id)), trio.current_time() + limit, limit)
+
+    async def update_member(
+        self,
+        node_id: int,
+        *,
+        peer_address: str | None = None,
+        client_address: str | None = None,
+        timeout: float | None = None,
+    ) -> Member:
+        """Record new addresses for member ``node_id`` (what is not given stays).
+        Leader only."""
+        limit = self._timeout(timeout)
+        if peer_address is None and client_address is None:
+            raise InvalidArgument("update_member needs a peer_address or a client_address")
+        if peer_address is not None:
+            peer_address = _member_address(peer_address, "peer_address")
+            for m in self.members():
+                if m.peer_address == peer_address and m.node_id != node_id:
+                    raise InvalidArgument(f"peer address {peer_address} is already node {m.node_id}'s")
+        if client_address is not None:
+            client_address = _member_address(client_address, "client_address")
+        context = encode_member_context(peer_address, client_address)
+        await self._change(ConfChange(ConfChangeType.UPDATE, _node_id(node_id), context),
+                           trio.current_time() + limit, limit)
+        return self._member(node_id)
+
+    async def _promote_when_caught_up(self, node_id: int, deadline: float, limit: float) -> None:
+        """Promote a new learner as soon as the leader allows it (it caught up)."""
+        delay = 0.01
+        while True:
+            try:
+                await self._change(ConfChange(ConfChangeType.PROMOTE, node_id), deadline, limit)
+                return
+            except (MembershipChangeRefused, MembershipChangeInProgress) as exc:
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    raise Timeout(f"node {node_id} was added as a learner but not promoted within {limit:g} s: "
+                                  f"{exc}") from None
+                await trio.sleep(min(delay, left))
+                delay = min(delay * 2, 0.2)
+
+    async def _change(self, change: ConfChange, deadline: float, limit: float) -> None:
+        """Propose one membership change and wait until this node applied it."""
+        node = self._node
+        if node.current_role is not Role.LEADER:
+            raise node.not_leader()
+        index, term = node.propose_conf_change(change)
+        waiter = node.applied_waiter(index)
+        if waiter is not None:
+            node.expire(waiter, deadline, "the membership change did not take effect within {:g} s; "
+                        "it may or may not be applied", limit)
+            await waiter.wait()
+        if node.raw.core.log.term(index) not in (term, None):
+            raise LeaderChanged(
+                "the leader changed before the membership change committed; it was not applied"
+            )
+
     def status(self) -> Status:
         node = self._node
         core = node.raw.core
-        conf = core.conf
-        members = tuple(
-            Member(node_id=n, peer_address=self.config.initial_cluster.get(n, ""), is_learner=n in conf.learners)
-            for n in sorted(conf.members())
-        )
+        members = self.members()
         return Status(
             node_id=node.raw.id,
             role=core.role.value,
@@ -368,6 +515,22 @@ class Engine:
                     if info.leader_id is not None and info.leader_id != core.id:
                         return info.leader_id
         raise Timeout(f"leadership did not move to node {target} within {limit:g} s")
+
+
+def _member_address(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a host:port string, got {type(value).__name__}")
+    try:
+        parse_address(value, allow_port_zero=False)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{name}: {exc.message}") from None
+    return value
+
+
+def _node_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgument(f"node_id must be a positive integer, got {value!r}")
+    return value
 
 
 def _find_dengine_error(exc: BaseException) -> DengineError | None:
@@ -453,6 +616,7 @@ async def open_engine(
             node = await stack.enter_async_context(open_node(node_options(cfg), store, outbox, inbound))
             engine = Engine(cfg, node)
             engine.peer_client_addresses = learned
+            engine.client_address = client_address
             log.info("dengine node %d started (data dir %s)", cfg.node_id, cfg.data_dir)
             try:
                 yield engine

@@ -34,6 +34,8 @@ class ErrorCode:
     PROPOSAL_DROPPED = 2006
     MEMBERSHIP_CHANGE_IN_PROGRESS = 2007
     LEADER_CHANGED = 2008
+    MEMBER_REMOVED = 2009
+    MEMBERSHIP_CHANGE_REFUSED = 2010
 
     STORAGE_ERROR = 3000
     STORAGE_CORRUPTED = 3001
@@ -169,6 +171,22 @@ class MembershipChangeInProgress(ProposalDropped):
     """Only one membership change may be in flight; retry once it committed."""
 
     code = ErrorCode.MEMBERSHIP_CHANGE_IN_PROGRESS
+
+
+class MembershipChangeRefused(ClusterError):
+    """The leader refused a membership change that would not be safe now: a
+    learner not caught up, or a change that would leave the cluster without
+    a majority the leader can reach. The message says which; retry once the
+    cluster allows it."""
+
+    code = ErrorCode.MEMBERSHIP_CHANGE_REFUSED
+
+
+class MemberRemoved(ClusterError):
+    """This node was removed from the cluster: it no longer serves requests
+    or takes part in elections. Talk to the remaining members."""
+
+    code = ErrorCode.MEMBER_REMOVED
 
 
 # --- the disk failed ------------------------------------------------------------

@@ -21,7 +21,8 @@ from typing import Generic, TypeVar
 
 import trio
 
-from dengine.api import LeaderInfo
+from dengine.api import LeaderInfo, MembershipChange
+from dengine.errors import ResourceExhausted
 
 T = TypeVar("T")
 
@@ -34,13 +35,20 @@ class Subscription(Generic[T]):
     ``receive()``; both end with ``trio.EndOfChannel`` semantics when the
     engine stops (iteration just finishes)."""
 
-    def __init__(self, hub: _Hub[T], *, coalesce: bool, maxlen: int) -> None:
+    def __init__(self, hub: _Hub[T], *, coalesce: bool, maxlen: int, strict: bool = False) -> None:
         self._hub = hub
         self._items: deque[T] = deque(maxlen=1 if coalesce else maxlen)
         self._event = trio.Event()
         self._closed = False
+        self._strict = strict  # over maxlen: end with ResourceExhausted instead of dropping
+        self._overflowed = False
 
     def _push(self, value: T) -> None:
+        if self._strict and len(self._items) == self._items.maxlen:
+            self._overflowed = True
+            self._hub._discard(self)
+            self._close()
+            return
         self._items.append(value)
         self._event.set()
 
@@ -55,15 +63,23 @@ class Subscription(Generic[T]):
             if self._items:
                 return self._items.popleft()
             if self._closed:
-                raise trio.EndOfChannel
+                self._raise_end()
             self._event = trio.Event()
             await self._event.wait()
+
+    def _raise_end(self) -> None:
+        if self._overflowed:
+            raise ResourceExhausted(
+                f"this subscription fell more than {self._items.maxlen} values behind and was ended "
+                "(none was dropped silently); open a new one"
+            )
+        raise trio.EndOfChannel
 
     def receive_nowait(self) -> T:
         if self._items:
             return self._items.popleft()
         if self._closed:
-            raise trio.EndOfChannel
+            self._raise_end()
         raise trio.WouldBlock
 
     def close(self) -> None:
@@ -88,14 +104,15 @@ class Subscription(Generic[T]):
 
 
 class _Hub(Generic[T]):
-    def __init__(self, *, coalesce: bool, maxlen: int = 64) -> None:
+    def __init__(self, *, coalesce: bool, maxlen: int = 64, strict: bool = False) -> None:
         self._subs: list[Subscription[T]] = []
         self._coalesce = coalesce
         self._maxlen = maxlen
+        self._strict = strict
         self._closed = False
 
     def subscribe(self, initial: T | None = None) -> Subscription[T]:
-        sub: Subscription[T] = Subscription(self, coalesce=self._coalesce, maxlen=self._maxlen)
+        sub: Subscription[T] = Subscription(self, coalesce=self._coalesce, maxlen=self._maxlen, strict=self._strict)
         if initial is not None:
             sub._push(initial)
         if self._closed:
@@ -105,7 +122,7 @@ class _Hub(Generic[T]):
         return sub
 
     def publish(self, value: T) -> None:
-        for sub in self._subs:
+        for sub in list(self._subs):
             sub._push(value)
 
     def close(self) -> None:
@@ -129,6 +146,8 @@ class Lifecycle:
         self.leader = LeaderInfo(leader_id=None, term=0)
         self._leader_hub: _Hub[LeaderInfo] = _Hub(coalesce=True)
         self._first_commit_hub: _Hub[int] = _Hub(coalesce=False, maxlen=64)
+        # Every membership change, none dropped: a reader 64 behind is ended.
+        self._member_hub: _Hub[MembershipChange] = _Hub(coalesce=False, maxlen=64, strict=True)
 
     # -- fed by the runtime ----------------------------------------------
 
@@ -141,6 +160,9 @@ class Lifecycle:
     def first_commit(self, index: int) -> None:
         self._first_commit_hub.publish(index)
 
+    def membership_changed(self, change: MembershipChange) -> None:
+        self._member_hub.publish(change)
+
     def mark_ready(self) -> None:
         self.ready.set()
 
@@ -150,6 +172,7 @@ class Lifecycle:
     def finish_stop(self) -> None:
         self._leader_hub.close()
         self._first_commit_hub.close()
+        self._member_hub.close()
         self.stopping.set()
         self.stopped.set()
 
@@ -160,3 +183,6 @@ class Lifecycle:
 
     def first_commits(self) -> Subscription[int]:
         return self._first_commit_hub.subscribe()
+
+    def membership_changes(self) -> Subscription[MembershipChange]:
+        return self._member_hub.subscribe()

@@ -47,7 +47,6 @@ import trio
 from dengine.config import ClusterSettings, Config, NodeSettings, RaftSettings
 from dengine.embedded import Engine, open_engine
 from dengine.errors import InvalidArgument
-from dengine.raft.messages import ConfChange, ConfChangeType
 from dengine.storage.base import Storage
 from dengine.storage.memory import MemoryStorage
 from dengine.transport.base import single_leaf
@@ -134,7 +133,6 @@ class Cluster:
         self.raft: dict[str, Any] = {**FAST_RAFT, **(raft or {})}
         self.engines: dict[int, Engine] = {}
         self._initial = dict(self.addresses)
-        self._learners: set[int] = set()
         self._scopes: dict[int, trio.CancelScope] = {}
         self._done: dict[int, trio.Event] = {}
 
@@ -146,7 +144,7 @@ class Cluster:
                 id=node_id, data_dir=str(self.data_root / f"n{node_id}"), peer_address=self.addresses[node_id]
             ),
             # A learner joins the running cluster: it knows the first members only.
-            cluster=ClusterSettings(id=self.cluster_id, initial=self._initial, join=node_id in self._learners),
+            cluster=ClusterSettings(id=self.cluster_id, initial=self._initial, join=node_id not in self._initial),
             raft=attrs.evolve(RaftSettings(), **self.raft),
         )
 
@@ -191,8 +189,7 @@ class Cluster:
             raise InvalidArgument(f"node {node_id} is already a member")
         leader = await self.wait_leader()
         self.addresses[node_id] = f"127.0.0.1:{7000 + node_id}"
-        self._learners.add(node_id)
-        leader._node.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, node_id))
+        await leader.add_member(self.addresses[node_id], node_id=node_id)
         return await self.start(node_id)
 
     async def wait_leader(self, exclude: frozenset[int] | set[int] = frozenset()) -> Engine:

@@ -38,6 +38,7 @@ from dengine.config.settings import (
     section_field,
 )
 from dengine.errors import ConfigError
+from dengine.kv.members import encode_member_context
 from dengine.raft.core import RaftConfig
 
 __all__ = ["Config"]
@@ -224,14 +225,20 @@ class Config:
     def raft_config(self) -> RaftConfig:
         """The :class:`~dengine.raft.core.RaftConfig` of the pure core."""
         r = self.raft
+        voters = self.initial_voters()
+        # Each bootstrap entry records its voter's peer address; every
+        # initial member derives them from the same `cluster.initial`.
+        addresses = dict(self.cluster.initial) or {self.node.id: self.peer_address}
         return RaftConfig(
             id=self.node.id,
-            initial_voters=self.initial_voters(),
+            initial_voters=voters,
+            initial_contexts={n: encode_member_context(peer_address=addresses[n]) for n in voters if n in addresses},
             election_tick=r.election_ticks,
             heartbeat_tick=r.heartbeat_ticks,
             max_clock_drift=r.max_clock_drift,
             max_uncommitted_bytes=r.max_uncommitted_bytes,
             max_committed_bytes_per_ready=r.max_apply_bytes,
+            learner_max_lag=r.learner_max_lag,
             max_inflight=r.max_inflight,
             max_append_entries=r.max_append_entries,
             max_append_bytes=r.max_append_bytes,

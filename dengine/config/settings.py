@@ -285,6 +285,12 @@ class RaftSettings:
         "so a long catch-up never stalls timers and clients.",
         minimum=1,
     )
+    learner_max_lag: int = _setting(
+        1000,
+        "int",
+        "A learner is promoted to voter only when the leader's log is at most this many entries ahead of it.",
+        minimum=0,
+    )
     proposal_batch_max: int = _setting(
         1024,
         "int",

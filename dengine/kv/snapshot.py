@@ -8,8 +8,11 @@ Rules of this module:
 * Layout (msgpack, bin type for bytes)::
 
       [SNAPSHOT_VERSION, applied_index, clock_ms,
-       [key, value, revision, expire_at_ms | nil, ...]]   # keys ascending
+       [key, value, revision, expire_at_ms | nil, ...],   # keys ascending
+       [max_member_id, [[node_id, peer | nil, client | nil], ...]]]
 
+  Version 1 (written before the member table existed) has no fifth
+  element and restores with an empty table.
 * ``restore`` checks everything it reads (types, ascending unique keys) and
   raises :class:`~dengine.errors.MalformedMessage` on anything else; the
   caller decides whether that means a corrupt file or a misbehaving peer.
@@ -25,11 +28,12 @@ import msgpack
 
 from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE
 from dengine.errors import MalformedMessage
+from dengine.kv.members import MemberTable
 from dengine.kv.store import FrozenImage, KVStore
 
 __all__ = ["SNAPSHOT_VERSION", "FrozenImage", "decode_image", "encode_image", "restore", "snapshot_bytes"]
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 _FIELDS = 4  # key, value, revision, expire_at
 
@@ -47,7 +51,7 @@ def encode_image(image: FrozenImage) -> bytes:
         append(revisions[key])
         append(expire_at(key))
     packed: bytes = msgpack.packb(
-        [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat], use_bin_type=True
+        [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat, image.members.to_wire()], use_bin_type=True
     )
     return packed
 
@@ -67,11 +71,16 @@ def decode_image(data: bytes) -> FrozenImage:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MalformedMessage(f"KV snapshot is not valid msgpack: {exc}") from None
-    if type(raw) is not list or len(raw) != 4:
-        raise MalformedMessage("KV snapshot must be [version, applied_index, clock_ms, entries]")
-    version, applied, clock, flat = raw
-    if type(version) is not int or version != SNAPSHOT_VERSION:
-        raise MalformedMessage(f"unsupported KV snapshot version {version!r}")
+    if type(raw) is not list or len(raw) not in (4, 5):
+        raise MalformedMessage("KV snapshot must be [version, applied_index, clock_ms, entries, members]")
+    version = raw[0]
+    if type(version) is not int or version not in (1, SNAPSHOT_VERSION) or len(raw) != (4 if version == 1 else 5):
+        raise MalformedMessage(f"unsupported KV snapshot version {version!r} (or a layout not of that version)")
+    _, applied, clock, flat = raw[:4]
+    try:
+        members = MemberTable.from_wire(raw[4]) if version >= 2 else MemberTable()
+    except ValueError as exc:
+        raise MalformedMessage(f"KV snapshot: {exc}") from None
     if not _is_uint(applied) or not _is_uint(clock):
         raise MalformedMessage("KV snapshot index and clock must be non-negative ints")
     if type(flat) is not list or len(flat) % _FIELDS:
@@ -93,6 +102,7 @@ def decode_image(data: bytes) -> FrozenImage:
         values=dict(zip(keys, vals)),
         revisions=dict(zip(keys, revs)),
         expire_at={k: e for k, e in zip(keys, exps) if e is not None},
+        members=members,
     )
 
 

@@ -60,6 +60,7 @@ from dengine.api import (
 )
 from dengine.errors import DengineError, EngineStopped, ErrorCode, InvalidArgument, error_for_code
 from dengine.kv.commands import Batch, Command, CompareAndSwap, Delete, ExpireKeys, Put, decode_batch
+from dengine.kv.members import MemberTable
 from dengine.kv.ttl import TTLIndex
 
 __all__ = ["ApplyResult", "CommandError", "FrozenImage", "KVStore", "Result"]
@@ -106,6 +107,7 @@ class FrozenImage:
     values: dict[bytes, bytes]
     revisions: dict[bytes, int]
     expire_at: dict[bytes, int]
+    members: MemberTable = attrs.field(factory=MemberTable)
 
 
 class KVStore:
@@ -122,6 +124,7 @@ class KVStore:
         "_ttl",
         "_closed",
         "_clock_fn",
+        "members",
     )
 
     def __init__(
@@ -139,6 +142,8 @@ class KVStore:
         self._keys: list[bytes] = []
         self._ttl = TTLIndex()
         self._closed = False
+        #: What the replicated state records of each member (dengine.kv.members).
+        self.members = MemberTable()
         # Wall clock in ms for get_nowait's TTL check (injected: the store
         # never reads a clock of its own).
         self._clock_fn: Callable[[], int] = self._log_clock
@@ -170,6 +175,18 @@ class KVStore:
             self._applied = index
             return ApplyResult(index, [], [])
         return self.apply_batch(index, decode_batch(payload), emit_events=emit_events)
+
+    def apply_member(self, index: int, node_id: int, change: str, context: bytes = b"") -> None:
+        """Apply a committed membership entry: ``change`` is "record" (a
+        member added, or its addresses updated: ``context`` says them),
+        "remove", or "none" (it changed nothing here)."""
+        if index <= self._applied:
+            raise ValueError(f"entry {index} is not after the applied index {self._applied}")
+        self._applied = index
+        if change == "record":
+            self.members.record(node_id, context)
+        elif change == "remove":
+            self.members.remove(node_id)
 
     def apply_batch(self, index: int, batch: Batch, *, emit_events: bool = True) -> ApplyResult:
         """Apply an already decoded entry payload."""
@@ -325,6 +342,7 @@ class KVStore:
         self._revisions = other._revisions
         self._keys = other._keys
         self._ttl = other._ttl
+        self.members = other.members
 
     def get_kv(self, key: bytes, now_ms: int) -> KeyValue | None:
         """Like :meth:`get` with the revision that last set the value."""
@@ -382,6 +400,7 @@ class KVStore:
             values=dict(self._values),
             revisions=dict(self._revisions),
             expire_at=self._ttl.copy_map(),
+            members=self.members.copy(),
         )
 
     @classmethod
@@ -400,6 +419,7 @@ class KVStore:
         store._values = dict(image.values)
         store._revisions = dict(image.revisions)
         store._ttl = TTLIndex(image.expire_at)
+        store.members = image.members.copy()
         return store
 
 

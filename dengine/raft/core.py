@@ -37,7 +37,7 @@ Rules (section numbers of the Raft paper / Ongaro's thesis):
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -90,6 +90,9 @@ class RaftConfig:
     # same set; a node joining an existing cluster is given an empty set and
     # learns the membership from the leader.
     initial_voters: frozenset[int] = attrs.field(factory=frozenset, converter=_node_set)
+    # What the bootstrap entry of each initial voter carries (identical on
+    # every initial member; opaque to the core).
+    initial_contexts: Mapping[int, bytes] = attrs.field(factory=dict)
     election_tick: int = 10
     heartbeat_tick: int = 1
     max_inflight: int = 256
@@ -110,6 +113,8 @@ class RaftConfig:
     # MaxCommittedSizePerReady), so one apply step stays bounded after a
     # restart or a long catch-up. At least one entry is always handed out.
     max_committed_bytes_per_ready: int = 4 << 20
+    # A learner is promoted only when at most this many entries behind.
+    learner_max_lag: int = 1000
 
     def lease_ticks(self) -> int:
         """How many ticks after a heartbeat round was sent the leader may
@@ -162,14 +167,17 @@ class RaftConfig:
         return problems
 
 
-def bootstrap_entries(voters: frozenset[int]) -> list[Entry]:
-    """The entries every initial member writes at indexes 1..n of a new cluster."""
+def bootstrap_entries(voters: frozenset[int], contexts: Mapping[int, bytes] | None = None) -> list[Entry]:
+    """The entries every initial member writes at indexes 1..n of a new
+    cluster; ``contexts`` (identical on every initial member: derived from
+    the shared initial configuration) go with them."""
+    contexts = contexts or {}
     return [
         Entry(
             index=k + 1,
             term=1,
             type=EntryType.CONF_CHANGE,
-            data=ConfChange(ConfChangeType.ADD_VOTER, node).encode(),
+            data=ConfChange(ConfChangeType.ADD_VOTER, node, contexts.get(node, b"")).encode(),
         )
         for k, node in enumerate(sorted(voters))
     ]
@@ -202,7 +210,7 @@ class RaftCore:
         self.pending_conf: list[int] = []  # indexes of conf entries not yet committed
         fresh = (hard_state is None or hard_state == HardState()) and snapshot is None and not entries
         if fresh and config.initial_voters:
-            boot = bootstrap_entries(config.initial_voters)
+            boot = bootstrap_entries(config.initial_voters, config.initial_contexts)
             self.log.append(boot)
             self.term = 1
             self.log.commit_to(len(boot))
@@ -428,9 +436,7 @@ class RaftCore:
             # leader cut off from a quorum steps down one election timeout
             # after it last heard from one (not up to two), and its callers
             # hear so (LeaderChanged) that much sooner.
-            now, limit = self.tick_count, cfg.election_tick
-            active = {p for p, pr in self.prs.items() if p == self.id or now - pr.last_heard < limit}
-            if not has_quorum(self.conf.voters, active):
+            if not has_quorum(self.conf.voters, self.recently_active()):
                 # We may be on the minority side of a partition.
                 self.become_follower(self.term, None)
                 return
@@ -488,12 +494,24 @@ class RaftCore:
                 "this leader has not committed an entry of its term yet; retry shortly"
             )
         membership.validate(self.conf, change)
+        pr = self.prs.get(change.node_id)
+        membership.check_safe(
+            self.conf, change, active=self.recently_active(),
+            learner_lag=None if pr is None or pr.match == 0 else self.log.last_index() - pr.match,
+            max_lag=self.config.learner_max_lag,
+        )
         index = self.log.last_index() + 1
         self._append_entries(
             [Entry(index=index, term=self.term, type=EntryType.CONF_CHANGE, data=change.encode())]
         )
         self._broadcast_append()
         return index, self.term
+
+    def recently_active(self) -> set[int]:
+        """Leader: the members it heard from within an election timeout, and
+        itself (check-quorum's view)."""
+        now, limit = self.tick_count, self.config.election_tick
+        return {p for p, pr in self.prs.items() if p == self.id or now - pr.last_heard < limit}
 
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; the answer comes as a ReadState

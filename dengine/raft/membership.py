@@ -16,8 +16,11 @@ promoted once caught up, so a slow new member never stalls commits.
 
 from __future__ import annotations
 
-from dengine.errors import InvalidArgument
+from collections.abc import Collection
+
+from dengine.errors import InvalidArgument, MembershipChangeRefused
 from dengine.raft.messages import ConfChange, ConfChangeType, ConfState
+from dengine.raft.quorum import has_quorum
 
 
 def validate(conf: ConfState, change: ConfChange) -> None:
@@ -40,6 +43,9 @@ def validate(conf: ConfState, change: ConfChange) -> None:
             raise InvalidArgument(f"node {node} is the last voter; removing it would leave no cluster")
     elif change.type is ConfChangeType.ADD_VOTER:
         raise InvalidArgument("ADD_VOTER is only for bootstrap; add a learner and promote it instead")
+    elif change.type is ConfChangeType.UPDATE:
+        if node not in conf.members():
+            raise InvalidArgument(f"node {node} is not a member")
     else:  # pragma: no cover - enum is closed
         raise InvalidArgument(f"unknown membership change {change.type!r}")
 
@@ -47,7 +53,8 @@ def validate(conf: ConfState, change: ConfChange) -> None:
 def apply(conf: ConfState, change: ConfChange) -> ConfState:
     """The configuration after ``change``. A change that does not apply (it
     was valid when proposed but is not now) leaves ``conf`` unchanged, the
-    same way on every replica."""
+    same way on every replica; so does UPDATE, which changes only what the
+    state machine records of a member."""
     node = change.node_id
     voters, learners = set(conf.voters), set(conf.learners)
     if change.type is ConfChangeType.ADD_LEARNER and node not in voters:
@@ -62,3 +69,34 @@ def apply(conf: ConfState, change: ConfChange) -> ConfState:
         voters.discard(node)
         learners.discard(node)
     return ConfState(voters=voters, learners=learners)
+
+
+def check_safe(conf: ConfState, change: ConfChange, *, active: Collection[int], learner_lag: int | None,
+               max_lag: int) -> None:
+    """Raise MembershipChangeRefused if ``change`` is valid but not safe now
+    (etcd's strict reconfiguration check), as the leader sees the cluster:
+    ``active`` are the members it heard from within an election timeout
+    (itself included), ``learner_lag`` how many entries a learner to
+    promote is behind its log (None: it never acknowledged an entry)."""
+    node = change.node_id
+    if change.type is ConfChangeType.PROMOTE:
+        if node not in active or learner_lag is None:
+            raise MembershipChangeRefused(
+                f"node {node} has not answered the leader yet (or not within an election timeout); promote it "
+                "once it is running and caught up"
+            )
+        if learner_lag > max_lag:
+            raise MembershipChangeRefused(
+                f"node {node} is {learner_lag} entries behind the leader (raft.learner_max_lag is {max_lag}); "
+                "promote it once it has caught up"
+            )
+    if change.type not in (ConfChangeType.PROMOTE, ConfChangeType.REMOVE):
+        return  # a learner added or an address changed: the quorum stays as it is
+    after = apply(conf, change)
+    reachable = set(active) & after.voters
+    if not has_quorum(after.voters, reachable):
+        what = "promoting" if change.type is ConfChangeType.PROMOTE else "removing"
+        raise MembershipChangeRefused(
+            f"{what} node {node} would leave {len(reachable)} of {len(after.voters)} voters reachable from the "
+            "leader, not a majority; bring members back first"
+        )

@@ -46,6 +46,12 @@ class ConfChangeType(enum.IntEnum):
     # Only in the bootstrap entries every initial member writes identically at
     # indexes 1..n of a new cluster; never accepted as a proposal.
     ADD_VOTER = 3
+    # Change what a member's context says (its addresses), not its role.
+    UPDATE = 4
+
+
+#: The most bytes a membership change may carry as context.
+MAX_CONF_CONTEXT = 1024
 
 
 @attrs.frozen(slots=True)
@@ -54,18 +60,22 @@ class ConfChange:
 
     type: ConfChangeType
     node_id: int
+    # Opaque to the core: what the state machine records of the member (its
+    # addresses; dengine.kv.members). Empty in bootstrap entries written
+    # before contexts existed.
+    context: bytes = b""
 
     def encode(self) -> bytes:
         # Fixed, tiny, self-contained layout so the pure core can read
         # membership entries without a codec dependency:
-        # 1 byte type, 8 bytes big-endian node id.
-        return bytes([int(self.type)]) + int(self.node_id).to_bytes(8, "big")
+        # 1 byte type, 8 bytes big-endian node id, then the context.
+        return bytes([int(self.type)]) + int(self.node_id).to_bytes(8, "big") + self.context
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
-        if len(data) != 9:
-            raise ValueError(f"conf change payload must be 9 bytes, got {len(data)}")
-        return cls(ConfChangeType(data[0]), int.from_bytes(data[1:], "big"))
+        if not 9 <= len(data) <= 9 + MAX_CONF_CONTEXT:
+            raise ValueError(f"conf change payload must be 9 to {9 + MAX_CONF_CONTEXT} bytes, got {len(data)}")
+        return cls(ConfChangeType(data[0]), int.from_bytes(data[1:9], "big"), bytes(data[9:]))
 
 
 def _node_set(nodes: Iterable[int]) -> frozenset[int]:

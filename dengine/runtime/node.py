@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from dengine.api import WatchEvent
+from dengine.api import Member, MembershipChange, WatchEvent
 from dengine.config import WatchSettings
 from dengine.errors import DengineError, EngineStopped, NotLeader, StorageCorrupted
 from dengine.kv.commands import Command, ExpireKeys, command_size, encode_batch
@@ -56,6 +56,7 @@ from dengine.raft import membership
 from dengine.raft.core import RaftConfig
 from dengine.raft.messages import (
     ConfChange,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -421,11 +422,7 @@ class Node:
                 results.append(None)
                 continue
             if entry.type is EntryType.CONF_CHANGE:
-                kv.apply(entry.index, b"")
-                try:
-                    self.applied_conf = membership.apply(self.applied_conf, ConfChange.decode(entry.data))
-                except ValueError:
-                    pass  # malformed: applies as nothing, as in the core
+                self._apply_membership(entry)
                 results.append(None)
             else:
                 result = kv.apply(entry.index, entry.data)
@@ -438,6 +435,54 @@ class Node:
                 self._expiring.clear()
         self.watch.publish(events, kv.applied_index)
         return results
+
+    def _apply_membership(self, entry: Entry) -> None:
+        """A committed membership entry: Raft's roles, the member table's
+        addresses, and a notification of what changed."""
+        try:
+            change = ConfChange.decode(entry.data)
+        except ValueError:
+            self.kv.apply_member(entry.index, 0, "none")  # malformed: applies as nothing, as in the core
+            return
+        before = self.applied_conf
+        after = self.applied_conf = membership.apply(before, change)
+        node = change.node_id
+        kind: str | None = None
+        if change.type is ConfChangeType.UPDATE:
+            kind = "updated" if node in after.members() else None
+        elif after != before:
+            if change.type is ConfChangeType.REMOVE:
+                kind = "removed"
+            elif change.type is ConfChangeType.PROMOTE:
+                kind = "promoted"
+            else:
+                kind = "added_learner" if node in after.learners else "added_voter"
+        effect = "none" if kind in (None, "promoted") else "remove" if kind == "removed" else "record"
+        self.kv.apply_member(entry.index, node, effect, change.context)
+        if kind is not None:
+            self.lifecycle.membership_changed(
+                MembershipChange(revision=entry.index, kind=kind, node_id=node, members=self.member_list())
+            )
+
+    def member_list(self) -> tuple[Member, ...]:
+        """The members as the applied state says: roles from the applied
+        configuration, addresses from the member table (an address the
+        table lacks -- a cluster bootstrapped before the table existed -- is
+        the configured one, or empty)."""
+        conf = self.applied_conf
+        table = self.kv.members
+        fallback = self.options.addresses
+        out = []
+        for n in sorted(conf.members()):
+            held = table.get(n)
+            peer = held.peer_address if held is not None else None
+            out.append(Member(
+                node_id=n,
+                peer_address=peer if peer is not None else fallback.get(n, ""),
+                client_address=held.client_address if held is not None else None,
+                is_learner=n in conf.learners,
+            ))
+        return tuple(out)
 
     def _maybe_snapshot(self) -> None:
         kv = self.kv

@@ -36,6 +36,7 @@ from dengine.config import (
     parse_members,
 )
 from dengine.errors import ConfigError, ErrorCode, InvalidArgument
+from dengine.kv.members import encode_member_context
 from dengine.raft.core import RaftConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -93,6 +94,7 @@ heartbeat_ticks = 2
 max_clock_drift = 0.2
 max_uncommitted_bytes = 1000000
 max_apply_bytes = 300000
+learner_max_lag = 77
 pre_vote = false
 check_quorum = false
 default_read_consistency = "eventual"
@@ -279,11 +281,15 @@ def test_raft_config_carries_every_raft_setting() -> None:
         max_append_bytes=4096,
         pre_vote=False,
         check_quorum=False,
+        learner_max_lag=11,
     )
     rc = Config(node_id=2, initial_cluster=THREE, raft=raft).raft_config()
     assert rc == RaftConfig(
         id=2,
         initial_voters=frozenset(THREE),
+        # Each bootstrap entry names its voter's peer address, the same on every initial member.
+        initial_contexts={n: encode_member_context(peer_address=a) for n, a in THREE.items()},
+        learner_max_lag=11,
         election_tick=30,
         heartbeat_tick=3,
         max_clock_drift=0.25,
@@ -347,6 +353,7 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         max_clock_drift=0.2,
         max_uncommitted_bytes=1000000,
         max_apply_bytes=300000,
+        learner_max_lag=77,
         pre_vote=False,
         check_quorum=False,
         default_read_consistency=ReadConsistency.EVENTUAL,
