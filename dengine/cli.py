@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from dengine.errors import ConfigError, DengineError, InvalidArgument, UsageError
 
 if TYPE_CHECKING:
-    from dengine.api import Status
+    from dengine.api import Member, Status
     from dengine.client.blocking import BlockingClient
     from dengine.config import Config
 
@@ -46,7 +46,7 @@ EXIT_USAGE = 2
 EXIT_NEGATIVE = 3
 EXIT_INTERRUPTED = 130
 
-_CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader")
+_CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader", "member")
 # The common flags of the client commands, by dest (see _common_flags).
 _CLIENT_FLAGS = {
     "endpoints": "--endpoints", "timeout": "--timeout", "write_out": "--write-out", "hex": "--hex",
@@ -153,6 +153,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="id=host:port,... client addresses of the members, for leader hints "
                        "(cluster.client_addresses)")
     serve.add_argument("--cluster-id", default=argparse.SUPPRESS, help="cluster id checked in every handshake (cluster.id)")
+    serve.add_argument("--join", metavar="ENDPOINTS",
+                       help="host:port,... client endpoints of a running cluster: ask it to add this node (as a "
+                       "learner, promoted once caught up) and start as that member")
+    serve.add_argument("--no-auto-promote", action="store_true",
+                       help="with --join: stay a learner until `dengine member promote`")
     _log_flag(serve)
 
     get = _sub(sub, "get", "read a key (or every key under a prefix)",
@@ -212,8 +217,39 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--all", action="store_true", help="ask every endpoint (default: the first that answers)")
     _sub(sub, "leader", "show the current leader", "Print the leader's id, term and client address.")
 
+    member = _sub(sub, "member", "list, add, promote, remove or update cluster members",
+                  "Membership operations, like `etcdctl member`: list | add PEER_ADDRESS | promote ID | "
+                  "remove ID | update ID. Changes go to the leader, one at a time.")
+    msub = member.add_subparsers(dest="member_command", metavar="SUBCOMMAND", required=True)
+    _sub(msub, "list", "list the cluster members", "The same as `dengine members`.")
+    add = _sub(msub, "add", "add a member (a learner unless --voter)",
+               "Add a member that will listen for peers at PEER_ADDRESS. It joins as a learner (it receives "
+               "the log, does not vote); with --voter it is promoted once it has caught up, within --timeout. "
+               "Start the new node with `dengine serve --join ...` (or --id and the printed cluster).")
+    add.add_argument("peer_address", metavar="PEER_ADDRESS", help="host:port the new member listens on for peers")
+    add.add_argument("--client-address", help="host:port the new member serves clients on")
+    add.add_argument("--id", type=int, dest="node_id", help="its node id (default: one never used in this cluster)")
+    kind = add.add_mutually_exclusive_group()
+    kind.add_argument("--learner", action="store_true", help="add it as a learner (the default)")
+    kind.add_argument("--voter", action="store_true", help="promote it to voter once it has caught up")
+    promote = _sub(msub, "promote", "promote a caught-up learner to voter",
+                   "Promote learner ID to voter; refused while it is more than raft.learner_max_lag entries "
+                   "behind the leader.")
+    promote.add_argument("node_id", metavar="ID", type=int)
+    remove = _sub(msub, "remove", "remove a member",
+                  "Remove member ID (the leader too: it hands over first). Refused if it would leave no "
+                  "majority the leader can reach.")
+    remove.add_argument("node_id", metavar="ID", type=int)
+    update = _sub(msub, "update", "change a member's recorded addresses",
+                  "Record a new peer and/or client address for member ID.")
+    update.add_argument("node_id", metavar="ID", type=int)
+    update.add_argument("--peer-address")
+    update.add_argument("--client-address")
+
     for name in _CLIENT_COMMANDS:
         _common_flags(sub.choices[name])
+    for name in ("list", "add", "promote", "remove", "update"):
+        _common_flags(msub.choices[name])
     return parser
 
 
@@ -480,9 +516,38 @@ def _leader(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK if info.leader_id is not None else EXIT_ERROR
 
 
+def _member_obj(m: Member) -> dict[str, Any]:
+    return {"node_id": m.node_id, "peer_address": m.peer_address, "client_address": m.client_address,
+            "is_learner": m.is_learner}
+
+
+def _member(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    what = args.member_command
+    if what == "list":
+        return _members(client, args, out)
+    if what == "remove":
+        client.remove_member(args.node_id)
+        out.emit({"removed": args.node_id}, [f"Member {args.node_id} removed"], (["removed"], [[args.node_id]]))
+        return EXIT_OK
+    if what == "add":
+        m = client.add_member(args.peer_address, learner=not args.voter, node_id=args.node_id,
+                              client_address=args.client_address)
+        said = f"Member {m.node_id} added as a {'learner' if m.is_learner else 'voter'}"
+    elif what == "promote":
+        m = client.promote_member(args.node_id)
+        said = f"Member {m.node_id} promoted to voter"
+    else:
+        m = client.update_member(args.node_id, peer_address=args.peer_address, client_address=args.client_address)
+        said = f"Member {m.node_id} updated"
+    row = [m.node_id, m.peer_address, m.client_address or "", "learner" if m.is_learner else "voter"]
+    out.emit(_member_obj(m), [f"{said}: peer {m.peer_address}, client {m.client_address or '-'}"],
+             (["id", "peer address", "client address", "kind"], [row]))
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[BlockingClient, argparse.Namespace, _Out], int]] = {
     "get": _get, "put": _put, "del": _del, "cas": _cas, "scan": _scan, "watch": _watch,
-    "members": _members, "status": _status, "leader": _leader,
+    "members": _members, "status": _status, "leader": _leader, "member": _member,
 }
 
 
@@ -530,7 +595,12 @@ def _serve_config(args: argparse.Namespace) -> Config:
             cluster["id"] = args.cluster_id
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from None
-    return attrs.evolve(cfg, node=attrs.evolve(cfg.node, **node), cluster=attrs.evolve(cfg.cluster, **cluster))
+    cfg = attrs.evolve(cfg, node=attrs.evolve(cfg.node, **node), cluster=attrs.evolve(cfg.cluster, **cluster))
+    if cfg.node.peer_address is None:
+        # A server always listens for peers (the default address when none is
+        # given), so a single node can be grown into a cluster later.
+        cfg = attrs.evolve(cfg, node=attrs.evolve(cfg.node, peer_address=cfg.peer_address))
+    return cfg
 
 
 async def _run(cfg: Config, self_check: bool) -> int:
@@ -567,7 +637,8 @@ async def _run(cfg: Config, self_check: bool) -> int:
     return EXIT_OK
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, join: str | None = None, given_id: int | None = None,
+                 promote: bool = True) -> int:
     import logging
     import signal
 
@@ -576,9 +647,17 @@ async def _serve(cfg: Config) -> int:
     from dengine.server import open_server
 
     log = logging.getLogger("dengine.cli")
+    endpoints: list[str] = []
+    if join:
+        from dengine.client._core import parse_endpoints
+        from dengine.server.join import prepare_join
+
+        endpoints = [e.address for e in parse_endpoints(join)]
+        client_address = None if cfg.client_address.endswith(":0") else cfg.client_address
+        cfg = await prepare_join(cfg, endpoints, node_id=given_id, client_address=client_address)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(cfg) as server:
-            peers = "none (single node)" if cfg.is_single_node else cfg.peer_address
+            peers = cfg.peer_address + (" (single node)" if cfg.is_single_node else "")
             log.info("node %d listening: clients on %s, peers on %s, cluster %r, data dir %s",
                      cfg.node_id, ", ".join(server.client_addresses), peers, cfg.cluster_id,
                      os.path.abspath(cfg.data_dir))
@@ -592,6 +671,10 @@ async def _serve(cfg: Config) -> int:
                              cfg.node_id, server.client_address, st.role, st.term, leader)
 
                 nursery.start_soon(announce_ready)
+                if join and promote:
+                    from dengine.server.join import auto_promote
+
+                    nursery.start_soon(auto_promote, cfg.node_id, endpoints, cfg.cluster_id)
                 async for signum in signals:
                     log.info("received %s: stopping gracefully", signal.Signals(signum).name)
                     break
@@ -616,7 +699,11 @@ def _server_command(args: argparse.Namespace) -> int:
         if hasattr(args, "cluster_id"):
             raise UsageError("--cluster-id is not a flag of `dengine run`; use --config or DENGINE_CLUSTER__ID")
         return trio.run(_run, _load_config(args), args.self_check)
-    return trio.run(_serve, _serve_config(args))
+    if args.no_auto_promote and not args.join:
+        raise UsageError("--no-auto-promote only means something with --join")
+    if args.join and args.initial_cluster:
+        raise UsageError("--join and --initial-cluster exclude each other: a joining node learns the members")
+    return trio.run(_serve, _serve_config(args), args.join, args.id, not args.no_auto_promote)
 
 
 # --------------------------------------------------------------------------

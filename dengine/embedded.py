@@ -517,6 +517,35 @@ class Engine:
         raise Timeout(f"leadership did not move to node {target} within {limit:g} s")
 
 
+async def _follow_members(node: Node, transport: Any, own_id: int, configured: dict[int, str]) -> None:
+    """Keep the transport's peer set equal to the members the applied state
+    records: a member added is dialled and accepted, a removed one dropped,
+    a moved one re-dialled. Until the state records any member (a node
+    joining, or one whose cluster predates the member table), the
+    configured peers stay."""
+
+    def sync(members: Sequence[Member], keep_configured: bool) -> None:
+        wanted = dict(configured) if keep_configured else {}
+        for m in members:
+            address = m.peer_address or configured.get(m.node_id)
+            if m.node_id != own_id and address:
+                wanted[m.node_id] = address
+        if not keep_configured:
+            for m in members:  # a member the table has no address for keeps its configured one
+                if m.node_id in configured and m.node_id not in wanted and m.node_id != own_id:
+                    wanted[m.node_id] = configured[m.node_id]
+        if wanted != last:
+            transport.update_peers(wanted)
+            last.clear()
+            last.update(wanted)
+
+    last: dict[int, str] = dict(configured)
+    with node.lifecycle.membership_changes() as changes:
+        sync(node.member_list(), keep_configured=True)  # after subscribing: no change is missed
+        async for change in changes:
+            sync(change.members, keep_configured=False)
+
+
 def _member_address(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a host:port string, got {type(value).__name__}")
@@ -583,12 +612,15 @@ async def open_engine(
         async with AsyncExitStack() as stack:
             outbox: Any = NullOutbox()
             inbound = None
+            transport: Any = None
             learned: dict[int, str] = {}
             peers = cfg.peers()
             if network is not None:
                 transport = await stack.enter_async_context(network.open_transport(cfg.node_id))
                 outbox, inbound = transport, transport.inbound
-            elif peers:
+            elif peers or cfg.node.peer_address is not None:
+                # A node with peers, or one given a peer address (``dengine
+                # serve`` always is): it listens, so members can be added.
                 from dengine.transport.peer import open_peer_transport
 
                 transport = await stack.enter_async_context(
@@ -613,10 +645,16 @@ async def open_engine(
                 )
             )
             stack.callback(store.close)
+            # Exits after the node (LIFO): the membership follower ends when
+            # the node's notifications close.
+            followers = await stack.enter_async_context(trio.open_nursery())
             node = await stack.enter_async_context(open_node(node_options(cfg), store, outbox, inbound))
             engine = Engine(cfg, node)
             engine.peer_client_addresses = learned
             engine.client_address = client_address
+            if transport is not None:
+                followers.start_soon(_follow_members, node, transport, cfg.node_id, peers,
+                                     name="dengine membership follower")
             log.info("dengine node %d started (data dir %s)", cfg.node_id, cfg.data_dir)
             try:
                 yield engine

@@ -66,6 +66,7 @@ from dengine.api import (
     KeyValue,
     LeaderInfo,
     Member,
+    MembershipChange,
     ReadConsistency,
     Status,
     WatchEvent,
@@ -101,7 +102,9 @@ from dengine.transport.client_protocol import (
     decode_flag,
     decode_kv,
     decode_leader,
+    decode_member,
     decode_members,
+    decode_membership_change,
     decode_response,
     decode_revision,
     decode_scan,
@@ -906,6 +909,53 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
     def leader(*, timeout: float | None) -> Call:
         return Call("leader", {}, decode_leader, timeout=_timeout(timeout))
 
+    # Membership changes go to the leader and are retried only when surely
+    # not applied (NotLeader, or another change in flight), like writes.
+
+    @staticmethod
+    def add_member(peer_address: str, *, learner: bool, node_id: int | None, client_address: str | None,
+                   timeout: float | None) -> Call:
+        args = {"peer_address": _address_arg(peer_address, "peer_address"),
+                "client_address": None if client_address is None else _address_arg(client_address, "client_address"),
+                "learner": bool(learner), "node_id": None if node_id is None else _member_id(node_id)}
+        return Call("add_member", args, decode_member, write=True, to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def promote_member(node_id: int, *, timeout: float | None) -> Call:
+        return Call("promote_member", {"node_id": _member_id(node_id)}, decode_member, write=True, to_leader=True,
+                    timeout=_timeout(timeout))
+
+    @staticmethod
+    def remove_member(node_id: int, *, timeout: float | None) -> Call:
+        return Call("remove_member", {"node_id": _member_id(node_id)}, lambda body: None, write=True,
+                    to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def update_member(node_id: int, *, peer_address: str | None, client_address: str | None,
+                      timeout: float | None) -> Call:
+        if peer_address is None and client_address is None:
+            raise InvalidArgument("update_member needs a peer_address or a client_address")
+        args = {"node_id": _member_id(node_id),
+                "peer_address": None if peer_address is None else _address_arg(peer_address, "peer_address"),
+                "client_address": None if client_address is None else _address_arg(client_address, "client_address")}
+        return Call("update_member", args, decode_member, write=True, to_leader=True, timeout=_timeout(timeout))
+
+
+def _member_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgument(f"node_id must be a positive integer, got {value!r}")
+    return value
+
+
+def _address_arg(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a host:port string, got {type(value).__name__}")
+    try:
+        parse_address(value, allow_port_zero=False)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{name}: {exc.message}") from None
+    return value
+
 
 # --------------------------------------------------------------------------
 # Routing: endpoints, the leader, node ids
@@ -1088,6 +1138,8 @@ class Attempts:
             return info
         if self.call.op in ("status", "members"):
             self.router.learn_members(result.members if isinstance(result, Status) else result)
+        elif isinstance(result, Member):
+            self.router.learn(result.node_id, result.client_address)
         return result
 
     def _saw(self, endpoint: str, exc: BaseException) -> None:
@@ -1370,3 +1422,10 @@ def leader_item(body: dict[str, Any], router: Router) -> LeaderInfo:
     info, address = decode_leader(body)
     router.learn(info.leader_id, address)
     return info
+
+
+def membership_item(body: dict[str, Any], router: Router) -> MembershipChange:
+    """One item of a ``watch_members`` stream (members' addresses learned)."""
+    change = decode_membership_change(body)
+    router.learn_members(change.members)
+    return change

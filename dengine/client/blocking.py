@@ -424,6 +424,25 @@ class BlockingClient:
         """The leader as the server the client talks to sees it."""
         return self._run(calls.leader(timeout=timeout))  # type: ignore[no-any-return]
 
+    # -- membership (the same names as dengine.Engine's) ------------------------------
+
+    def add_member(self, peer_address: str, *, learner: bool = True, node_id: int | None = None,
+                   client_address: str | None = None, timeout: float | None = None) -> Member:
+        """Add a member (a learner; ``learner=False``: promoted once caught up)."""
+        return self._run(calls.add_member(  # type: ignore[no-any-return]
+            peer_address, learner=learner, node_id=node_id, client_address=client_address, timeout=timeout))
+
+    def promote_member(self, node_id: int, *, timeout: float | None = None) -> Member:
+        return self._run(calls.promote_member(node_id, timeout=timeout))  # type: ignore[no-any-return]
+
+    def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        self._run(calls.remove_member(node_id, timeout=timeout))
+
+    def update_member(self, node_id: int, *, peer_address: str | None = None, client_address: str | None = None,
+                      timeout: float | None = None) -> Member:
+        return self._run(calls.update_member(  # type: ignore[no-any-return]
+            node_id, peer_address=peer_address, client_address=client_address, timeout=timeout))
+
     # -- watches ----------------------------------------------------------------------------
 
     def watch(self, key: bytes, *, prefix: bool = False, prev_kv: bool = False,

@@ -50,14 +50,14 @@ from typing import Any
 
 import trio
 
-from dengine.api import KeyValue, LeaderInfo, Member, ReadConsistency, ScanResult, Status, WatchEvent
+from dengine.api import KeyValue, LeaderInfo, Member, MembershipChange, ReadConsistency, ScanResult, Status, WatchEvent
 from dengine.client import _core
 from dengine.client._connection import NETWORK_ERRORS, Connection, ConnectionLost, Expired, Stream
 from dengine.client._core import Attempts, Call, Next, Router, WatchState, calls
 from dengine.errors import DengineError, Timeout, Unavailable
 from dengine.transport.base import single_leaf
 
-__all__ = ["Client", "LeaderWatch", "RemoteWatch", "open_client"]
+__all__ = ["Client", "LeaderWatch", "MemberWatch", "RemoteWatch", "open_client"]
 
 _STREAM_BUFFER = 4096
 
@@ -285,6 +285,32 @@ class Client:
         """The leader as the server the client talks to sees it."""
         return await self._run(calls.leader(timeout=timeout))  # type: ignore[no-any-return]
 
+    # -- membership (the same names as dengine.Engine's) ------------------------------
+
+    async def add_member(self, peer_address: str, *, learner: bool = True, node_id: int | None = None,
+                         client_address: str | None = None, timeout: float | None = None) -> Member:
+        """Add a member (a learner; ``learner=False``: promoted once caught up)."""
+        return await self._run(calls.add_member(  # type: ignore[no-any-return]
+            peer_address, learner=learner, node_id=node_id, client_address=client_address, timeout=timeout))
+
+    async def promote_member(self, node_id: int, *, timeout: float | None = None) -> Member:
+        return await self._run(calls.promote_member(node_id, timeout=timeout))  # type: ignore[no-any-return]
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        await self._run(calls.remove_member(node_id, timeout=timeout))
+
+    async def update_member(self, node_id: int, *, peer_address: str | None = None,
+                            client_address: str | None = None, timeout: float | None = None) -> Member:
+        return await self._run(calls.update_member(  # type: ignore[no-any-return]
+            node_id, peer_address=peer_address, client_address=client_address, timeout=timeout))
+
+    def watch_members(self) -> MemberWatch:
+        """``async with client.watch_members() as changes: async for change in changes``:
+        every membership change from now on. If its server goes away the
+        stream ends with Unavailable (changes are not replayed: read
+        ``members()`` and open a new one)."""
+        return MemberWatch(self)
+
     async def _on(self, endpoint: str, call: Call) -> dict[str, Any]:
         limit = self.timeout if call.timeout is None else call.timeout
         deadline = trio.current_time() + limit
@@ -486,6 +512,41 @@ class LeaderWatch:
                 continue
             self._last = info
             return info
+
+
+class MemberWatch:
+    """``async with client.watch_members() as changes``: MembershipChange values."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stream: Stream | None = None
+
+    async def __aenter__(self) -> MemberWatch:
+        self._stream = await self._client._open_stream("watch_members", {}, avoid=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def __aiter__(self) -> MemberWatch:
+        return self
+
+    async def __anext__(self) -> MembershipChange:
+        stream = self._stream
+        if stream is None:
+            raise StopAsyncIteration
+        try:
+            return _core.membership_item(await stream.receive(), self._client._router)
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        except ConnectionLost as exc:
+            raise Unavailable(
+                f"the membership stream's server {stream.conn.endpoint} went away ({_core.describe_error(exc)}); "
+                "changes are not replayed: read members() and open a new one"
+            ) from None
 
 
 @asynccontextmanager

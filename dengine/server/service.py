@@ -76,6 +76,7 @@ from dengine.transport.client_protocol import (
     encode_error,
     encode_leader,
     encode_member,
+    encode_membership_change,
     encode_response,
     encode_status,
     encode_watch_event,
@@ -204,14 +205,25 @@ class ClientService:
             await self._counters._event.wait()
 
     def client_address_of(self, node_id: int | None) -> str | None:
+        """A member's client address: configured (an override), this
+        server's own, the replicated state's, or announced by the member."""
         if node_id is None:
             return None
-        return self._client_addresses.get(node_id)
+        address = self._client_addresses.get(node_id)
+        if address is None:
+            held = self.engine._node.kv.members.get(node_id)
+            address = held.client_address if held is not None else None
+        return address
+
+    def with_client_address(self, member: Member) -> Member:
+        """``member`` with a client address: the one the replicated state
+        records, else the configured / announced one."""
+        if member.client_address is not None:
+            return member
+        return attrs.evolve(member, client_address=self.client_address_of(member.node_id))
 
     def members(self) -> tuple[Member, ...]:
-        return tuple(
-            attrs.evolve(m, client_address=self.client_address_of(m.node_id)) for m in self.engine.status().members
-        )
+        return tuple(self.with_client_address(m) for m in self.engine.members())
 
     # -- listeners ------------------------------------------------------------
 
@@ -697,7 +709,37 @@ def _leader(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     return encode_leader(info, conn.service.client_address_of(info.leader_id))
 
 
+async def _add_member(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    member = await conn.engine.add_member(
+        a["peer_address"], learner=a["learner"] is not False, node_id=a["node_id"],
+        client_address=a["client_address"], timeout=_seconds(a["timeout_ms"]),
+    )
+    return {"member": encode_member(conn.service.with_client_address(member))}
+
+
+async def _promote_member(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    member = await conn.engine.promote_member(a["node_id"], timeout=_seconds(a["timeout_ms"]))
+    return {"member": encode_member(conn.service.with_client_address(member))}
+
+
+async def _remove_member(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    await conn.engine.remove_member(a["node_id"], timeout=_seconds(a["timeout_ms"]))
+    return {}
+
+
+async def _update_member(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    member = await conn.engine.update_member(
+        a["node_id"], peer_address=a["peer_address"], client_address=a["client_address"],
+        timeout=_seconds(a["timeout_ms"]),
+    )
+    return {"member": encode_member(conn.service.with_client_address(member))}
+
+
 _UNARY: dict[str, Callable[[_Connection, dict[str, Any]], Any]] = {
+    "add_member": _add_member,
+    "promote_member": _promote_member,
+    "remove_member": _remove_member,
+    "update_member": _update_member,
     "put": _put,
     "get": _get,
     "get_many": _get_many,
@@ -741,4 +783,16 @@ async def _watch(conn: _Connection, request: Request) -> None:
     raise EngineStopped(f"node {conn.service._node_id} is stopping")  # pragma: no cover - iteration ends on CANCELED
 
 
-_STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {"watch": _watch, "watch_leader": _watch_leader}
+async def _watch_members(conn: _Connection, request: Request) -> None:
+    """Items: one membership change each (revision, kind, node_id, members)."""
+    with conn.engine.watch_members() as changes:
+        async for change in changes:
+            members = tuple(conn.service.with_client_address(m) for m in change.members)
+            body = encode_membership_change(attrs.evolve(change, members=members))
+            conn._queue_item(encode_response(request.id, STATUS_ITEM, body))
+    raise EngineStopped(f"node {conn.service._node_id} is stopping")
+
+
+_STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {
+    "watch": _watch, "watch_leader": _watch_leader, "watch_members": _watch_members,
+}

@@ -43,7 +43,17 @@ from typing import Any, Final
 
 import attrs
 
-from dengine.api import KeyValue, LeaderInfo, Member, ReadConsistency, ScanResult, Status, WatchEvent, WatchEventType
+from dengine.api import (
+    KeyValue,
+    LeaderInfo,
+    Member,
+    MembershipChange,
+    ReadConsistency,
+    ScanResult,
+    Status,
+    WatchEvent,
+    WatchEventType,
+)
 from dengine.codec import pack, unpack
 from dengine.errors import (
     DengineError,
@@ -69,7 +79,9 @@ __all__ = [
     "Response",
     "decode_error",
     "decode_leader",
+    "decode_member",
     "decode_members",
+    "decode_membership_change",
     "decode_request",
     "decode_response",
     "decode_status",
@@ -77,6 +89,7 @@ __all__ = [
     "encode_error",
     "encode_leader",
     "encode_member",
+    "encode_membership_change",
     "encode_request",
     "encode_response",
     "encode_status",
@@ -199,6 +212,21 @@ OPS: Final[dict[str, OpSpec]] = {
         OpSpec("members", {**_TIMEOUT}),
         OpSpec("leader", {**_TIMEOUT}),
         OpSpec("watch_leader", {}, stream=True),
+        OpSpec(
+            "add_member",
+            {"peer_address": (_str, True), "client_address": (_str_or_nil, False), "learner": (_bool, False),
+             "node_id": (_uint_or_nil, False), **_TIMEOUT},
+            write=True,
+        ),
+        OpSpec("promote_member", {"node_id": (_uint, True), **_TIMEOUT}, write=True),
+        OpSpec("remove_member", {"node_id": (_uint, True), **_TIMEOUT}, write=True),
+        OpSpec(
+            "update_member",
+            {"node_id": (_uint, True), "peer_address": (_str_or_nil, False), "client_address": (_str_or_nil, False),
+             **_TIMEOUT},
+            write=True,
+        ),
+        OpSpec("watch_members", {}, stream=True),
     )
 }
 CANCEL: Final = "cancel"
@@ -441,6 +469,26 @@ def decode_status(body: Mapping[str, Any]) -> Status:
 
 def decode_members(body: Mapping[str, Any]) -> list[Member]:
     return list(_member_list(body))
+
+
+def decode_member(body: Mapping[str, Any]) -> Member:
+    return _decode_member(body.get("member"))
+
+
+_CHANGE_KINDS = frozenset({"added_learner", "added_voter", "promoted", "removed", "updated"})
+
+
+def encode_membership_change(change: MembershipChange) -> dict[str, Any]:
+    return {"revision": change.revision, "kind": change.kind, "node_id": change.node_id,
+            "members": [encode_member(m) for m in change.members]}
+
+
+def decode_membership_change(body: Mapping[str, Any]) -> MembershipChange:
+    kind = _field(body, "kind", _str)
+    if kind not in _CHANGE_KINDS:
+        raise MalformedMessage(f"field 'kind' must be one of {', '.join(sorted(_CHANGE_KINDS))}, got {_show(kind)}")
+    return MembershipChange(revision=_field(body, "revision", _uint), kind=kind,
+                            node_id=_field(body, "node_id", _uint), members=_member_list(body))
 
 
 def encode_leader(info: LeaderInfo, client_address: str | None) -> dict[str, Any]:
