@@ -18,6 +18,7 @@ go to stderr in plain words. Exit codes:
 * 2 bad usage (unknown flag, invalid argument or configuration)
 * 3 a negative answer: ``get`` of a missing key, ``del`` of a missing key,
   ``cas`` that did not swap
+* 4 ``serve``: this node was removed from the cluster
 * 130 interrupted (Ctrl-C) for client commands
 
 Start-up: the client commands use the blocking client
@@ -44,6 +45,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NEGATIVE = 3
+EXIT_REMOVED = 4
 EXIT_INTERRUPTED = 130
 
 _CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader", "member")
@@ -647,6 +649,7 @@ async def _serve(cfg: Config, join: str | None = None, given_id: int | None = No
     from dengine.server import open_server
 
     log = logging.getLogger("dengine.cli")
+    status = EXIT_OK
     endpoints: list[str] = []
     if join:
         from dengine.client._core import parse_endpoints
@@ -675,12 +678,22 @@ async def _serve(cfg: Config, join: str | None = None, given_id: int | None = No
                     from dengine.server.join import auto_promote
 
                     nursery.start_soon(auto_promote, cfg.node_id, endpoints, cfg.cluster_id)
+
+                async def stop_when_removed() -> None:
+                    nonlocal status
+                    await server.engine.removed_notify().wait()
+                    log.error("node %d was removed from the cluster: stopping (exit status %d)",
+                              cfg.node_id, EXIT_REMOVED)
+                    status = EXIT_REMOVED
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_when_removed)
                 async for signum in signals:
                     log.info("received %s: stopping gracefully", signal.Signals(signum).name)
                     break
                 nursery.cancel_scope.cancel()
     log.info("stopped")
-    return EXIT_OK
+    return status
 
 
 def _server_command(args: argparse.Namespace) -> int:

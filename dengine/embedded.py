@@ -307,6 +307,12 @@ class Engine:
             return
         raise Timeout(f"the engine was not ready within {timeout:g} s (is a quorum of the cluster up?)")
 
+    def removed_notify(self) -> trio.Event:
+        """Set when this node applies its own removal from the cluster: from
+        then on it serves no requests (MemberRemoved) and takes part in no
+        election."""
+        return self._node.lifecycle.removed
+
     def stop_notify(self) -> trio.Event:
         """Set when shutdown begins, before any task is cancelled."""
         return self._node.lifecycle.stopping
@@ -539,11 +545,25 @@ async def _follow_members(node: Node, transport: Any, own_id: int, configured: d
             last.clear()
             last.update(wanted)
 
+    def sync_removed() -> None:
+        removed_peers = getattr(transport, "removed_peers", None)
+        if removed_peers is not None:
+            removed_peers.update(node.kv.members.removed)
+
     last: dict[int, str] = dict(configured)
     with node.lifecycle.membership_changes() as changes:
         sync(node.member_list(), keep_configured=True)  # after subscribing: no change is missed
+        sync_removed()
         async for change in changes:
             sync(change.members, keep_configured=False)
+            sync_removed()
+
+
+async def _removed_by_peers(node: Node, removed: trio.Event) -> None:
+    """A peer refused this node as removed: it was removed while it could not
+    hear of it (down, or cut off); it stops serving as if it had applied it."""
+    await removed.wait()
+    node.mark_removed(None)
 
 
 def _member_address(value: object, name: str) -> str:
@@ -655,6 +675,8 @@ async def open_engine(
             if transport is not None:
                 followers.start_soon(_follow_members, node, transport, cfg.node_id, peers,
                                      name="dengine membership follower")
+                if isinstance(getattr(transport, "removed", None), trio.Event):
+                    followers.start_soon(_removed_by_peers, node, transport.removed, name="dengine removal notice")
             log.info("dengine node %d started (data dir %s)", cfg.node_id, cfg.data_dir)
             try:
                 yield engine

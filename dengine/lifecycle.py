@@ -143,6 +143,7 @@ class Lifecycle:
         self.ready = trio.Event()
         self.stopping = trio.Event()
         self.stopped = trio.Event()
+        self.removed = trio.Event()  # this node was removed from the cluster
         self.leader = LeaderInfo(leader_id=None, term=0)
         self._leader_hub: _Hub[LeaderInfo] = _Hub(coalesce=True)
         self._first_commit_hub: _Hub[int] = _Hub(coalesce=False, maxlen=64)

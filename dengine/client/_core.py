@@ -87,6 +87,7 @@ from dengine.errors import (
     InvalidArgument,
     LeaderChanged,
     MalformedMessage,
+    MemberRemoved,
     NotLeader,
     ProposalDropped,
     ProtocolError,
@@ -1178,6 +1179,12 @@ class Attempts:
                 return Next.RETRY  # go straight to the hinted leader
             self.avoid = endpoint
             return Next.BACKOFF
+        if isinstance(exc, MemberRemoved):
+            self.unknown = self._was_unknown  # refused before anything was proposed
+            self._saw(endpoint, exc)
+            router.dropped(endpoint)  # tried last from now on
+            self.avoid = endpoint
+            return Next.RETRY
         if isinstance(exc, ProposalDropped):
             self.unknown = self._was_unknown  # not applied: safe to retry
             self._saw(endpoint, exc)

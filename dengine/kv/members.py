@@ -66,11 +66,14 @@ def decode_member_context(data: bytes) -> MemberAddresses:
 class MemberTable:
     """Node id -> addresses, and the highest id ever seen."""
 
-    __slots__ = ("_members", "max_id")
+    __slots__ = ("_members", "max_id", "removed")
 
-    def __init__(self, members: Mapping[int, MemberAddresses] | None = None, max_id: int = 0) -> None:
+    def __init__(self, members: Mapping[int, MemberAddresses] | None = None, max_id: int = 0,
+                 removed: Iterable[int] = ()) -> None:
         self._members: dict[int, MemberAddresses] = dict(members or {})
-        self.max_id = max(max_id, max(self._members, default=0))
+        #: Ids of members removed (a removed node is told so when it calls).
+        self.removed: set[int] = set(removed)
+        self.max_id = max(max_id, max(self._members, default=0), max(self.removed, default=0))
 
     def get(self, node_id: int) -> MemberAddresses | None:
         return self._members.get(node_id)
@@ -82,7 +85,8 @@ class MemberTable:
         return len(self._members)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MemberTable) and (self._members, self.max_id) == (other._members, other.max_id)
+        return isinstance(other, MemberTable) and (self._members, self.max_id, self.removed) == (
+            other._members, other.max_id, other.removed)
 
     def __repr__(self) -> str:
         return f"MemberTable({self._members!r}, max_id={self.max_id})"
@@ -100,21 +104,26 @@ class MemberTable:
 
     def remove(self, node_id: int) -> None:
         self._members.pop(node_id, None)
+        self.removed.add(node_id)
         self.max_id = max(self.max_id, node_id)
 
     def copy(self) -> MemberTable:
-        return MemberTable(self._members, self.max_id)
+        return MemberTable(self._members, self.max_id, self.removed)
 
-    # -- snapshots: [max_id, [[id, peer | nil, client | nil], ...]] --------------
+    # -- snapshots: [max_id, [[id, peer | nil, client | nil], ...], [removed id, ...]] --
 
     def to_wire(self) -> list[Any]:
-        return [self.max_id, [[n, a.peer_address, a.client_address] for n, a in self.items()]]
+        return [self.max_id, [[n, a.peer_address, a.client_address] for n, a in self.items()], sorted(self.removed)]
 
     @classmethod
     def from_wire(cls, raw: Any) -> MemberTable:
         """Raise ValueError if ``raw`` is not a table."""
-        if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int or raw[0] < 0 or type(raw[1]) is not list:
-            raise ValueError("the member table must be [max_id, [[id, peer, client], ...]]")
+        if (type(raw) is not list or len(raw) not in (2, 3) or type(raw[0]) is not int or raw[0] < 0
+                or type(raw[1]) is not list):
+            raise ValueError("the member table must be [max_id, [[id, peer, client], ...], [removed id, ...]]")
+        removed = raw[2] if len(raw) == 3 else []
+        if type(removed) is not list or not all(type(n) is int and n > 0 for n in removed):
+            raise ValueError("the removed member ids must be positive integers")
         members: dict[int, MemberAddresses] = {}
         for row in raw[1]:
             if type(row) is not list or len(row) != 3 or type(row[0]) is not int or row[0] <= 0:
@@ -123,4 +132,4 @@ class MemberTable:
             if (peer is not None and _address(peer) is None) or (client is not None and _address(client) is None):
                 raise ValueError(f"member {node_id}: addresses must be short strings or nil")
             members[node_id] = MemberAddresses(peer, client)
-        return cls(members, raw[0])
+        return cls(members, raw[0], removed)

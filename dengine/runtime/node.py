@@ -47,7 +47,7 @@ import trio
 
 from dengine.api import Member, MembershipChange, WatchEvent
 from dengine.config import WatchSettings
-from dengine.errors import DengineError, EngineStopped, NotLeader, StorageCorrupted
+from dengine.errors import DengineError, EngineStopped, MemberRemoved, NotLeader, StorageCorrupted
 from dengine.kv.commands import Command, ExpireKeys, command_size, encode_batch
 from dengine.kv.snapshot import encode_image, restore
 from dengine.kv.store import ApplyResult, KVStore
@@ -193,6 +193,8 @@ class Node:
         self._apply_wakeup = trio.Event()
         self._snapshotting = False
         self._stopped = False
+        #: The revision at which this node was removed from the cluster, if it was.
+        self.removed_at: int | None = None
         # Watchers: fed synchronously by the applier, never blocking it.
         self.watch = WatchDispatcher(options.watch, applied_index=self.kv.applied_index)
         self.persisted_batches = 0
@@ -230,6 +232,22 @@ class Node:
     def check_open(self) -> None:
         if self._stopped or self.lifecycle.stopping.is_set():
             raise EngineStopped("the engine is stopping or has stopped")
+        if self.removed_at is not None:
+            when = f" at revision {self.removed_at}" if self.removed_at else " (a member refused it as removed)"
+            raise MemberRemoved(
+                f"node {self.raw.id} was removed from the cluster{when}; it serves no requests: talk to the "
+                "remaining members"
+            )
+
+    def mark_removed(self, revision: int | None) -> None:
+        """This node is no longer a member (``revision``: where its removal
+        applied; None: a member said so). Idempotent."""
+        if self.removed_at is not None:
+            return
+        self.removed_at = revision or 0
+        log.warning("node %d: removed from the cluster%s; it stops serving", self.raw.id,
+                    f" at revision {revision}" if revision else " (a member refused it as removed)")
+        self.lifecycle.removed.set()
 
     def not_leader(self) -> NotLeader:
         return self.driver.not_leader()
@@ -459,6 +477,8 @@ class Node:
                 kind = "added_learner" if node in after.learners else "added_voter"
         effect = "none" if kind in (None, "promoted") else "remove" if kind == "removed" else "record"
         self.kv.apply_member(entry.index, node, effect, change.context)
+        if kind == "removed" and node == self.raw.id:
+            self.mark_removed(entry.index)
         if kind is not None:
             self.lifecycle.membership_changed(
                 MembershipChange(revision=entry.index, kind=kind, node_id=node, members=self.member_list())

@@ -53,6 +53,7 @@ from dengine.errors import (
     DengineError,
     ErrorCode,
     MalformedMessage,
+    MemberRemoved,
     ProtocolError,
     Timeout,
     WrongCluster,
@@ -210,10 +211,13 @@ def check_hello(
     node_id: int,
     kind: Kind,
     known_peers: Container[int] | None = None,
+    removed_peers: Container[int] = (),
 ) -> None:
     """Decide whether this node (``node_id`` of ``cluster_id``, listening for
     ``kind`` connections) accepts ``hello``; raise the reason if not.
-    ``known_peers`` (peer kind only) are the node ids allowed to connect."""
+    ``known_peers`` (peer kind only) are the node ids allowed to connect;
+    ``removed_peers`` were members and are refused with MemberRemoved, so
+    such a node learns it was removed."""
     if hello.protocol_version != PROTOCOL_VERSION:
         raise WrongProtocolVersion(
             f"protocol version {hello.protocol_version} is not supported; "
@@ -230,6 +234,8 @@ def check_hello(
     if kind == "peer":
         if hello.node_id == node_id:
             raise ProtocolError(f"node {hello.node_id} connected to itself (two nodes share an id, or an address is wrong)")
+        if hello.node_id in removed_peers:
+            raise MemberRemoved(f"node {hello.node_id} was removed from cluster {cluster_id!r}")
         if known_peers is not None and hello.node_id not in known_peers:
             raise ProtocolError(f"node {hello.node_id} is not a known peer of node {node_id} in cluster {cluster_id!r}")
 
@@ -290,6 +296,7 @@ async def accept_handshake(
     node_id: int,
     kind: Kind,
     known_peers: Container[int] | None = None,
+    removed_peers: Container[int] = (),
     timeout: float = math.inf,
     client_address: str | None = None,
     info: dict[str, Any] | None = None,
@@ -305,7 +312,8 @@ async def accept_handshake(
         with trio.fail_after(timeout):
             try:
                 hello = decode_hello(await _first_frame(stream, decoder))
-                check_hello(hello, cluster_id=cluster_id, node_id=node_id, kind=kind, known_peers=known_peers)
+                check_hello(hello, cluster_id=cluster_id, node_id=node_id, kind=kind, known_peers=known_peers,
+                            removed_peers=removed_peers)
             except DengineError as exc:
                 await _send_refusal(stream, refusal_for(exc))
                 raise

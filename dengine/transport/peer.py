@@ -43,7 +43,7 @@ import trio
 
 from dengine.codec import decode_message, encode_message
 from dengine.config.addresses import format_address, parse_address
-from dengine.errors import DengineError, InvalidArgument, ProtocolError
+from dengine.errors import DengineError, InvalidArgument, MemberRemoved, ProtocolError
 from dengine.raft.messages import Message
 from dengine.transport.base import (
     Counters,
@@ -139,6 +139,11 @@ class PeerTransport(TransportCommon):
         self._inbound_scopes: dict[int, set[trio.CancelScope]] = {}
         self._counters = Counters()
         self._closed = False
+        #: Node ids that were members and were removed: their handshakes are
+        #: refused with MemberRemoved (set from the applied membership).
+        self.removed_peers: set[int] = set()
+        #: Set when a peer refused this node as removed.
+        self.removed = trio.Event()
 
     # -- the Transport interface ----------------------------------------------
 
@@ -216,6 +221,10 @@ class PeerTransport(TransportCommon):
                 try:
                     stream = await self._connect(peer)
                 except _NETWORK_ERRORS as exc:
+                    if isinstance(exc, MemberRemoved) and not self.removed.is_set():
+                        logger.warning("node %d: node %d refused it as removed from the cluster",
+                                       self._node_id, peer.node_id)
+                        self.removed.set()
                     if introduce:
                         # The peer is not up yet: it introduces itself when it starts.
                         introduce = False
@@ -368,6 +377,7 @@ class PeerTransport(TransportCommon):
                     node_id=self._node_id,
                     kind="peer",
                     known_peers=self._peers,
+                    removed_peers=self.removed_peers,
                     timeout=self._handshake_timeout,
                     client_address=self._client_address,
                 )

@@ -149,6 +149,17 @@ async def test_a_single_node_grows_to_three_with_join_under_writes(tmp_path: pat
             async with dengine.open_client(nodes.clients, cluster_id=CLUSTER, timeout=20) as client:
                 await client.put(b"/g/after", b"x")
                 assert len(await client.members()) == 3
+                # Removed, a node knows it: it refuses clients and `dengine serve` exits with status 4;
+                # a client given its endpoint first goes on with the others.
+                code, out = await _cli("member", "remove", "3", endpoints=[nodes.clients[0]])
+                assert (code, out.strip()) == (0, "Member 3 removed"), out
+                with trio.fail_after(30):
+                    assert await nodes.procs[2].wait() == 4, nodes.log_tail()
+                assert "was removed from the cluster" in (tmp_path / "d2.log").read_text()
+            async with dengine.open_client([nodes.clients[2], nodes.clients[0]], cluster_id=CLUSTER,
+                                           timeout=20) as client:
+                await client.put(b"/g/after-removal", b"y")
+                assert [m.node_id for m in await client.members()] == [1, 2]
     except BaseException:
         print(nodes.log_tail())
         raise
