@@ -665,10 +665,11 @@ async def open_engine(
                 )
             )
             stack.callback(store.close)
-            # Exits after the node (LIFO): the membership follower ends when
-            # the node's notifications close.
+            # Tasks that follow the node (membership -> transport); cancelled
+            # first when the engine stops (LIFO), then the node stops.
             followers = await stack.enter_async_context(trio.open_nursery())
             node = await stack.enter_async_context(open_node(node_options(cfg), store, outbox, inbound))
+            stack.callback(followers.cancel_scope.cancel)
             engine = Engine(cfg, node)
             engine.peer_client_addresses = learned
             engine.client_address = client_address

@@ -28,11 +28,12 @@ CLUSTER = "grow-test"
 
 
 class Nodes:
-    def __init__(self, tmp: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, n: int = 3) -> None:
         self.tmp = tmp
-        ports = free_ports(6)
-        self.peers = [f"127.0.0.1:{p}" for p in ports[:3]]
-        self.clients = [f"127.0.0.1:{p}" for p in ports[3:]]
+        self.n = n
+        ports = free_ports(2 * n)
+        self.peers = [f"127.0.0.1:{p}" for p in ports[:n]]
+        self.clients = [f"127.0.0.1:{p}" for p in ports[n:]]
         self.procs: dict[int, trio.Process] = {}
         self.logs: dict[int, IO[bytes]] = {}
 
@@ -58,7 +59,7 @@ class Nodes:
 
     def log_tail(self) -> str:
         return "\n".join(f"--- d{k} ---\n" + (self.tmp / f"d{k}.log").read_text(errors="replace")[-2500:]
-                         for k in range(3) if (self.tmp / f"d{k}.log").exists())
+                         for k in range(self.n) if (self.tmp / f"d{k}.log").exists())
 
 
 async def _cli(*argv: str, endpoints: list[str]) -> tuple[int, str]:
@@ -174,3 +175,102 @@ def _shared_revisions_ok(seen: list[tuple[bytes, bytes, int]]) -> bool:
     revisions = [r for _, _, r in seen]
     pairs = [(r, k) for k, _, r in seen]
     return revisions == sorted(revisions) and len(set(pairs)) == len(pairs)
+
+
+async def _wait_members(client: dengine.Client, peers: set[str]) -> list[dengine.Member]:
+    """Until the members are exactly the nodes at ``peers``, all voters."""
+    async with client.watch_members() as changes:
+        for _ in range(50):  # bounded: a few changes per step
+            members = await client.members()
+            if {m.peer_address for m in members} == peers and not any(m.is_learner for m in members):
+                return members
+            with trio.move_on_after(2):
+                await changes.__anext__()
+    raise AssertionError(f"members are not {sorted(peers)}: {await client.members()}")
+
+
+async def test_grow_to_five_shrink_to_three_and_replace_a_killed_node_under_writes(tmp_path: pathlib.Path) -> None:
+    """The default single node; two joins (3 voters), two more (5); the
+    first node (the leader) and another removed (3); one of the rest killed
+    with -9 and replaced by a fresh node. Every acknowledged write is on
+    every member at the end, and a prefix watch opened at the start saw
+    every change once, in order."""
+    nodes = Nodes(tmp_path, 6)
+    try:
+        with trio.fail_after(150):
+            await nodes.start(0)
+            async with dengine.open_client(nodes.clients, cluster_id=CLUSTER, timeout=20) as client:
+                await client.put(b"/m/0", b"0")
+                acked: dict[bytes, bytes] = {b"/m/0": b"0"}
+                unknown = 0
+                seen: list[tuple[bytes, bytes, int]] = []
+                async with client.open_watch(b"/m/", prefix=True, start_revision=1) as watch:
+                    stop_writing = trio.Event()
+                    writer_finished = trio.Event()
+
+                    async def reader() -> None:
+                        async for event in watch:
+                            seen.append((event.key, event.value, event.revision))
+                            if event.key == b"/m/end":
+                                return
+
+                    async def writer() -> None:
+                        nonlocal unknown
+                        for i in range(1, 5000):  # bounded
+                            if stop_writing.is_set():
+                                break
+                            key, value = b"/m/%d" % i, b"v%d" % i
+                            try:
+                                await client.put(key, value)
+                            except (dengine.Unavailable, dengine.Timeout):
+                                unknown += 1  # outcome unknown: neither counted nor retried
+                                continue
+                            acked[key] = value
+                        writer_finished.set()
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(reader)
+                        nursery.start_soon(writer)
+                        first = nodes.clients[0]
+                        await nodes.start(1, "--join", first)
+                        await nodes.start(2, "--join", first)
+                        await _wait_members(client, set(nodes.peers[:3]))
+                        await nodes.start(3, "--join", first)
+                        await nodes.start(4, "--join", nodes.clients[1])
+                        members = await _wait_members(client, set(nodes.peers[:5]))
+                        ids = {m.peer_address: m.node_id for m in members}
+                        # Shrink to three: the first node (the leader so far) and the fourth.
+                        for k in (0, 3):
+                            await client.remove_member(ids[nodes.peers[k]])
+                            with trio.fail_after(30):
+                                assert await nodes.procs[k].wait() == 4, nodes.log_tail()
+                            nodes.logs.pop(k).close()
+                            del nodes.procs[k]
+                        await _wait_members(client, {nodes.peers[1], nodes.peers[2], nodes.peers[4]})
+                        # Kill -9 one of the three and replace it with a fresh node.
+                        await nodes.stop(2)
+                        await client.remove_member(ids[nodes.peers[2]])
+                        await nodes.start(5, "--join", nodes.clients[1])
+                        final = await _wait_members(client, {nodes.peers[1], nodes.peers[4], nodes.peers[5]})
+                        stop_writing.set()
+                        await writer_finished.wait()
+                        await client.put(b"/m/end", b"end")  # the reader returns at this marker
+                assert len({m.node_id for m in final}) == 3 and max(m.node_id for m in final) == 6  # ids not reused
+                assert len(acked) > 20 and unknown <= 10, (len(acked), unknown)
+                pairs = [(r, k) for k, _, r in seen]
+                assert [r for r, _ in pairs] == sorted(r for r, _ in pairs), "the watch saw changes out of order"
+                assert len(set(pairs)) == len(pairs), "the watch saw a change twice"
+                delivered = {k: v for k, v, _ in seen}
+                for key, value in acked.items():
+                    assert delivered.get(key) == value, f"the watch missed acknowledged {key!r}"
+            for k in (1, 4, 5):
+                async with dengine.open_client([nodes.clients[k]], cluster_id=CLUSTER, timeout=20) as one:
+                    assert await one.get(b"/m/end") == b"end"  # linearizable: this member is caught up
+                    assert await one.get_many(list(acked), consistency="eventual") == list(acked.values())
+    except BaseException:
+        print(nodes.log_tail())
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            for k in list(nodes.procs):
+                await nodes.stop(k)
