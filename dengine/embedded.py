@@ -48,6 +48,7 @@ from dengine.errors import (
     MembershipChangeInProgress,
     MembershipChangeRefused,
     NotLeader,
+    ProposalDropped,
     Timeout,
     Unavailable,
 )
@@ -423,12 +424,25 @@ class Engine:
         return self._member(node_id)
 
     async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
-        """Remove member ``node_id`` (voter or learner; the leader itself too:
-        it hands leadership to the most caught-up voter once the removal
-        commits). Refused if it would leave no reachable majority. Leader
-        only."""
+        """Remove member ``node_id`` (voter or learner). Refused if it would
+        leave no reachable majority. Leader only. Removing the leader
+        itself hands leadership to the most caught-up voter first and then
+        raises NotLeader naming it: ask the new leader (the remote client
+        does so by itself)."""
         limit = self._timeout(timeout)
-        await self._change(ConfChange(ConfChangeType.REMOVE, _node_id(node_id)), trio.current_time() + limit, limit)
+        node_id = _node_id(node_id)
+        node = self._node
+        core = node.raw.core
+        if (node_id == core.id and node.current_role is Role.LEADER
+                and any(p != core.id for p in core.conf.voters)):
+            new_leader = await self.transfer_leadership(timeout=limit)
+            raise NotLeader(
+                f"node {core.id} handed leadership to node {new_leader} before its own removal; ask node "
+                f"{new_leader} to remove it",
+                leader_id=new_leader,
+                leader_address=self._client_address_of(new_leader),
+            )
+        await self._change(ConfChange(ConfChangeType.REMOVE, node_id), trio.current_time() + limit, limit)
 
     async def update_member(
         self,
@@ -473,9 +487,21 @@ class Engine:
     async def _change(self, change: ConfChange, deadline: float, limit: float) -> None:
         """Propose one membership change and wait until this node applied it."""
         node = self._node
-        if node.current_role is not Role.LEADER:
-            raise node.not_leader()
-        index, term = node.propose_conf_change(change)
+        delay = 0.005
+        while True:
+            if node.current_role is not Role.LEADER:
+                raise node.not_leader()
+            try:
+                index, term = node.propose_conf_change(change)
+                break
+            except ProposalDropped as exc:
+                # A new leader's first entry is not committed yet, or another
+                # change is in flight: nothing was proposed; retry in time.
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    raise Timeout(f"the membership change could not be proposed within {limit:g} s: {exc}") from None
+                await trio.sleep(min(delay, left))
+                delay = min(delay * 2, 0.1)
         waiter = node.applied_waiter(index)
         if waiter is not None:
             node.expire(waiter, deadline, "the membership change did not take effect within {:g} s; "

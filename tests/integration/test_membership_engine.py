@@ -135,3 +135,26 @@ async def test_the_table_survives_a_snapshot_and_a_restart(tmp_path: pathlib.Pat
             member = next(m for m in restarted.members() if m.node_id == added.node_id)
             assert (member.peer_address, member.client_address, member.is_learner) == (
                 "127.0.0.1:7304", "127.0.0.1:9304", True)
+
+
+async def test_removing_the_leader_hands_leadership_over_first(tmp_path: pathlib.Path) -> None:
+    """On loopback TCP: the removed node also learns of its removal from the
+    peers that refuse its connections as removed."""
+    with trio.fail_after(DEADLINE):
+        async with open_cluster(tmp_path, 3, tcp=True) as cluster:
+            leader = await cluster.wait_leader()
+            old = leader.config.node_id
+            await leader.client.put(b"/k", b"v")
+            with pytest.raises(dengine.NotLeader) as info:
+                await leader.remove_member(old)
+            new = info.value.leader_id
+            assert new is not None and new != old and not leader.is_leader()
+            assert f"handed leadership to node {new} before its own removal" in str(info.value)
+            assert old in [m.node_id for m in leader.members()]  # nothing was removed yet
+            successor = cluster.engines[new]
+            await successor.remove_member(old)
+            assert [m.node_id for m in successor.members()] == sorted({1, 2, 3} - {old})
+            with trio.fail_after(10):
+                await leader.removed_notify().wait()
+            with pytest.raises(dengine.MemberRemoved, match=f"node {old} was removed from the cluster"):
+                await leader.client.get(b"/k", consistency="eventual")
