@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     )
     from dengine.client import BlockingClient, BlockingWatch, Client, RemoteWatch, connect, open_client
     from dengine.config import Config
-    from dengine.embedded import EmbeddedClient, Engine, open_engine, run_engine
+    from dengine.embedded import EmbeddedClient, Engine, open_engine, restore_snapshot, run_engine
     from dengine.server import Server, open_server, serve
     from dengine.watch import Watch, WatchStatistics
 
@@ -72,7 +72,7 @@ _LAZY: dict[str, str] = {
         "dengine.api",
     ),
     "Config": "dengine.config",
-    **dict.fromkeys(["EmbeddedClient", "Engine", "open_engine", "run_engine"], "dengine.embedded"),
+    **dict.fromkeys(["EmbeddedClient", "Engine", "open_engine", "restore_snapshot", "run_engine"], "dengine.embedded"),
     **dict.fromkeys(["Watch", "WatchStatistics"], "dengine.watch"),
     **dict.fromkeys(["Client", "RemoteWatch", "open_client"], "dengine.client.client"),
     **dict.fromkeys(["BlockingClient", "BlockingWatch", "connect"], "dengine.client.blocking"),
@@ -105,6 +105,7 @@ __all__ = [
     "WatchEventType",
     "WatchStatistics",
     "open_engine",
+    "restore_snapshot",
     "run_engine",
     # errors (docs/errors.md)
     "ClusterError",

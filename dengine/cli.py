@@ -48,7 +48,8 @@ EXIT_NEGATIVE = 3
 EXIT_REMOVED = 4
 EXIT_INTERRUPTED = 130
 
-_CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader", "member")
+_CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader", "member",
+                    "snapshot")
 # The common flags of the client commands, by dest (see _common_flags).
 _CLIENT_FLAGS = {
     "endpoints": "--endpoints", "timeout": "--timeout", "write_out": "--write-out", "hex": "--hex",
@@ -248,10 +249,30 @@ def _build_parser() -> argparse.ArgumentParser:
     update.add_argument("--peer-address")
     update.add_argument("--client-address")
 
+    snap = _sub(sub, "snapshot", "back up a cluster, or seed a new one from a backup",
+                "Like `etcdctl snapshot`: save FILE | restore FILE.")
+    ssub = snap.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND", required=True)
+    save = _sub(ssub, "save", "stream a consistent backup from a running cluster to FILE",
+                "Write a consistent backup of the whole key-value state (at a linearizable read point) to "
+                "FILE (through FILE.part, checked, then renamed). Prints its revision; progress goes to stderr "
+                "for large backups.")
+    save.add_argument("file", metavar="FILE")
+    restore = _sub(ssub, "restore", "seed a new member's data directory from a backup",
+                   "Write, into an empty --data-dir, the state of backup FILE for member --id of a NEW cluster "
+                   "of --initial-cluster (run it for every member, with the same file and members), then start "
+                   "each with `dengine serve` and the printed flags. The new cluster gets its own cluster id "
+                   "(--cluster-id, default <old id>-restored-<revision>), so it cannot mix with the old one.")
+    restore.add_argument("file", metavar="FILE")
+    restore.add_argument("--data-dir", required=True, help="the new member's data directory (new or empty)")
+    restore.add_argument("--id", type=int, required=True, dest="node_id", help="the new member's node id")
+    restore.add_argument("--initial-cluster", required=True, help="id=host:port,... peer addresses of the new members")
+
     for name in _CLIENT_COMMANDS:
         _common_flags(sub.choices[name])
     for name in ("list", "add", "promote", "remove", "update"):
         _common_flags(msub.choices[name])
+    for name in ("save", "restore"):
+        _common_flags(ssub.choices[name])
     return parser
 
 
@@ -547,9 +568,46 @@ def _member(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
+def _snapshot(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    if args.snapshot_command == "restore":
+        from dengine.config import parse_members
+        from dengine.embedded import restore_snapshot
+
+        try:
+            members = parse_members(args.initial_cluster)
+        except InvalidArgument as exc:
+            raise UsageError(f"--initial-cluster: {exc}") from None
+        revision, cluster_id = restore_snapshot(args.file, args.data_dir, node_id=args.node_id,
+                                                initial_cluster=members, cluster_id=args.cluster_id)
+        serve = (f"dengine serve --id {args.node_id} --data-dir {args.data_dir} --peer-address "
+                 f"{members[args.node_id]} --initial-cluster {args.initial_cluster} --cluster-id {cluster_id}")
+        out.emit({"revision": revision, "cluster_id": cluster_id, "data_dir": args.data_dir},
+                 [f"Restored revision {revision} into {args.data_dir} for node {args.node_id} of cluster "
+                  f"{cluster_id!r}; start it with: {serve}"],
+                 (["revision", "cluster id", "data dir"], [[revision, cluster_id, args.data_dir]]))
+        return EXIT_OK
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        if total < (1 << 20):
+            return
+        step = done * 10 // total
+        if step > shown[0]:
+            shown[0] = step
+            print(f"saved {done / (1 << 20):.1f} of {total / (1 << 20):.1f} MiB ({done * 100 // total}%)",
+                  file=sys.stderr, flush=True)
+
+    revision = client.save_snapshot(args.file, progress=progress)
+    size = os.path.getsize(args.file)
+    out.emit({"revision": revision, "file": args.file, "bytes": size},
+             [f"Snapshot saved at revision {revision} to {args.file} ({size} bytes)"],
+             (["revision", "file", "bytes"], [[revision, args.file, size]]))
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[BlockingClient, argparse.Namespace, _Out], int]] = {
     "get": _get, "put": _put, "del": _del, "cas": _cas, "scan": _scan, "watch": _watch,
-    "members": _members, "status": _status, "leader": _leader, "member": _member,
+    "members": _members, "status": _status, "leader": _leader, "member": _member, "snapshot": _snapshot,
 }
 
 

@@ -55,9 +55,12 @@ from dengine.errors import (
 from dengine.config.addresses import parse_address
 from dengine.kv.commands import CompareAndSwap, Delete, Put
 from dengine.kv.members import encode_member_context
+from dengine.kv.snapshot import encode_image
 from dengine.lifecycle import Subscription
 from dengine.raft.messages import ConfChange, ConfChangeType, Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
+from dengine.backup import write_backup
+from dengine.storage.backup import check_cluster_id
 from dengine.storage.file import FileStorage
 from dengine.transport.base import single_leaf
 from dengine.watch.dispatcher import DispatcherStatistics, Watch
@@ -512,6 +515,24 @@ class Engine:
                 "the leader changed before the membership change committed; it was not applied"
             )
 
+    # -- backup ---------------------------------------------------------------
+
+    async def backup_image(self, *, timeout: float | None = None) -> tuple[int, bytes]:
+        """A consistent image of the key-value state (dengine.kv.snapshot
+        layout) at a linearizable read point, and its revision."""
+        await self.client._read_point(ReadConsistency.LINEARIZABLE, timeout)
+        image = self._node.kv.freeze()  # on the event loop: exactly one applied index
+        data = await trio.to_thread.run_sync(encode_image, image)
+        return image.applied_index, data
+
+    async def save_snapshot(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:
+        """Write a backup of the whole key-value state to ``path`` (see
+        docs/operations.md); returns its revision. ``dengine.restore_snapshot``
+        seeds a new cluster from it."""
+        revision, data = await self.backup_image(timeout=timeout)
+        await trio.to_thread.run_sync(write_backup, os.fspath(path), revision, self.config.cluster_id, data)
+        return revision
+
     def status(self) -> Status:
         node = self._node
         core = node.raw.core
@@ -691,6 +712,9 @@ async def open_engine(
                 )
             )
             stack.callback(store.close)
+            if storage is None:
+                # A data directory belongs to one cluster (a restored one gets a new id).
+                await trio.to_thread.run_sync(check_cluster_id, cfg.data_dir, cfg.cluster_id)
             # Tasks that follow the node (membership -> transport); cancelled
             # first when the engine stops (LIFO), then the node stops.
             followers = await stack.enter_async_context(trio.open_nursery())
@@ -764,4 +788,23 @@ async def run_engine(config: Config | str, *, task_status: Any = trio.TASK_STATU
         await trio.sleep_forever()
 
 
-__all__ = ["EmbeddedClient", "Engine", "open_engine", "run_engine"]
+__all__ = ["EmbeddedClient", "Engine", "open_engine", "restore_snapshot", "run_engine"]
+
+
+def restore_snapshot(
+    path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    node_id: int,
+    initial_cluster: dict[int, str],
+    cluster_id: str | None = None,
+) -> tuple[int, str]:
+    """Seed ``data_dir`` (new or empty) for member ``node_id`` of a new
+    cluster of ``initial_cluster`` (node id -> peer address) from the backup
+    at ``path``; run it for every member with the same file and members.
+    Returns the backup's revision and the new cluster's id (``cluster_id``,
+    else ``<old id>-restored-<revision>``): start every member with it."""
+    from dengine.storage.backup import restore_backup
+
+    return restore_backup(os.fspath(path), os.fspath(data_dir), node_id=node_id,
+                          initial_cluster=initial_cluster, cluster_id=cluster_id)

@@ -77,6 +77,7 @@ from dengine.api import (
     validate_ttl,
     validate_value,
 )
+from dengine.backup import BackupHeader
 from dengine.codec import pack, unpack
 from dengine.config import DEFAULT_CLIENT_ADDRESS, parse_address
 from dengine.config import DEFAULT_CLUSTER_ID as _DEFAULT_CLUSTER_ID
@@ -1436,3 +1437,19 @@ def membership_item(body: dict[str, Any], router: Router) -> MembershipChange:
     change = decode_membership_change(body)
     router.learn_members(change.members)
     return change
+
+
+def backup_header(body: dict[str, Any]) -> BackupHeader:
+    """The first item of a ``snapshot`` stream."""
+    revision, size, crc, cluster = body.get("revision"), body.get("size"), body.get("crc32"), body.get("cluster_id")
+    if not (type(revision) is int and type(size) is int and type(crc) is int and type(cluster) is str) or size < 0:
+        raise ProtocolError(f"the snapshot stream did not begin with its header: {body!r:.80}")
+    return BackupHeader(revision, cluster, size, crc)
+
+
+def backup_chunk(body: dict[str, Any]) -> bytes:
+    """A later item of a ``snapshot`` stream: a piece of the image."""
+    chunk = body.get("chunk")
+    if type(chunk) is not bytes:
+        raise ProtocolError(f"a snapshot stream item must carry a chunk, got {body!r:.80}")
+    return chunk

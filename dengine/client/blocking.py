@@ -35,15 +35,17 @@ Rules of this client:
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from dengine.api import KeyValue, LeaderInfo, Member, ReadConsistency, ScanResult, Status, WatchEvent
+from dengine.backup import BackupWriter
 from dengine.client import _core
 from dengine.client._core import (
     Attempts,
@@ -57,6 +59,7 @@ from dengine.client._core import (
     Next,
     Router,
     StreamBuffer,
+    StreamEnded,
     WatchState,
     calls,
 )
@@ -484,6 +487,36 @@ class BlockingClient:
             if not self._sleep(att):
                 break
         raise att.stream_error()
+
+    # -- backup -------------------------------------------------------------------------
+
+    def save_snapshot(self, path: str | os.PathLike[str], *,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+        """Like ``Client.save_snapshot``: a consistent backup to ``path``; its
+        revision."""
+        conn, buffer = self._open_stream("snapshot", {}, avoid=None)
+        writer: BackupWriter | None = None
+        try:
+            header = _core.backup_header(conn.next_item(buffer))
+            writer = BackupWriter(os.fspath(path), header)
+            while True:
+                try:
+                    chunk = _core.backup_chunk(conn.next_item(buffer))
+                except StreamEnded:
+                    break
+                writer.write(chunk)
+                if progress is not None:
+                    progress(writer.written, header.size)
+            writer.finish()
+            writer = None
+            return header.revision
+        except ConnectionLost as exc:
+            raise Unavailable(f"the server sending the backup went away ({_core.describe_error(exc)}); "
+                              "nothing was saved") from None
+        finally:
+            if writer is not None:
+                writer.abort()
+            conn.close()
 
     # -- closing ------------------------------------------------------------------------
 

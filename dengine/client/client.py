@@ -42,15 +42,17 @@ Rules of this client (docs/protocol.md, "Client behaviour"):
 
 from __future__ import annotations
 
+import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from dengine.api import KeyValue, LeaderInfo, Member, MembershipChange, ReadConsistency, ScanResult, Status, WatchEvent
+from dengine.backup import BackupWriter
 from dengine.client import _core
 from dengine.client._connection import NETWORK_ERRORS, Connection, ConnectionLost, Expired, Stream
 from dengine.client._core import Attempts, Call, Next, Router, WatchState, calls
@@ -303,6 +305,38 @@ class Client:
                             client_address: str | None = None, timeout: float | None = None) -> Member:
         return await self._run(calls.update_member(  # type: ignore[no-any-return]
             node_id, peer_address=peer_address, client_address=client_address, timeout=timeout))
+
+    async def save_snapshot(self, path: str | os.PathLike[str], *,
+                            progress: Callable[[int, int], None] | None = None) -> int:
+        """Stream a consistent backup of the whole key-value state from a
+        server to ``path`` (written to ``path.part``, checked, renamed);
+        returns its revision. ``progress(bytes_done, bytes_total)`` is called
+        as pieces arrive. ``dengine.restore_snapshot`` seeds a new cluster
+        from it."""
+        stream = await self._open_stream("snapshot", {}, avoid=None)
+        writer: BackupWriter | None = None
+        try:
+            header = _core.backup_header(await stream.receive())
+            writer = await trio.to_thread.run_sync(BackupWriter, os.fspath(path), header)
+            while True:
+                try:
+                    chunk = _core.backup_chunk(await stream.receive())
+                except trio.EndOfChannel:
+                    break
+                await trio.to_thread.run_sync(writer.write, chunk)
+                if progress is not None:
+                    progress(writer.written, header.size)
+            await trio.to_thread.run_sync(writer.finish)
+            writer = None
+            return header.revision
+        except ConnectionLost as exc:
+            raise Unavailable(f"the server sending the backup went away ({_core.describe_error(exc)}); "
+                              "nothing was saved") from None
+        finally:
+            if writer is not None:
+                writer.abort()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     def watch_members(self) -> MemberWatch:
         """``async with client.watch_members() as changes: async for change in changes``:

@@ -22,16 +22,26 @@ Rules of this module:
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import msgpack
 
 from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE
-from dengine.errors import MalformedMessage
+from dengine.errors import MalformedMessage, StorageCorrupted
 from dengine.kv.members import MemberTable
 from dengine.kv.store import FrozenImage, KVStore
 
-__all__ = ["SNAPSHOT_VERSION", "FrozenImage", "decode_image", "encode_image", "restore", "snapshot_bytes"]
+__all__ = [
+    "SNAPSHOT_VERSION",
+    "FrozenImage",
+    "decode_image",
+    "encode_image",
+    "restore",
+    "snapshot_bytes",
+    "unwrap_snapshot_data",
+    "wrap_snapshot_data",
+]
 
 SNAPSHOT_VERSION = 2
 
@@ -54,6 +64,21 @@ def encode_image(image: FrozenImage) -> bytes:
         [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat, image.members.to_wire()], use_bin_type=True
     )
     return packed
+
+
+# A Raft snapshot's data is the KV image wrapped with a CRC32, so a corrupted
+# snapshot from a peer (or a disk) is refused before it replaces anything.
+def wrap_snapshot_data(image: bytes) -> bytes:
+    return zlib.crc32(image).to_bytes(4, "big") + image
+
+
+def unwrap_snapshot_data(data: bytes, *, source: str) -> bytes:
+    if len(data) < 4:
+        raise StorageCorrupted(f"{source}: snapshot data is {len(data)} bytes, too short", path=source, offset=0)
+    image = data[4:]
+    if zlib.crc32(image).to_bytes(4, "big") != data[:4]:
+        raise StorageCorrupted(f"{source}: snapshot checksum mismatch", path=source, offset=0)
+    return image
 
 
 def snapshot_bytes(store: KVStore) -> bytes:

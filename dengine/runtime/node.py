@@ -37,7 +37,6 @@ import functools
 import logging
 import random
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -49,7 +48,7 @@ from dengine.api import Member, MembershipChange, WatchEvent
 from dengine.config import WatchSettings
 from dengine.errors import DengineError, EngineStopped, MemberRemoved, NotLeader, StorageCorrupted
 from dengine.kv.commands import Command, ExpireKeys, command_size, encode_batch
-from dengine.kv.snapshot import encode_image, restore
+from dengine.kv.snapshot import encode_image, restore, unwrap_snapshot_data, wrap_snapshot_data
 from dengine.kv.store import ApplyResult, KVStore
 from dengine.lifecycle import Lifecycle
 from dengine.raft import membership
@@ -100,21 +99,6 @@ class NodeOptions:
     # Peer addresses by node id, for leader hints.
     addresses: dict[int, str] = attrs.field(factory=dict)
     watch: WatchSettings = attrs.field(factory=WatchSettings)
-
-
-# A snapshot's data is the KV image wrapped with a CRC32, so a corrupted
-# snapshot from a peer (or a disk) is refused before it replaces anything.
-def wrap_snapshot_data(image: bytes) -> bytes:
-    return zlib.crc32(image).to_bytes(4, "big") + image
-
-
-def unwrap_snapshot_data(data: bytes, *, source: str) -> bytes:
-    if len(data) < 4:
-        raise StorageCorrupted(f"{source}: snapshot data is {len(data)} bytes, too short", path=source, offset=0)
-    image = data[4:]
-    if zlib.crc32(image).to_bytes(4, "big") != data[:4]:
-        raise StorageCorrupted(f"{source}: snapshot checksum mismatch", path=source, offset=0)
-    return image
 
 
 class _ExpiryWaiter:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -793,6 +794,23 @@ async def _watch_members(conn: _Connection, request: Request) -> None:
     raise EngineStopped(f"node {conn.service._node_id} is stopping")
 
 
+_SNAPSHOT_CHUNK = 256 * 1024
+
+
+async def _snapshot(conn: _Connection, request: Request) -> None:
+    """A backup: first ``{"revision", "size", "crc32", "cluster_id"}``, then
+    ``{"chunk": bin}`` items of the image in order (each waits for room in
+    the send queue: a slow reader slows the server down, nothing is
+    dropped), then the final ``ok``."""
+    revision, data = await conn.engine.backup_image(timeout=_seconds(request.args["timeout_ms"]))
+    header = {"revision": revision, "size": len(data), "crc32": zlib.crc32(data),
+              "cluster_id": conn.service._cluster_id}
+    await conn._queue(encode_response(request.id, STATUS_ITEM, header))
+    view = memoryview(data)
+    for at in range(0, len(data), _SNAPSHOT_CHUNK):
+        await conn._queue(encode_response(request.id, STATUS_ITEM, {"chunk": bytes(view[at:at + _SNAPSHOT_CHUNK])}))
+
+
 _STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {
-    "watch": _watch, "watch_leader": _watch_leader, "watch_members": _watch_members,
+    "watch": _watch, "watch_leader": _watch_leader, "watch_members": _watch_members, "snapshot": _snapshot,
 }

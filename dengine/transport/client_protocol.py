@@ -227,6 +227,7 @@ OPS: Final[dict[str, OpSpec]] = {
             write=True,
         ),
         OpSpec("watch_members", {}, stream=True),
+        OpSpec("snapshot", {**_TIMEOUT}, stream=True),
     )
 }
 CANCEL: Final = "cancel"

@@ -25,6 +25,8 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.kv", 2, "kv"),
     ("dengine.watch.registry", 2, "watch.registry"),
     ("dengine.codec", 3, "codec"),
+    # The backup file format: beside the codec, used by the engine, storage and clients.
+    ("dengine.backup", 3, "codec"),
     ("dengine.config", 4, "config"),
     ("dengine.storage", 5, "storage"),
     ("dengine.transport", 5, "transport"),
