@@ -257,6 +257,9 @@ def _build_parser() -> argparse.ArgumentParser:
                 "FILE (through FILE.part, checked, then renamed). Prints its revision; progress goes to stderr "
                 "for large backups.")
     save.add_argument("file", metavar="FILE")
+    save.add_argument("--data-dir", help="disaster recovery: back up a STOPPED node's data directory instead of a "
+                      "running cluster -- every entry in its log, committed or not (loses the guarantee: see "
+                      "docs/operations.md)")
     restore = _sub(ssub, "restore", "seed a new member's data directory from a backup",
                    "Write, into an empty --data-dir, the state of backup FILE for member --id of a NEW cluster "
                    "of --initial-cluster (run it for every member, with the same file and members), then start "
@@ -585,6 +588,17 @@ def _snapshot(client: BlockingClient, args: argparse.Namespace, out: _Out) -> in
                  [f"Restored revision {revision} into {args.data_dir} for node {args.node_id} of cluster "
                   f"{cluster_id!r}; start it with: {serve}"],
                  (["revision", "cluster id", "data dir"], [[revision, cluster_id, args.data_dir]]))
+        return EXIT_OK
+    if args.data_dir:
+        from dengine.storage.backup import backup_from_data_dir
+
+        print(f"dengine: backing up the log of {args.data_dir} as it is, committed or not: acknowledged writes "
+              "this node never received are missing (disaster recovery only)", file=sys.stderr)
+        revision = backup_from_data_dir(args.data_dir, args.file)
+        size = os.path.getsize(args.file)
+        out.emit({"revision": revision, "file": args.file, "bytes": size},
+                 [f"Snapshot saved at revision {revision} to {args.file} ({size} bytes) from {args.data_dir}"],
+                 (["revision", "file", "bytes"], [[revision, args.file, size]]))
         return EXIT_OK
     shown = [-1]
 

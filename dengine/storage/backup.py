@@ -24,10 +24,11 @@ import attrs
 from dengine.backup import read_backup
 from dengine.errors import ConfigError, InvalidArgument, StorageCorrupted
 from dengine.kv.members import MemberTable, encode_member_context
-from dengine.kv.snapshot import decode_image, encode_image, wrap_snapshot_data
-from dengine.raft.messages import ConfState, HardState, Snapshot, SnapshotMeta
+from dengine.kv.snapshot import decode_image, encode_image, restore, unwrap_snapshot_data, wrap_snapshot_data
+from dengine.kv.store import KVStore
+from dengine.raft.messages import ConfState, EntryType, HardState, Snapshot, SnapshotMeta
 
-__all__ = ["CLUSTER_ID_FILE", "check_cluster_id", "record_cluster_id", "restore_backup"]
+__all__ = ["CLUSTER_ID_FILE", "backup_from_data_dir", "check_cluster_id", "record_cluster_id", "restore_backup"]
 
 #: The file in a data directory that names the cluster it belongs to.
 CLUSTER_ID_FILE = "cluster-id"
@@ -103,3 +104,38 @@ def check_cluster_id(data_dir: str, cluster_id: str) -> None:
             f"{data_dir} belongs to cluster {recorded!r}, not {cluster_id!r}: start it with --cluster-id "
             f"{recorded} (or use another data directory)"
         )
+
+
+def backup_from_data_dir(data_dir: str, path: str, *, cluster_id: str | None = None) -> int:
+    """Disaster recovery: write a backup of the state in a stopped node's
+    ``data_dir`` -- its snapshot, then EVERY entry in its log, committed
+    or not, as etcd's ``--force-new-cluster`` does. It loses the guarantee:
+    writes the cluster acknowledged but this node never received are
+    missing, and writes whose clients saw an unknown outcome may be there.
+    Use it only when a majority is lost for good. Returns the revision."""
+    from dengine.storage.file import FileStorage  # noqa: PLC0415 - only this path needs the WAL reader
+    from dengine.backup import write_backup  # noqa: PLC0415
+
+    storage = FileStorage(data_dir, create=False)
+    try:
+        state = storage.load()
+    finally:
+        storage.close()
+    store = KVStore()
+    if state.snapshot is not None:
+        store = restore(unwrap_snapshot_data(state.snapshot.data, source=f"{data_dir} snapshot"))
+    for entry in state.entries:
+        if entry.index <= store.applied_index:
+            continue
+        if entry.type is EntryType.CONF_CHANGE:
+            store.apply_member(entry.index, 0, "none")  # the new cluster brings its own members
+        else:
+            store.apply(entry.index, entry.data, emit_events=False)
+    if cluster_id is None:
+        try:
+            with open(os.path.join(data_dir, CLUSTER_ID_FILE), encoding="utf-8") as f:
+                cluster_id = f.read().strip() or "dengine"
+        except FileNotFoundError:
+            cluster_id = "dengine"
+    write_backup(path, store.applied_index, cluster_id, encode_image(store.freeze()))
+    return store.applied_index

@@ -23,6 +23,7 @@ import trio
 
 import dengine
 from dengine.backup import read_backup
+from dengine.kv.snapshot import decode_image
 from tests.integration.cluster_helpers import free_ports
 
 CLUSTER = "backup-test"
@@ -109,6 +110,17 @@ async def test_a_backup_under_writes_restores_to_a_new_cluster_with_the_data_at_
                 if r <= revision:
                     expected[key] = value
             await source.stop_all()
+            # Disaster recovery: a stopped node's log backed up offline. The old leader's log holds
+            # every write it acknowledged (the writer's whole history here).
+            rescue = tmp_path / "rescue.db"
+            code, out, err = await _cli("snapshot", "save", str(rescue), "--data-dir", str(source.data_dir(leader)),
+                                        "-w", "json")
+            assert code == 0 and "disaster recovery only" in err, err
+            everything = {b"/b/warm": b"up"}
+            for _, key, value in sorted(history):
+                everything[key] = value
+            assert decode_image(read_backup(str(rescue))[1]).values == everything
+            assert json.loads(out)["revision"] >= max(r for r, _, _ in history)
 
             for i in (1, 2, 3):
                 code, out, err = await _cli("snapshot", "restore", str(backup), "--data-dir",
