@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from dengine.errors import DengineError
+from dengine.errors import DengineError, MembershipChangeRefused
 from dengine.raft.core import RaftConfig
 from dengine.raft.messages import (
     ConfChange,
@@ -206,6 +206,8 @@ class Simulation:
         self.nodes: dict[int, SimNode] = {}
         self.initial = frozenset(range(1, self.cfg.nodes + 1))
         self.next_id = self.cfg.nodes + 1
+        self.conf_proposed: dict[str, int] = {}  # membership changes proposed, by kind
+        self.conf_refused = 0  # refused as unsafe (learner behind, no reachable majority)
         # In flight: (deliver at step, seq, message)
         self.network: list[tuple[int, int, Message]] = []
         self.seq = 0
@@ -615,8 +617,14 @@ class Simulation:
             return
         try:
             leader.raw.propose_conf_change(change)
+        except MembershipChangeRefused as exc:
+            # The operator path's safety rules (membership.check_safe).
+            self.conf_refused += 1
+            self.log(f"refused {change.type.name} {change.node_id} on {leader.id}: {exc}")
+            return
         except DengineError:
             return
+        self.conf_proposed[change.type.name] = self.conf_proposed.get(change.type.name, 0) + 1
         if change.type is ConfChangeType.ADD_LEARNER:
             self.next_id += 1
             self._start_node(change.node_id, Durable(), voters=frozenset())

@@ -76,6 +76,24 @@ def test_faults_are_exercised() -> None:
     assert totals["snapshots"] > 0
 
 
+def test_membership_changes_go_through_the_operator_path() -> None:
+    """Learners are added, promoted once caught up (or refused while behind
+    or unreachable), members removed -- with crashes and partitions in
+    between -- and every safety property holds."""
+    proposed: dict[str, int] = {}
+    refused = 0
+    for seed in range(20):
+        sim = Simulation(seed, SimConfig(nodes=3))
+        assert sim.run() is None
+        for kind, n in sim.conf_proposed.items():
+            proposed[kind] = proposed.get(kind, 0) + n
+        refused += sim.conf_refused
+    assert proposed.get("ADD_LEARNER", 0) > 5, proposed
+    assert proposed.get("PROMOTE", 0) > 2, proposed
+    assert proposed.get("REMOVE", 0) > 2, proposed
+    assert refused > 0  # the safety rules were met, and they refused
+
+
 # --- the checkers catch broken cores ------------------------------------------------
 
 
