@@ -44,7 +44,16 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from dengine.api import KeyValue, LeaderInfo, Member, ReadConsistency, ScanResult, Status, WatchEvent
+from dengine.api import (
+    KeyValue,
+    LeaderInfo,
+    Member,
+    MembershipChange,
+    ReadConsistency,
+    ScanResult,
+    Status,
+    WatchEvent,
+)
 from dengine.backup import BackupWriter
 from dengine.client import _core
 from dengine.client._core import (
@@ -68,7 +77,7 @@ from dengine.errors import DengineError, Timeout, Unavailable
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["BlockingClient", "BlockingWatch", "connect"]
+__all__ = ["BlockingClient", "BlockingMemberWatch", "BlockingWatch", "connect"]
 
 _RECEIVE_SIZE = 256 * 1024
 _WRITE_TIMEOUT = 10.0
@@ -488,6 +497,13 @@ class BlockingClient:
                 break
         raise att.stream_error()
 
+    def watch_members(self) -> BlockingMemberWatch:
+        """``with client.watch_members() as changes: for change in changes``:
+        every membership change from now on. If its server goes away the
+        iteration ends with Unavailable (changes are not replayed: read
+        ``members()`` and open a new one)."""
+        return BlockingMemberWatch(self)
+
     # -- backup -------------------------------------------------------------------------
 
     def save_snapshot(self, path: str | os.PathLike[str], *,
@@ -674,3 +690,38 @@ def connect(
     return BlockingClient(eps, timeout=limit, auto_resume=bool(auto_resume), cluster_id=cluster,
                           ssl_context=ssl_context, rng=rng if rng is not None else random.Random(),
                           keepalive_timeout=keepalive)
+
+
+class BlockingMemberWatch:
+    """MembershipChange values from one server, over a connection of its own."""
+
+    def __init__(self, client: BlockingClient) -> None:
+        self._client = client
+        self._conn: _Connection | None = None
+        self._buffer: StreamBuffer | None = None
+
+    def __enter__(self) -> BlockingMemberWatch:
+        self._conn, self._buffer = self._client._open_stream("watch_members", {}, avoid=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __iter__(self) -> Iterator[MembershipChange]:
+        return self
+
+    def __next__(self) -> MembershipChange:
+        conn, buffer = self._conn, self._buffer
+        if conn is None or buffer is None:
+            raise StopIteration
+        try:
+            return _core.membership_item(conn.next_item(buffer), self._client._router)
+        except StreamEnded:
+            raise StopIteration from None
+        except ConnectionLost as exc:
+            raise Unavailable(
+                f"the membership stream's server {conn.endpoint} went away ({_core.describe_error(exc)}); "
+                "changes are not replayed: read members() and open a new one"
+            ) from None

@@ -158,3 +158,37 @@ async def test_removing_the_leader_hands_leadership_over_first(tmp_path: pathlib
                 await leader.removed_notify().wait()
             with pytest.raises(dengine.MemberRemoved, match=f"node {old} was removed from the cluster"):
                 await leader.client.get(b"/k", consistency="eventual")
+
+
+async def test_remote_clients_change_and_watch_membership(tmp_path: pathlib.Path) -> None:
+    """Through a real server: the trio client and the blocking client add,
+    update and remove a learner, and both membership watches see it."""
+    import attrs
+
+    from dengine.testing import free_ports
+
+    peer, other = free_ports(2)
+    cfg = dengine.Config.single_node(str(tmp_path / "d"), client_address="127.0.0.1:0")
+    cfg = attrs.evolve(cfg, node=attrs.evolve(cfg.node, peer_address=f"127.0.0.1:{peer}"),
+                       raft=attrs.evolve(cfg.raft, tick_interval_ms=10))
+    with trio.fail_after(DEADLINE):
+        async with dengine.open_server(cfg) as server:
+            await server.wait_ready(timeout=10)
+            endpoint = server.client_address
+
+            def blocking_side() -> list[dengine.MembershipChange]:
+                with dengine.connect([endpoint], timeout=10) as client:
+                    with client.watch_members() as changes:
+                        added = client.add_member(f"127.0.0.1:{other}", client_address="127.0.0.1:9999")
+                        client.update_member(added.node_id, client_address="127.0.0.1:9998")
+                        client.remove_member(added.node_id)
+                        return [next(changes) for _ in range(3)]
+
+            async with dengine.open_client([endpoint], timeout=10) as client:
+                async with client.watch_members() as changes:
+                    seen_blocking = await trio.to_thread.run_sync(blocking_side)
+                    seen_trio = [await changes.__anext__() for _ in range(3)]
+                assert [m.node_id for m in await client.members()] == [1]
+            for seen in (seen_blocking, seen_trio):
+                assert [(c.kind, c.node_id) for c in seen] == [("added_learner", 2), ("updated", 2), ("removed", 2)]
+                assert seen[1].members[1].client_address == "127.0.0.1:9998"
