@@ -107,6 +107,33 @@ class EmbeddedClient:
     def _node(self) -> Node:
         return self._engine._node
 
+    # -- membership and backup: the engine's, under the remote client's names --
+
+    def members(self) -> tuple[Member, ...]:
+        return self._engine.members()
+
+    async def add_member(self, peer_address: str, *, learner: bool = True, node_id: int | None = None,
+                         client_address: str | None = None, timeout: float | None = None) -> Member:
+        return await self._engine.add_member(peer_address, learner=learner, node_id=node_id,
+                                             client_address=client_address, timeout=timeout)
+
+    async def promote_member(self, node_id: int, *, timeout: float | None = None) -> Member:
+        return await self._engine.promote_member(node_id, timeout=timeout)
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        await self._engine.remove_member(node_id, timeout=timeout)
+
+    async def update_member(self, node_id: int, *, peer_address: str | None = None,
+                            client_address: str | None = None, timeout: float | None = None) -> Member:
+        return await self._engine.update_member(node_id, peer_address=peer_address, client_address=client_address,
+                                                timeout=timeout)
+
+    def watch_members(self) -> Subscription[MembershipChange]:
+        return self._engine.watch_members()
+
+    async def save_snapshot(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:
+        return await self._engine.save_snapshot(path, timeout=timeout)
+
     # -- writes ---------------------------------------------------------
 
     async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:

@@ -66,8 +66,8 @@ async def test_add_promote_update_remove_and_the_watch_sees_each_once(tmp_path: 
                             await waiter.wait()
                     assert engine._node.kv.members == leader._node.kv.members
             # A removed member's id is never given out again.
-            fresh = await leader.add_member("127.0.0.1:7105")
-            assert fresh.node_id == 5
+            fresh = await leader.client.add_member("127.0.0.1:7105")  # the EmbeddedClient has the same names
+            assert fresh.node_id == 5 and fresh in leader.client.members()
             with pytest.raises(dengine.InvalidArgument, match="ids are never reused"):
                 await leader.add_member("127.0.0.1:7106", node_id=4)
 
