@@ -170,3 +170,30 @@ def test_a_damaged_backup_is_refused_saying_what_is_wrong(tmp_path: pathlib.Path
         read_backup(str(path))
     with pytest.raises(dengine.InvalidArgument, match="not in the initial cluster"):
         dengine.restore_snapshot(str(tmp_path / "x"), str(tmp_path / "d"), node_id=9, initial_cluster={1: "h:1"})
+
+
+async def test_a_large_backup_shows_progress(tmp_path: pathlib.Path) -> None:
+    """Pieces arrive in order and progress reaches the whole size (Python's
+    callback, and the CLI's lines on stderr); the backup restores to the data."""
+    import attrs
+
+    cfg = dengine.Config.single_node(str(tmp_path / "d"), client_address="127.0.0.1:0")
+    cfg = attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, tick_interval_ms=10))
+    with trio.fail_after(60):
+        async with dengine.open_server(cfg) as server:
+            await server.wait_ready(timeout=10)
+            async with dengine.open_client([server.client_address], timeout=20) as client:
+                for i in range(24):  # 24 x 100 KB: about ten 256 KiB pieces
+                    await client.put(b"/big/%02d" % i, bytes([i]) * 100_000)
+                calls: list[tuple[int, int]] = []
+                revision = await client.save_snapshot(tmp_path / "big.db", progress=lambda d, t: calls.append((d, t)))
+            assert len(calls) >= 8
+            assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # strictly growing
+            assert calls[-1][0] == calls[-1][1] == read_backup(str(tmp_path / "big.db"))[0].size
+            code, out, err = await _cli("snapshot", "save", str(tmp_path / "cli.db"), "--endpoints",
+                                        server.client_address)
+            assert code == 0 and out.startswith("Snapshot saved at revision "), err
+            lines = [line for line in err.splitlines() if line.startswith("saved ")]
+            assert len(lines) >= 5 and lines[-1].endswith("(100%)"), err
+    values = decode_image(read_backup(str(tmp_path / "big.db"))[1]).values
+    assert values == {b"/big/%02d" % i: bytes([i]) * 100_000 for i in range(24)} and revision > 24
