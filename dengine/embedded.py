@@ -52,7 +52,7 @@ from dengine.errors import (
     Timeout,
     Unavailable,
 )
-from dengine.config.addresses import parse_address
+from dengine.config.addresses import address_argument
 from dengine.kv.commands import CompareAndSwap, Delete, Put
 from dengine.kv.members import encode_member_context
 from dengine.kv.snapshot import encode_image
@@ -420,9 +420,9 @@ class Engine:
         ``node_id`` defaults to one never used in this cluster. Leader only."""
         limit = self._timeout(timeout)
         deadline = trio.current_time() + limit
-        peer_address = _member_address(peer_address, "peer_address")
+        peer_address = address_argument(peer_address, "peer_address")
         if client_address is not None:
-            client_address = _member_address(client_address, "client_address")
+            client_address = address_argument(client_address, "client_address")
         node = self._node
         if node.current_role is not Role.LEADER:
             raise node.not_leader()
@@ -488,12 +488,12 @@ class Engine:
         if peer_address is None and client_address is None:
             raise InvalidArgument("update_member needs a peer_address or a client_address")
         if peer_address is not None:
-            peer_address = _member_address(peer_address, "peer_address")
+            peer_address = address_argument(peer_address, "peer_address")
             for m in self.members():
                 if m.peer_address == peer_address and m.node_id != node_id:
                     raise InvalidArgument(f"peer address {peer_address} is already node {m.node_id}'s")
         if client_address is not None:
-            client_address = _member_address(client_address, "client_address")
+            client_address = address_argument(client_address, "client_address")
         context = encode_member_context(peer_address, client_address)
         await self._change(ConfChange(ConfChangeType.UPDATE, _node_id(node_id), context),
                            trio.current_time() + limit, limit)
@@ -638,16 +638,6 @@ async def _removed_by_peers(node: Node, removed: trio.Event) -> None:
     hear of it (down, or cut off); it stops serving as if it had applied it."""
     await removed.wait()
     node.mark_removed(None)
-
-
-def _member_address(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{name} must be a host:port string, got {type(value).__name__}")
-    try:
-        parse_address(value, allow_port_zero=False)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{name}: {exc.message}") from None
-    return value
 
 
 def _node_id(value: object) -> int:

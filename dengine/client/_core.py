@@ -80,6 +80,7 @@ from dengine.api import (
 from dengine.backup import BackupHeader
 from dengine.codec import pack, unpack
 from dengine.config import DEFAULT_CLIENT_ADDRESS, parse_address
+from dengine.config.addresses import address_argument
 from dengine.config import DEFAULT_CLUSTER_ID as _DEFAULT_CLUSTER_ID
 from dengine.errors import (
     ClusterError,
@@ -917,8 +918,8 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
     @staticmethod
     def add_member(peer_address: str, *, learner: bool, node_id: int | None, client_address: str | None,
                    timeout: float | None) -> Call:
-        args = {"peer_address": _address_arg(peer_address, "peer_address"),
-                "client_address": None if client_address is None else _address_arg(client_address, "client_address"),
+        client = None if client_address is None else address_argument(client_address, "client_address")
+        args = {"peer_address": address_argument(peer_address, "peer_address"), "client_address": client,
                 "learner": bool(learner), "node_id": None if node_id is None else _member_id(node_id)}
         return Call("add_member", args, decode_member, write=True, to_leader=True, timeout=_timeout(timeout))
 
@@ -938,8 +939,8 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
         if peer_address is None and client_address is None:
             raise InvalidArgument("update_member needs a peer_address or a client_address")
         args = {"node_id": _member_id(node_id),
-                "peer_address": None if peer_address is None else _address_arg(peer_address, "peer_address"),
-                "client_address": None if client_address is None else _address_arg(client_address, "client_address")}
+                "peer_address": None if peer_address is None else address_argument(peer_address, "peer_address"),
+                "client_address": None if client_address is None else address_argument(client_address, "client_address")}
         return Call("update_member", args, decode_member, write=True, to_leader=True, timeout=_timeout(timeout))
 
 
@@ -949,14 +950,6 @@ def _member_id(value: object) -> int:
     return value
 
 
-def _address_arg(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{name} must be a host:port string, got {type(value).__name__}")
-    try:
-        parse_address(value, allow_port_zero=False)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{name}: {exc.message}") from None
-    return value
 
 
 # --------------------------------------------------------------------------

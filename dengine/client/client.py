@@ -47,7 +47,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
 import trio
 
@@ -505,16 +505,18 @@ class RemoteWatch:
         await self._drop_stream()
 
 
-class LeaderWatch:
-    """``async with client.watch_leader() as leaders``: LeaderInfo values."""
+class _ServerStream:
+    """An ``async with`` stream of one op from some server (opened on enter,
+    cancelled on exit)."""
+
+    _op = ""
 
     def __init__(self, client: Client) -> None:
         self._client = client
         self._stream: Stream | None = None
-        self._last: LeaderInfo | None = None
 
-    async def __aenter__(self) -> LeaderWatch:
-        self._stream = await self._client._open_stream("watch_leader", {}, avoid=None)
+    async def __aenter__(self) -> Self:
+        self._stream = await self._client._open_stream(self._op, {}, avoid=None)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -523,8 +525,18 @@ class LeaderWatch:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    def __aiter__(self) -> LeaderWatch:
+    def __aiter__(self) -> Self:
         return self
+
+
+class LeaderWatch(_ServerStream):
+    """``async with client.watch_leader() as leaders``: LeaderInfo values."""
+
+    _op = "watch_leader"
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._last: LeaderInfo | None = None
 
     async def __anext__(self) -> LeaderInfo:
         while True:
@@ -548,25 +560,10 @@ class LeaderWatch:
             return info
 
 
-class MemberWatch:
+class MemberWatch(_ServerStream):
     """``async with client.watch_members() as changes``: MembershipChange values."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._stream: Stream | None = None
-
-    async def __aenter__(self) -> MemberWatch:
-        self._stream = await self._client._open_stream("watch_members", {}, avoid=None)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-
-    def __aiter__(self) -> MemberWatch:
-        return self
+    _op = "watch_members"
 
     async def __anext__(self) -> MembershipChange:
         stream = self._stream

@@ -29,6 +29,7 @@ from dengine.errors import InvalidArgument
 
 __all__ = [
     "WILDCARD_HOSTS",
+    "address_argument",
     "format_address",
     "is_wildcard",
     "parse_address",
@@ -134,3 +135,16 @@ def parse_members(text: str) -> dict[int, str]:
             raise InvalidArgument(f"node id {node_id} is listed twice")
         members[node_id] = address
     return members
+
+
+def address_argument(value: object, name: str) -> str:
+    """A ``host:port`` given as an argument named ``name`` (an address
+    others dial: a real port): returned as is, or InvalidArgument naming the
+    argument and the problem."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a host:port string, got {type(value).__name__}")
+    try:
+        parse_address(value, allow_port_zero=False)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{name}: {exc.message}") from None
+    return value
