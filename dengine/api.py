@@ -182,6 +182,13 @@ def _type_name(obj: object) -> str:
     return type(obj).__name__
 
 
+def validate_node_id(value: object) -> int:
+    """A member's node id: a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgument(f"node_id must be a positive integer, got {value!r}")
+    return value
+
+
 def validate_key(key: object, max_key_size: int = DEFAULT_MAX_KEY_SIZE) -> bytes:
     """A key is non-empty ``bytes`` of at most ``max_key_size`` bytes."""
     if not isinstance(key, bytes):

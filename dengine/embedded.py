@@ -34,6 +34,7 @@ from dengine.api import (
     ScanResult,
     Status,
     validate_key,
+    validate_node_id,
     validate_prefix,
     validate_scan_prefix,
     validate_ttl,
@@ -433,12 +434,12 @@ class Engine:
         used = max([node.kv.members.max_id, *(m.node_id for m in members), *self.config.cluster.initial])
         if node_id is None:
             node_id = used + 1
-        elif isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 0:
-            raise InvalidArgument(f"node_id must be a positive integer, got {node_id!r}")
-        elif any(m.node_id == node_id for m in members):
-            raise InvalidArgument(f"node {node_id} is already a member")
-        elif node_id <= node.kv.members.max_id:
-            raise InvalidArgument(f"node id {node_id} belonged to a removed member; ids are never reused")
+        else:
+            node_id = validate_node_id(node_id)
+            if any(m.node_id == node_id for m in members):
+                raise InvalidArgument(f"node {node_id} is already a member")
+            if node_id <= node.kv.members.max_id:
+                raise InvalidArgument(f"node id {node_id} belonged to a removed member; ids are never reused")
         context = encode_member_context(peer_address, client_address)
         await self._change(ConfChange(ConfChangeType.ADD_LEARNER, node_id, context), deadline, limit)
         if not learner:
@@ -450,7 +451,8 @@ class Engine:
         unless it is within ``raft.learner_max_lag`` entries of the leader.
         Leader only."""
         limit = self._timeout(timeout)
-        await self._change(ConfChange(ConfChangeType.PROMOTE, _node_id(node_id)), trio.current_time() + limit, limit)
+        change = ConfChange(ConfChangeType.PROMOTE, validate_node_id(node_id))
+        await self._change(change, trio.current_time() + limit, limit)
         return self._member(node_id)
 
     async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
@@ -460,7 +462,7 @@ class Engine:
         raises NotLeader naming it: ask the new leader (the remote client
         does so by itself)."""
         limit = self._timeout(timeout)
-        node_id = _node_id(node_id)
+        node_id = validate_node_id(node_id)
         node = self._node
         core = node.raw.core
         if (node_id == core.id and node.current_role is Role.LEADER
@@ -495,7 +497,7 @@ class Engine:
         if client_address is not None:
             client_address = address_argument(client_address, "client_address")
         context = encode_member_context(peer_address, client_address)
-        await self._change(ConfChange(ConfChangeType.UPDATE, _node_id(node_id), context),
+        await self._change(ConfChange(ConfChangeType.UPDATE, validate_node_id(node_id), context),
                            trio.current_time() + limit, limit)
         return self._member(node_id)
 
@@ -638,12 +640,6 @@ async def _removed_by_peers(node: Node, removed: trio.Event) -> None:
     hear of it (down, or cut off); it stops serving as if it had applied it."""
     await removed.wait()
     node.mark_removed(None)
-
-
-def _node_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidArgument(f"node_id must be a positive integer, got {value!r}")
-    return value
 
 
 def _find_dengine_error(exc: BaseException) -> DengineError | None:

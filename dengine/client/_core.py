@@ -72,6 +72,7 @@ from dengine.api import (
     WatchEvent,
     WatchEventType,
     validate_key,
+    validate_node_id,
     validate_prefix,
     validate_scan_prefix,
     validate_ttl,
@@ -920,17 +921,17 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
                    timeout: float | None) -> Call:
         client = None if client_address is None else address_argument(client_address, "client_address")
         args = {"peer_address": address_argument(peer_address, "peer_address"), "client_address": client,
-                "learner": bool(learner), "node_id": None if node_id is None else _member_id(node_id)}
+                "learner": bool(learner), "node_id": None if node_id is None else validate_node_id(node_id)}
         return Call("add_member", args, decode_member, write=True, to_leader=True, timeout=_timeout(timeout))
 
     @staticmethod
     def promote_member(node_id: int, *, timeout: float | None) -> Call:
-        return Call("promote_member", {"node_id": _member_id(node_id)}, decode_member, write=True, to_leader=True,
-                    timeout=_timeout(timeout))
+        return Call("promote_member", {"node_id": validate_node_id(node_id)}, decode_member, write=True,
+                    to_leader=True, timeout=_timeout(timeout))
 
     @staticmethod
     def remove_member(node_id: int, *, timeout: float | None) -> Call:
-        return Call("remove_member", {"node_id": _member_id(node_id)}, lambda body: None, write=True,
+        return Call("remove_member", {"node_id": validate_node_id(node_id)}, lambda body: None, write=True,
                     to_leader=True, timeout=_timeout(timeout))
 
     @staticmethod
@@ -938,16 +939,10 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
                       timeout: float | None) -> Call:
         if peer_address is None and client_address is None:
             raise InvalidArgument("update_member needs a peer_address or a client_address")
-        args = {"node_id": _member_id(node_id),
+        args = {"node_id": validate_node_id(node_id),
                 "peer_address": None if peer_address is None else address_argument(peer_address, "peer_address"),
                 "client_address": None if client_address is None else address_argument(client_address, "client_address")}
         return Call("update_member", args, decode_member, write=True, to_leader=True, timeout=_timeout(timeout))
-
-
-def _member_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidArgument(f"node_id must be a positive integer, got {value!r}")
-    return value
 
 
 
