@@ -4,6 +4,8 @@
     dengine run [flags]              run one embedded engine node until Ctrl-C
     dengine get KEY | put KEY VALUE | del KEY | cas KEY NEW | scan PREFIX
     dengine watch KEY | members | status | leader
+    dengine member list|add|promote|remove|update    membership (docs/operations.md)
+    dengine snapshot save FILE | restore FILE         backups
     dengine --version
 
 Conventions follow etcdctl: ``dengine COMMAND --help`` for every command;
