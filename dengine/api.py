@@ -82,12 +82,24 @@ class ReadConsistency(enum.Enum):
 
 @attrs.frozen(slots=True)
 class KeyValue:
-    """One key with its value. ``revision`` is the Raft index of the write
-    that last set the value (0 when unknown)."""
+    """One key with its value and, as in etcd, its history: ``revision``
+    (also ``mod_revision``) is the Raft index of the write that last set the
+    value, ``create_revision`` that of the write that created the key (since
+    it last did not exist), ``version`` the number of writes since then (1
+    after the creating one); ``lease`` is 0 (leases are not built yet). 0
+    where unknown."""
 
     key: bytes
     value: bytes
     revision: int = 0
+    create_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    @property
+    def mod_revision(self) -> int:
+        """etcd's name for ``revision``."""
+        return self.revision
 
 
 @attrs.frozen(slots=True)

@@ -8,11 +8,13 @@ Rules of this module:
 * Layout (msgpack, bin type for bytes)::
 
       [SNAPSHOT_VERSION, applied_index, clock_ms,
-       [key, value, revision, expire_at_ms | nil, ...],   # keys ascending
-       [max_member_id, [[node_id, peer | nil, client | nil], ...]]]
+       [key, value, revision, expire_at_ms | nil, create_revision, version, ...],  # keys ascending
+       [max_member_id, [[node_id, peer | nil, client | nil], ...], [removed id, ...]]]
 
-  Version 1 (written before the member table existed) has no fifth
-  element and restores with an empty table.
+  Version 1 (before the member table) has no fifth element and restores
+  with an empty table; versions 1 and 2 (before per-key history) have four
+  fields per key and restore each key as created at its last write, at
+  version 1.
 * ``restore`` checks everything it reads (types, ascending unique keys) and
   raises :class:`~dengine.errors.MalformedMessage` on anything else; the
   caller decides whether that means a corrupt file or a misbehaving peer.
@@ -43,9 +45,10 @@ __all__ = [
     "wrap_snapshot_data",
 ]
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
-_FIELDS = 4  # key, value, revision, expire_at
+_FIELDS = 6  # key, value, revision, expire_at, create_revision, version
+_FIELDS_V2 = 4  # key, value, revision, expire_at
 
 
 def encode_image(image: FrozenImage) -> bytes:
@@ -53,13 +56,18 @@ def encode_image(image: FrozenImage) -> bytes:
     values = image.values
     revisions = image.revisions
     expire_at = image.expire_at.get
+    created = image.created.get
+    versions = image.versions.get
     flat: list[Any] = []
     append = flat.append
     for key in image.keys:
+        revision = revisions[key]
         append(key)
         append(values[key])
-        append(revisions[key])
+        append(revision)
         append(expire_at(key))
+        append(created(key, revision))
+        append(versions(key, 1))
     packed: bytes = msgpack.packb(
         [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat, image.members.to_wire()], use_bin_type=True
     )
@@ -99,7 +107,7 @@ def decode_image(data: bytes) -> FrozenImage:
     if type(raw) is not list or len(raw) not in (4, 5):
         raise MalformedMessage("KV snapshot must be [version, applied_index, clock_ms, entries, members]")
     version = raw[0]
-    if type(version) is not int or version not in (1, SNAPSHOT_VERSION) or len(raw) != (4 if version == 1 else 5):
+    if type(version) is not int or version not in (1, 2, SNAPSHOT_VERSION) or len(raw) != (4 if version == 1 else 5):
         raise MalformedMessage(f"unsupported KV snapshot version {version!r} (or a layout not of that version)")
     _, applied, clock, flat = raw[:4]
     try:
@@ -108,12 +116,17 @@ def decode_image(data: bytes) -> FrozenImage:
         raise MalformedMessage(f"KV snapshot: {exc}") from None
     if not _is_uint(applied) or not _is_uint(clock):
         raise MalformedMessage("KV snapshot index and clock must be non-negative ints")
-    if type(flat) is not list or len(flat) % _FIELDS:
-        raise MalformedMessage("KV snapshot entries must be key, value, revision, expiry groups")
-    keys: list[bytes] = flat[0::_FIELDS]
-    vals = flat[1::_FIELDS]
-    revs = flat[2::_FIELDS]
-    exps = flat[3::_FIELDS]
+    fields = _FIELDS if version >= 3 else _FIELDS_V2
+    if type(flat) is not list or len(flat) % fields:
+        raise MalformedMessage(f"KV snapshot entries must be groups of {fields} fields")
+    keys: list[bytes] = flat[0::fields]
+    vals = flat[1::fields]
+    revs = flat[2::fields]
+    exps = flat[3::fields]
+    created = flat[4::fields] if version >= 3 else revs
+    versions = flat[5::fields] if version >= 3 else [1] * len(keys)
+    if not all(_is_uint(c) for c in created) or not all(_is_uint(v) for v in versions):
+        raise MalformedMessage("KV snapshot create revisions and versions must be non-negative ints")
     if not all(type(k) is bytes for k in keys) or not all(type(v) is bytes for v in vals):
         raise MalformedMessage("KV snapshot keys and values must be bytes")
     if not all(_is_uint(r) for r in revs) or not all(e is None or _is_uint(e) for e in exps):
@@ -128,6 +141,8 @@ def decode_image(data: bytes) -> FrozenImage:
         revisions=dict(zip(keys, revs)),
         expire_at={k: e for k, e in zip(keys, exps) if e is not None},
         members=members,
+        created=dict(zip(keys, created)),
+        versions=dict(zip(keys, versions)),
     )
 
 

@@ -108,6 +108,8 @@ class FrozenImage:
     revisions: dict[bytes, int]
     expire_at: dict[bytes, int]
     members: MemberTable = attrs.field(factory=MemberTable)
+    created: dict[bytes, int] = attrs.field(factory=dict)
+    versions: dict[bytes, int] = attrs.field(factory=dict)
 
 
 class KVStore:
@@ -125,6 +127,8 @@ class KVStore:
         "_closed",
         "_clock_fn",
         "members",
+        "_created",
+        "_versions",
     )
 
     def __init__(
@@ -139,6 +143,10 @@ class KVStore:
         self._clock = 0
         self._values: dict[bytes, bytes] = {}
         self._revisions: dict[bytes, int] = {}
+        # Per key: the revision that created it and the writes since (etcd's
+        # create_revision and version).
+        self._created: dict[bytes, int] = {}
+        self._versions: dict[bytes, int] = {}
         self._keys: list[bytes] = []
         self._ttl = TTLIndex()
         self._closed = False
@@ -242,6 +250,10 @@ class KVStore:
         prev = values.get(key)
         if prev is None:
             insort(self._keys, key)
+            self._created[key] = index
+            self._versions[key] = 1
+        else:
+            self._versions[key] += 1
         values[key] = value
         self._revisions[key] = index
         if ttl_ms is not None:
@@ -254,6 +266,8 @@ class KVStore:
     def _remove(self, key: bytes, index: int, events: list[WatchEvent] | None) -> None:
         prev = self._values.pop(key)
         del self._revisions[key]
+        del self._created[key]
+        del self._versions[key]
         keys = self._keys
         del keys[bisect_left(keys, key)]
         self._ttl.clear(key)
@@ -340,6 +354,8 @@ class KVStore:
         self._clock = other._clock
         self._values = other._values
         self._revisions = other._revisions
+        self._created = other._created
+        self._versions = other._versions
         self._keys = other._keys
         self._ttl = other._ttl
         self.members = other.members
@@ -349,7 +365,7 @@ class KVStore:
         value = self.get(key, now_ms)
         if value is None:
             return None
-        return KeyValue(key, value, self._revisions[key])
+        return KeyValue(key, value, self._revisions[key], self._created[key], self._versions[key])
 
     def get_many(self, keys: Iterable[bytes], now_ms: int) -> list[bytes | None]:
         """:meth:`get` for each key, in order."""
@@ -401,6 +417,8 @@ class KVStore:
             revisions=dict(self._revisions),
             expire_at=self._ttl.copy_map(),
             members=self.members.copy(),
+            created=dict(self._created),
+            versions=dict(self._versions),
         )
 
     @classmethod
@@ -420,6 +438,9 @@ class KVStore:
         store._revisions = dict(image.revisions)
         store._ttl = TTLIndex(image.expire_at)
         store.members = image.members.copy()
+        # Images from before per-key history: created at its last write, version 1.
+        store._created = {k: image.created.get(k, r) for k, r in image.revisions.items()}
+        store._versions = {k: image.versions.get(k, 1) for k in image.revisions}
         return store
 
 

@@ -666,7 +666,9 @@ async def _put(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
 
 async def _get(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     kv = await conn.engine.client.get_kv(a["key"], consistency=a["consistency"], timeout=_seconds(a["timeout_ms"]))
-    return {"value": None if kv is None else kv.value, "revision": 0 if kv is None else kv.revision}
+    if kv is None:
+        return {"value": None, "revision": 0}
+    return {"value": kv.value, "revision": kv.revision, "create_revision": kv.create_revision, "version": kv.version}
 
 
 async def _get_many(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:

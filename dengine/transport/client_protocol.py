@@ -513,7 +513,10 @@ def decode_kv(key: bytes, body: Mapping[str, Any]) -> KeyValue | None:
     value = _field(body, "value", _bin_or_nil)
     if value is None:
         return None
-    return KeyValue(key=key, value=value, revision=_field(body, "revision", _uint))
+    # create_revision / version: 0 from a server that predates them.
+    return KeyValue(key=key, value=value, revision=_field(body, "revision", _uint),
+                    create_revision=_field(body, "create_revision", _uint_or_nil) or 0,
+                    version=_field(body, "version", _uint_or_nil) or 0)
 
 
 def decode_value(body: Mapping[str, Any]) -> bytes | None:

@@ -49,7 +49,10 @@ async def test_put_get_roundtrip(kv: Any) -> None:
         assert await kv.get(b"/config/timeout") == b"30"
         assert await kv.get(b"/missing") is None
         kvv = await kv.get_kv(b"/config/retries")
-        assert kvv == dengine.KeyValue(b"/config/retries", b"3", rev2)
+        assert kvv == dengine.KeyValue(b"/config/retries", b"3", rev2, create_revision=rev2, version=1)
+        rev3 = await kv.put(b"/config/retries", b"4")
+        assert await kv.get_kv(b"/config/retries") == dengine.KeyValue(
+            b"/config/retries", b"4", rev3, create_revision=rev2, version=2)
         assert await kv.get_kv(b"/missing") is None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,7 +52,8 @@ def test_put_returns_revision_and_emits_put_with_prev() -> None:
     assert r1.events == [ev(PUT, b"k", b"v1", None, 1)]
     assert r2.events == [ev(PUT, b"k", b"v2", b"v1", 2)]
     assert log.store.get(b"k", 0) == b"v2"
-    assert log.store.get_kv(b"k", 0) == KeyValue(b"k", b"v2", 2)
+    kv = log.store.get_kv(b"k", 0)
+    assert kv == KeyValue(b"k", b"v2", 2, create_revision=1, version=2) and kv.mod_revision == 2
     assert log.store.applied_index == 2
 
 
@@ -110,7 +112,7 @@ def test_indexes_must_increase_but_may_skip() -> None:
     with pytest.raises(ValueError, match="not after the applied index 3"):
         store.apply(3, b"")
     store.apply(10, b"")
-    assert store.get_kv(b"k", 0) == KeyValue(b"k", b"v", 3)
+    assert store.get_kv(b"k", 0) == KeyValue(b"k", b"v", 3, create_revision=3, version=1)
 
 
 def test_undecodable_entry_raises_and_changes_nothing() -> None:
@@ -278,6 +280,7 @@ PREFIXES = [b"", b"/", b"/a", b"/a/", b"/b"]
 class Oracle:
     def __init__(self) -> None:
         self.data: dict[bytes, tuple[bytes, int, int | None]] = {}
+        self.history: dict[bytes, tuple[int, int]] = {}  # key -> (create_revision, version)
         self.clock = 0
 
     def alive(self, key: bytes, t: int) -> bool:
@@ -290,10 +293,16 @@ class Oracle:
     def _bad(self, key: bytes, value: bytes = b"", ttl: int | None = None) -> bool:
         return not key or len(key) > MAX_KEY or len(value) > MAX_VALUE or ttl == 0
 
+    def _pop(self, key: bytes) -> bytes:
+        del self.history[key]
+        return self.data.pop(key)[0]
+
     def _write(self, key: bytes, value: bytes, ttl: int | None, rev: int, events: list[Any]) -> None:
         if key in self.data and not self.alive(key, self.clock):
-            events.append(ev(DELETE, key, b"", self.data.pop(key)[0], rev))
+            events.append(ev(DELETE, key, b"", self._pop(key), rev))
         prev = self.data[key][0] if key in self.data else None
+        created, version = self.history.get(key, (rev, 0))
+        self.history[key] = (created, version + 1)
         self.data[key] = (value, rev, None if ttl is None else self.clock + ttl)
         events.append(ev(PUT, key, value, prev, rev))
 
@@ -312,7 +321,7 @@ class Oracle:
                 if self._bad(c.key):
                     results.append("error")
                 elif self.alive(c.key, self.clock):
-                    events.append(ev(DELETE, c.key, b"", self.data.pop(c.key)[0], rev))
+                    events.append(ev(DELETE, c.key, b"", self._pop(c.key), rev))
                     results.append(True)
                 else:
                     results.append(False)
@@ -330,7 +339,7 @@ class Oracle:
                 n = 0
                 for key, stamp in c.keys:
                     if key in self.data and self.data[key][2] == stamp and stamp <= self.clock:
-                        events.append(ev(DELETE, key, b"", self.data.pop(key)[0], rev))
+                        events.append(ev(DELETE, key, b"", self._pop(key), rev))
                         n += 1
                 results.append(n)
         return results, events
@@ -402,7 +411,8 @@ class StoreVsOracle(RuleBasedStateMachine):
                 assert self.store.scan_prefix(prefix, now, limit=1) == expected[:1]
         for key, (value, rev, _) in self.oracle.data.items():
             kv = self.store.get_kv(key, self.now)
-            assert kv is None or kv == KeyValue(key, value, rev)
+            created, version = self.oracle.history[key]
+            assert kv is None or kv == KeyValue(key, value, rev, created, version)
         assert self.store.key_count() == len(self.oracle.data)
         assert self.store.applied_index == self.index
 
@@ -464,3 +474,23 @@ def test_load_from_replaces_the_state_in_place() -> None:
     assert read(b"x") is None and read(b"y") == b"new"
     assert a.applied_index == 7
     assert a.scan_prefix(b"", 0) == [(b"y", b"new")]
+
+
+def test_each_key_carries_its_create_revision_and_version_through_snapshots() -> None:
+    from dengine.kv.snapshot import decode_image, restore, snapshot_bytes
+
+    log = Log()
+    log.run(0, Put(b"k", b"a"))  # 1: created
+    log.run(0, Put(b"k", b"b"))  # 2
+    log.run(0, CompareAndSwap(b"k", b"b", b"c"))  # 3
+    assert log.store.get_kv(b"k", 0) == KeyValue(b"k", b"c", 3, create_revision=1, version=3)
+    log.run(0, Delete(b"k"))  # 4: gone, and its history with it
+    log.run(0, Put(b"k", b"d"))  # 5: created again
+    log.run(0, Put(b"other", b"x"))  # 6
+    assert log.store.get_kv(b"k", 0) == KeyValue(b"k", b"d", 5, create_revision=5, version=1)
+    again = restore(snapshot_bytes(log.store))
+    assert again.get_kv(b"k", 0) == KeyValue(b"k", b"d", 5, create_revision=5, version=1)
+    assert again.get_kv(b"other", 0) == KeyValue(b"other", b"x", 6, create_revision=6, version=1)
+    # A version 2 snapshot (four fields per key) restores each key as created at its last write.
+    v2 = msgpack.packb([2, 9, 0, [b"k", b"v", 7, None], [0, []]], use_bin_type=True)
+    assert KVStore.from_image(decode_image(v2)).get_kv(b"k", 0) == KeyValue(b"k", b"v", 7, create_revision=7, version=1)
