@@ -117,7 +117,8 @@ async def test_unknown_op_and_wrong_types_keep_the_connection(server: Server) ->
         assert replies[2][2]["code"] == ErrorCode.MALFORMED_MESSAGE and "'key'" in replies[2][2]["message"]
         assert replies[3][2]["code"] == ErrorCode.MALFORMED_MESSAGE
         assert replies[4][1] == "ok" and replies[4][2]["revision"] > 0
-        assert replies[5][1:] == ["ok", {"value": b"v", "revision": replies[4][2]["revision"]}]
+        rev = replies[4][2]["revision"]
+        assert replies[5][1:] == ["ok", {"value": b"v", "revision": rev, "create_revision": rev, "version": 1}]
         await raw.stream.aclose()
 
 
