@@ -104,11 +104,16 @@ class KeyValue:
 
 @attrs.frozen(slots=True)
 class ScanResult:
-    """A prefix scan: ``entries`` in key order, read at ``revision`` (the
-    applied index of the node that served it)."""
+    """A scan: ``entries`` in key order, read at ``revision`` (the applied
+    index of the node that served it). ``count`` is how many keys the range
+    holds in all and ``more`` whether ``limit`` left some out (ask again
+    from the last key + ``b"\\0"``). With ``keys_only`` the values are
+    empty; with ``count_only`` there are no entries."""
 
     entries: list[tuple[bytes, bytes]]
     revision: int
+    more: bool = False
+    count: int = 0
 
 
 class WatchEventType(enum.IntEnum):
@@ -199,6 +204,30 @@ def validate_node_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidArgument(f"node_id must be a positive integer, got {value!r}")
     return value
+
+
+def validate_limit(limit: object) -> int | None:
+    """A scan's ``limit``: None (no limit) or a positive integer."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise InvalidArgument(f"limit must be a positive integer or None, got {limit!r}")
+    return limit
+
+
+def validate_range(start: object, end: object, max_key_size: int = DEFAULT_MAX_KEY_SIZE) -> None:
+    """A key range: ``start`` bytes (may be empty: from the first key),
+    ``end`` bytes or None (to the last key), each at most ``max_key_size``
+    bytes, ``start < end``."""
+    if not isinstance(start, bytes):
+        raise InvalidArgument(f"range start must be bytes, got {_type_name(start)}")
+    if end is not None and not isinstance(end, bytes):
+        raise InvalidArgument(f"range end must be bytes or None, got {_type_name(end)}")
+    for name, key in (("start", start), ("end", end)):
+        if key is not None and len(key) > max_key_size:
+            raise InvalidArgument(f"range {name} is {len(key)} bytes, larger than the limit of {max_key_size} bytes")
+    if end is not None and not start < end:
+        raise InvalidArgument(f"range end {end!r:.40} must come after start {start!r:.40}")
 
 
 def validate_key(key: object, max_key_size: int = DEFAULT_MAX_KEY_SIZE) -> bytes:

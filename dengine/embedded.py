@@ -36,6 +36,8 @@ from dengine.api import (
     validate_key,
     validate_node_id,
     validate_prefix,
+    validate_limit,
+    validate_range,
     validate_scan_prefix,
     validate_ttl,
     validate_value,
@@ -57,6 +59,7 @@ from dengine.config.addresses import address_argument
 from dengine.kv.commands import CompareAndSwap, Delete, Put
 from dengine.kv.members import encode_member_context
 from dengine.kv.snapshot import encode_image
+from dengine.kv.store import prefix_end as _prefix_end
 from dengine.lifecycle import Subscription
 from dengine.raft.messages import ConfChange, ConfChangeType, Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
@@ -216,16 +219,45 @@ class EmbeddedClient:
         self,
         prefix: bytes,
         *,
+        limit: int | None = None,
+        keys_only: bool = False,
+        count_only: bool = False,
         consistency: ReadConsistency | str | None = ReadConsistency.LINEARIZABLE,
         timeout: float | None = None,
     ) -> ScanResult:
-        """Every key starting with ``prefix``, with the revision the scan saw
-        (use ``revision + 1`` as a watch's ``start_revision``)."""
+        """Every key starting with ``prefix`` (at most ``limit``), with the
+        revision the scan saw (use ``revision + 1`` as a watch's
+        ``start_revision``), how many keys it holds and whether more remain."""
         validate_scan_prefix(prefix, self._engine.config.raft.max_key_size)
+        return await self._scan(prefix, _prefix_end(prefix), limit, keys_only, count_only, consistency, timeout)
+
+    async def scan_range(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        limit: int | None = None,
+        keys_only: bool = False,
+        count_only: bool = False,
+        consistency: ReadConsistency | str | None = ReadConsistency.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> ScanResult:
+        """Every key ``k`` with ``start <= k < end`` (``end`` None: to the last
+        key), like :meth:`scan_prefix`."""
+        max_key = self._engine.config.raft.max_key_size
+        validate_range(start, end, max_key)
+        return await self._scan(start, end, limit, keys_only, count_only, consistency, timeout)
+
+    async def _scan(self, start: bytes, end: bytes | None, limit: int | None, keys_only: bool, count_only: bool,
+                    consistency: ReadConsistency | str | None, timeout: float | None) -> ScanResult:
+        limit = validate_limit(limit)
         await self._read_point(consistency, timeout)
         node = self._node
-        entries = node.kv.scan_prefix(prefix, node.now_ms())
-        return ScanResult(entries=entries, revision=node.kv.applied_index)
+        entries, count = node.kv.scan_range(start, end, node.now_ms(), 0 if count_only else limit, count=True)
+        if keys_only:
+            entries = [(k, b"") for k, _ in entries]
+        more = not count_only and count > len(entries)
+        return ScanResult(entries=entries, revision=node.kv.applied_index, more=more, count=count)
 
     # -- watches --------------------------------------------------------
 

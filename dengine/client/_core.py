@@ -72,7 +72,9 @@ from dengine.api import (
     WatchEvent,
     WatchEventType,
     validate_key,
+    validate_limit,
     validate_node_id,
+    validate_range,
     validate_prefix,
     validate_scan_prefix,
     validate_ttl,
@@ -897,9 +899,31 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
 
     @staticmethod
     def scan_prefix(prefix: bytes, *, consistency: ReadConsistency | str | None, timeout: float | None,
-                    max_key_size: int | None = None) -> Call:
+                    max_key_size: int | None = None, limit: int | None = None, keys_only: bool = False,
+                    count_only: bool = False) -> Call:
         validate_scan_prefix(prefix, _NO_LIMIT if max_key_size is None else max_key_size)
-        return calls._read("scan_prefix", {"prefix": prefix}, decode_scan, consistency, timeout)
+        args = {"prefix": prefix, **calls._scan_args(limit, keys_only, count_only)}
+        return calls._read("scan_prefix", args, decode_scan, consistency, timeout)
+
+    @staticmethod
+    def scan_range(start: bytes, end: bytes | None, *, consistency: ReadConsistency | str | None,
+                   timeout: float | None, max_key_size: int | None = None, limit: int | None = None,
+                   keys_only: bool = False, count_only: bool = False) -> Call:
+        validate_range(start, end, _NO_LIMIT if max_key_size is None else max_key_size)
+        args = {"start": start, "end": end, **calls._scan_args(limit, keys_only, count_only)}
+        return calls._read("scan_range", args, decode_scan, consistency, timeout)
+
+    @staticmethod
+    def _scan_args(limit: int | None, keys_only: bool, count_only: bool) -> dict[str, Any]:
+        # Only what differs from the defaults goes on the wire (older servers know none of it).
+        args: dict[str, Any] = {}
+        if validate_limit(limit) is not None:
+            args["limit"] = limit
+        if keys_only:
+            args["keys_only"] = True
+        if count_only:
+            args["count_only"] = True
+        return args
 
     @staticmethod
     def status(*, timeout: float | None) -> Call:

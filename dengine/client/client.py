@@ -264,12 +264,24 @@ class Client:
         return await self._run(calls.get_many(keys, consistency=consistency, timeout=timeout,  # type: ignore[no-any-return]
                                               max_key_size=self.max_key_size))
 
-    async def scan_prefix(self, prefix: bytes, *,
+    async def scan_prefix(self, prefix: bytes, *, limit: int | None = None, keys_only: bool = False,
+                          count_only: bool = False,
                           consistency: ReadConsistency | str | None = ReadConsistency.LINEARIZABLE,
                           timeout: float | None = None) -> ScanResult:
-        """Every key starting with ``prefix``, with the revision the scan saw."""
-        return await self._run(calls.scan_prefix(prefix, consistency=consistency, timeout=timeout,  # type: ignore[no-any-return]
-                                                 max_key_size=self.max_key_size))
+        """Every key starting with ``prefix`` (at most ``limit``), with the
+        revision the scan saw, the count and whether more remain."""
+        return await self._run(calls.scan_prefix(  # type: ignore[no-any-return]
+            prefix, consistency=consistency, timeout=timeout, max_key_size=self.max_key_size, limit=limit,
+            keys_only=keys_only, count_only=count_only))
+
+    async def scan_range(self, start: bytes, end: bytes | None = None, *, limit: int | None = None,
+                         keys_only: bool = False, count_only: bool = False,
+                         consistency: ReadConsistency | str | None = ReadConsistency.LINEARIZABLE,
+                         timeout: float | None = None) -> ScanResult:
+        """Every key ``k`` with ``start <= k < end`` (``end`` None: to the last key)."""
+        return await self._run(calls.scan_range(  # type: ignore[no-any-return]
+            start, end, consistency=consistency, timeout=timeout, max_key_size=self.max_key_size, limit=limit,
+            keys_only=keys_only, count_only=count_only))
 
     # -- cluster ------------------------------------------------------------------------
 

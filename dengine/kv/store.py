@@ -374,25 +374,37 @@ class KVStore:
     def scan_prefix(self, prefix: bytes, now_ms: int, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """Live ``(key, value)`` pairs whose key starts with ``prefix``, in key
         order, at most ``limit`` of them. O(log n + matches)."""
+        return self.scan_range(prefix, prefix_end(prefix), now_ms, limit)[0]
+
+    def scan_range(
+        self, start: bytes, end: bytes | None, now_ms: int, limit: int | None = None, *, count: bool = False
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """Live ``(key, value)`` pairs with ``start <= key < end`` (``end``
+        None: to the last key), in key order, at most ``limit`` of them; and,
+        with ``count``, how many live keys the range holds in all (else the
+        number returned). O(log n + matches)."""
         keys = self._keys
-        lo = bisect_left(keys, prefix)
-        end = _prefix_end(prefix)
-        hi = len(keys) if end is None else bisect_left(keys, end, lo)
+        lo = bisect_left(keys, start)
+        hi = len(keys) if end is None else max(lo, bisect_left(keys, end, lo))
         values = self._values
         if not len(self._ttl):
-            if limit is not None:
-                hi = min(hi, lo + max(limit, 0))
-            return [(k, values[k]) for k in keys[lo:hi]]
+            top = hi if limit is None else min(hi, lo + max(limit, 0))
+            out = [(k, values[k]) for k in keys[lo:top]]
+            return out, (hi - lo) if count else len(out)
         cutoff = self._cutoff(now_ms)
         expired = self._ttl.is_expired
-        out: list[tuple[bytes, bytes]] = []
+        found: list[tuple[bytes, bytes]] = []
+        live = 0
         for i in range(lo, hi):
-            if limit is not None and len(out) >= limit:
-                break
             k = keys[i]
-            if not expired(k, cutoff):
-                out.append((k, values[k]))
-        return out
+            if expired(k, cutoff):
+                continue
+            if limit is None or live < limit:
+                found.append((k, values[k]))
+            elif not count:
+                break
+            live += 1
+        return found, live if count else len(found)
 
     # --- TTL sweeping (leader side) ---------------------------------------
 
@@ -444,10 +456,13 @@ class KVStore:
         return store
 
 
-def _prefix_end(prefix: bytes) -> bytes | None:
+def prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with ``prefix``
     (None when there is none: empty or all-0xff prefix)."""
     stripped = prefix.rstrip(b"\xff")
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+

@@ -53,7 +53,7 @@ from typing import Any
 import attrs
 import trio
 
-from dengine.api import LeaderInfo, Member, WatchEvent, WatchEventType
+from dengine.api import LeaderInfo, Member, ScanResult, WatchEvent, WatchEventType
 from dengine.embedded import Engine
 from dengine.errors import (
     DengineError,
@@ -687,12 +687,25 @@ async def _cas(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     return {"swapped": swapped}
 
 
-async def _scan(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    kw: dict[str, Any] = {"timeout": _seconds(a["timeout_ms"])}
+def _scan_options(a: dict[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {"timeout": _seconds(a["timeout_ms"]), "limit": a["limit"] or None,
+                          "keys_only": bool(a["keys_only"]), "count_only": bool(a["count_only"])}
     if a["consistency"] is not None:
         kw["consistency"] = a["consistency"]
-    result = await conn.engine.client.scan_prefix(a["prefix"], **kw)
-    return {"entries": [[k, v] for k, v in result.entries], "revision": result.revision}
+    return kw
+
+
+def _scan_answer(result: ScanResult) -> dict[str, Any]:
+    return {"entries": [[k, v] for k, v in result.entries], "revision": result.revision, "more": result.more,
+            "count": result.count}
+
+
+async def _scan(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    return _scan_answer(await conn.engine.client.scan_prefix(a["prefix"], **_scan_options(a)))
+
+
+async def _scan_range(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    return _scan_answer(await conn.engine.client.scan_range(a["start"], a["end"], **_scan_options(a)))
 
 
 def _status(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
@@ -749,6 +762,7 @@ _UNARY: dict[str, Callable[[_Connection, dict[str, Any]], Any]] = {
     "delete": _delete,
     "cas": _cas,
     "scan_prefix": _scan,
+    "scan_range": _scan_range,
 }
 
 # Ops answered inline by the reader: they never wait.

@@ -184,6 +184,9 @@ class OpSpec:
 
 _TIMEOUT: dict[str, tuple[_Check, bool]] = {"timeout_ms": (_uint_or_nil, False)}
 _READ: dict[str, tuple[_Check, bool]] = {**_TIMEOUT, "consistency": (_consistency, False)}
+_SCAN: dict[str, tuple[_Check, bool]] = {
+    "limit": (_uint_or_nil, False), "keys_only": (_bool, False), "count_only": (_bool, False),
+}
 
 #: The operation table: every op a server accepts, with its argument fields.
 OPS: Final[dict[str, OpSpec]] = {
@@ -200,7 +203,8 @@ OPS: Final[dict[str, OpSpec]] = {
              "ttl_ms": (_uint_or_nil, False), **_TIMEOUT},
             write=True,
         ),
-        OpSpec("scan_prefix", {"prefix": (_bin, True), **_READ}),
+        OpSpec("scan_prefix", {"prefix": (_bin, True), **_SCAN, **_READ}),
+        OpSpec("scan_range", {"start": (_bin, True), "end": (_bin_or_nil, False), **_SCAN, **_READ}),
         OpSpec(
             "watch",
             {"key": (_bin, True), "prefix": (_bool, False), "prev_kv": (_bool, False),
@@ -541,6 +545,12 @@ def decode_scan(body: Mapping[str, Any]) -> ScanResult:
         if type(item) is not list or len(item) != 2:
             raise MalformedMessage(f"entries[{i}] must be [key, value], got {_show(item)}")
         entries.append((_bin(item[0], f"entries[{i}].key"), _bin(item[1], f"entries[{i}].value")))
-    return ScanResult(entries=entries, revision=_field(body, "revision", _uint))
+    more = body.get("more", False)
+    if type(more) is not bool:
+        raise MalformedMessage(f"field 'more' must be true or false, got {_show(more)}")
+    # count: the number of entries from a server that predates it.
+    count = _field(body, "count", _uint_or_nil)
+    return ScanResult(entries=entries, revision=_field(body, "revision", _uint), more=more,
+                      count=len(entries) if count is None else count)
 
 

@@ -83,6 +83,26 @@ async def test_get_many_and_scan(kv: Any) -> None:
         assert scan.entries == [(b"/s/%d" % i, b"v%d" % i) for i in range(5)]
         assert scan.revision >= 6
         assert (await kv.scan_prefix(b"/zzz/")).entries == []
+        assert (scan.more, scan.count) == (False, 5)
+
+
+async def test_scans_page_count_and_take_ranges(kv: Any) -> None:
+    with trio.fail_after(DEADLINE):
+        for i in range(5):
+            await kv.put(b"/p/%d" % i, b"v%d" % i)
+        page = await kv.scan_prefix(b"/p/", limit=2)
+        assert page.entries == [(b"/p/0", b"v0"), (b"/p/1", b"v1")] and (page.more, page.count) == (True, 5)
+        # The next page starts just after the last key seen.
+        rest = await kv.scan_range(page.entries[-1][0] + b"\0", b"/p0", limit=10)
+        assert [k for k, _ in rest.entries] == [b"/p/2", b"/p/3", b"/p/4"] and not rest.more
+        keys = await kv.scan_prefix(b"/p/", keys_only=True)
+        assert keys.entries == [(b"/p/%d" % i, b"") for i in range(5)]
+        counted = await kv.scan_prefix(b"/p/", count_only=True)
+        assert (counted.entries, counted.count, counted.more) == ([], 5, False)
+        middle = await kv.scan_range(b"/p/1", b"/p/3")
+        assert [k for k, _ in middle.entries] == [b"/p/1", b"/p/2"] and middle.count == 2
+        tail = await kv.scan_range(b"/p/3")  # no end: to the last key
+        assert [k for k, _ in tail.entries] == [b"/p/3", b"/p/4"]
 
 
 async def test_delete(kv: Any) -> None:
@@ -133,6 +153,9 @@ async def test_ttl_expires(kv: Any) -> None:
         (lambda kv: kv.get_many(b"k"), "keys must be a list"),
         (lambda kv: kv.get_many([b"a", 3]), "key must be bytes"),
         (lambda kv: kv.scan_prefix("s"), "scan prefix must be bytes"),
+        (lambda kv: kv.scan_prefix(b"/s/", limit=0), "limit must be a positive integer"),
+        (lambda kv: kv.scan_range(b"b", b"a"), "must come after start"),
+        (lambda kv: kv.scan_range("a"), "range start must be bytes"),
         (lambda kv: kv.compare_and_swap(b"k", expected="x", new=b"y"), "value must be bytes"),
         (lambda kv: kv.delete(b""), "key must not be empty"),
     ],

@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from dengine.api import KeyValue, WatchEvent, WatchEventType
 from dengine.errors import ErrorCode, InvalidArgument, MalformedMessage
 from dengine.kv.commands import Command, CompareAndSwap, Delete, ExpireKeys, Put, encode_batch, encode_command
-from dengine.kv.store import ApplyResult, CommandError, KVStore
+from dengine.kv.store import ApplyResult, CommandError, KVStore, prefix_end
 
 PUT, DELETE = WatchEventType.PUT, WatchEventType.DELETE
 
@@ -409,6 +409,9 @@ class StoreVsOracle(RuleBasedStateMachine):
                 )
                 assert self.store.scan_prefix(prefix, now) == expected
                 assert self.store.scan_prefix(prefix, now, limit=1) == expected[:1]
+                # A range with a limit still counts every live key in it.
+                assert self.store.scan_range(prefix, prefix_end(prefix), now, 1, count=True) == (
+                    expected[:1], len(expected))
         for key, (value, rev, _) in self.oracle.data.items():
             kv = self.store.get_kv(key, self.now)
             created, version = self.oracle.history[key]
