@@ -65,7 +65,7 @@ def test_doc_worked_example_matches_the_encoder() -> None:
 def test_op_table() -> None:
     assert set(OPS) == {"put", "get", "get_many", "delete", "cas", "scan_prefix", "watch", "cancel",
                         "status", "members", "leader", "watch_leader", "add_member", "promote_member",
-                        "remove_member", "update_member", "watch_members", "snapshot"}
+                        "remove_member", "update_member", "watch_members", "snapshot", "scan_range"}
     assert STREAM_OPS == {"watch", "watch_leader", "watch_members", "snapshot"}
     # Membership changes go to the leader like writes (docs/protocol.md §4).
     assert WRITE_OPS == {"put", "delete", "cas", "add_member", "promote_member", "remove_member", "update_member"}
