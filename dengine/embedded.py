@@ -499,7 +499,17 @@ class Engine:
         core = node.raw.core
         if (node_id == core.id and node.current_role is Role.LEADER
                 and any(p != core.id for p in core.conf.voters)):
-            new_leader = await self.transfer_leadership(timeout=limit)
+            raft = self.config.raft
+            handover = min(limit, max(1.0, 3 * raft.election_ticks * raft.tick_interval_ms / 1000))
+            try:
+                new_leader = await self.transfer_leadership(timeout=handover)
+            except (Timeout, InvalidArgument) as exc:
+                # No voter took over in time: remove this node as it leads; once the
+                # removal commits it steps down and hands over (TimeoutNow) all the same.
+                log.info("node %d: leadership handover before its removal did not complete (%s); removing it as "
+                         "leader", core.id, exc)
+                await self._change(ConfChange(ConfChangeType.REMOVE, node_id), trio.current_time() + limit, limit)
+                return
             raise NotLeader(
                 f"node {core.id} handed leadership to node {new_leader} before its own removal; ask node "
                 f"{new_leader} to remove it",
