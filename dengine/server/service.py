@@ -185,6 +185,8 @@ class ClientService:
         # What a client learns in the welcome (docs/protocol.md §2): the
         # limits it should check before sending, and the election timeout
         # its retries and keepalive are scaled to.
+        # One backup at a time: each holds a whole encoded image in memory.
+        self._backup_lock = trio.Lock()
         self._welcome_info: dict[str, Any] = {
             "max_key_size": raft.max_key_size,
             "max_value_size": raft.max_value_size,
@@ -817,14 +819,17 @@ async def _snapshot(conn: _Connection, request: Request) -> None:
     """A backup: first ``{"revision", "size", "crc32", "cluster_id"}``, then
     ``{"chunk": bin}`` items of the image in order (each waits for room in
     the send queue: a slow reader slows the server down, nothing is
-    dropped), then the final ``ok``."""
-    revision, data = await conn.engine.backup_image(timeout=_seconds(request.args["timeout_ms"]))
-    header = {"revision": revision, "size": len(data), "crc32": zlib.crc32(data),
-              "cluster_id": conn.service._cluster_id}
-    await conn._queue(encode_response(request.id, STATUS_ITEM, header))
-    view = memoryview(data)
-    for at in range(0, len(data), _SNAPSHOT_CHUNK):
-        await conn._queue(encode_response(request.id, STATUS_ITEM, {"chunk": bytes(view[at:at + _SNAPSHOT_CHUNK])}))
+    dropped), then the final ``ok``. A server takes one backup at a time (a
+    second waits), so at most one encoded image is held in memory."""
+    async with conn.service._backup_lock:
+        revision, data = await conn.engine.backup_image(timeout=_seconds(request.args["timeout_ms"]))
+        header = {"revision": revision, "size": len(data), "crc32": zlib.crc32(data),
+                  "cluster_id": conn.service._cluster_id}
+        await conn._queue(encode_response(request.id, STATUS_ITEM, header))
+        view = memoryview(data)
+        for at in range(0, len(data), _SNAPSHOT_CHUNK):
+            chunk = bytes(view[at:at + _SNAPSHOT_CHUNK])
+            await conn._queue(encode_response(request.id, STATUS_ITEM, {"chunk": chunk}))
 
 
 _STREAMS: dict[str, Callable[[_Connection, Request], Any]] = {

@@ -190,6 +190,12 @@ async def test_a_large_backup_shows_progress(tmp_path: pathlib.Path) -> None:
             assert len(calls) >= 8
             assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # strictly growing
             assert calls[-1][0] == calls[-1][1] == read_backup(str(tmp_path / "big.db"))[0].size
+            # Backups asked for at once are taken one after the other; each is whole.
+            async with dengine.open_client([server.client_address], timeout=20) as client:
+                async with trio.open_nursery() as nursery:
+                    for n in range(3):
+                        nursery.start_soon(client.save_snapshot, tmp_path / f"par{n}.db")
+            assert all(read_backup(str(tmp_path / f"par{n}.db"))[0].size == calls[-1][1] for n in range(3))
             code, out, err = await _cli("snapshot", "save", str(tmp_path / "cli.db"), "--endpoints",
                                         server.client_address)
             assert code == 0 and out.startswith("Snapshot saved at revision "), err
