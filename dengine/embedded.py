@@ -500,9 +500,21 @@ class Engine:
         if (node_id == core.id and node.current_role is Role.LEADER
                 and any(p != core.id for p in core.conf.voters)):
             raft = self.config.raft
-            handover = min(limit, max(1.0, 3 * raft.election_ticks * raft.tick_interval_ms / 1000))
+            election = raft.election_ticks * raft.tick_interval_ms / 1000
+            handover_until = trio.current_time() + min(limit, max(2.0, 5 * election))
             try:
-                new_leader = await self.transfer_leadership(timeout=handover)
+                while True:  # bounded by handover_until: a TimeoutNow to a peer not yet connected may be lost
+                    left = handover_until - trio.current_time()
+                    try:
+                        new_leader = await self.transfer_leadership(timeout=max(0.01, min(left, 2 * election)))
+                        break
+                    except NotLeader:
+                        # An earlier attempt took effect after its wait: learn who leads now.
+                        new_leader = await self._known_leader(handover_until)
+                        break
+                    except Timeout:
+                        if trio.current_time() >= handover_until:
+                            raise
             except (Timeout, InvalidArgument) as exc:
                 # No voter took over in time: remove this node as it leads; once the
                 # removal commits it steps down and hands over (TimeoutNow) all the same.
@@ -517,6 +529,15 @@ class Engine:
                 leader_address=self._client_address_of(new_leader),
             )
         await self._change(ConfChange(ConfChangeType.REMOVE, node_id), trio.current_time() + limit, limit)
+
+    async def _known_leader(self, until: float) -> int:
+        """The leader once this node knows one (Timeout at ``until``)."""
+        with trio.move_on_at(until):
+            with self.leader_changed_notify() as changes:
+                async for info in changes:
+                    if info.leader_id is not None and info.leader_id != self.config.node_id:
+                        return info.leader_id
+        raise Timeout("no new leader became known after the handover")
 
     async def update_member(
         self,
