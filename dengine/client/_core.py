@@ -173,7 +173,7 @@ DIAGNOSIS_SHARE: Final = 0.1
 DIAGNOSIS_MAX: Final = 0.25
 
 #: The shortest keepalive timeout a server's election timeout gives.
-KEEPALIVE_MIN: Final = 0.1
+KEEPALIVE_MIN: Final = 0.5
 #: The shortest time a handshake is given, whatever the keepalive timeout.
 HANDSHAKE_MIN: Final = 0.5
 

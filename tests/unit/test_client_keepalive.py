@@ -112,8 +112,8 @@ def test_backoff_is_capped_at_a_quarter_of_the_servers_election_timeout() -> Non
 
 def test_keepalive_timeout_is_the_callers_else_the_servers_election_timeout() -> None:
     assert _core.keepalive_timeout(2.5, _core.ServerInfo(election_timeout=0.3)) == 2.5
-    assert _core.keepalive_timeout(None, _core.ServerInfo(election_timeout=0.3)) == 0.3
-    assert _core.keepalive_timeout(None, _core.ServerInfo(election_timeout=0.01)) == _core.KEEPALIVE_MIN
+    assert _core.keepalive_timeout(None, _core.ServerInfo(election_timeout=2.0)) == 2.0
+    assert _core.keepalive_timeout(None, _core.ServerInfo(election_timeout=0.3)) == _core.KEEPALIVE_MIN == 0.5
     assert _core.keepalive_timeout(None, _core.ServerInfo()) == math.inf  # an older server: off
     assert _core.check_keepalive(None) is None
     assert _core.check_keepalive(math.inf) == math.inf
@@ -274,5 +274,5 @@ def test_a_handshake_is_given_as_long_as_silence_is_tolerated_but_at_least_half_
     assert _core.connect_timeout(0.2, 0.0, silence=2.0) == 0.2  # the call's deadline first
     router = _core.Router(["a:1"])
     assert router.silence(None) == math.inf
-    router.welcomed("a:1", 1, _core.ServerInfo(election_timeout=0.3))
-    assert router.silence(None) == 0.3 and router.silence(4.0) == 4.0
+    router.welcomed("a:1", 1, _core.ServerInfo(election_timeout=1.5))
+    assert router.silence(None) == 1.5 and router.silence(4.0) == 4.0
