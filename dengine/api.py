@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -29,15 +31,23 @@ __all__ = [
     "DEFAULT_MAX_KEY_SIZE",
     "DEFAULT_MAX_VALUE_SIZE",
     "MAX_TTL_SECONDS",
+    "Compare",
     "KeyValue",
     "LeaderInfo",
+    "Lease",
+    "LeaseStatus",
+    "Op",
+    "TxnResult",
     "Member",
     "ReadConsistency",
     "ScanResult",
     "Status",
     "WatchEvent",
     "WatchEventType",
+    "prefix_end",
     "validate_key",
+    "validate_lease_id",
+    "validate_txn",
     "validate_prefix",
     "validate_scan_prefix",
     "validate_ttl",
@@ -86,8 +96,11 @@ class KeyValue:
     (also ``mod_revision``) is the Raft index of the write that last set the
     value, ``create_revision`` that of the write that created the key (since
     it last did not exist), ``version`` the number of writes since then (1
-    after the creating one); ``lease`` is 0 (leases are not built yet). 0
-    where unknown."""
+    after the creating one); ``lease`` the id of the lease the key is
+    attached to (0: none). 0 where unknown.
+
+    A KeyValue unpacks as ``key, value`` (``for key, value in
+    scan.entries``), as scan entries did when they were pairs."""
 
     key: bytes
     value: bytes
@@ -101,16 +114,20 @@ class KeyValue:
         """etcd's name for ``revision``."""
         return self.revision
 
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.key
+        yield self.value
+
 
 @attrs.frozen(slots=True)
 class ScanResult:
-    """A scan: ``entries`` in key order, read at ``revision`` (the applied
+    """A scan: ``entries`` (:class:`KeyValue`) in key order, read at ``revision`` (the applied
     index of the node that served it). ``count`` is how many keys the range
     holds in all and ``more`` whether ``limit`` left some out (ask again
     from the last key + ``b"\\0"``). With ``keys_only`` the values are
     empty; with ``count_only`` there are no entries."""
 
-    entries: list[tuple[bytes, bytes]]
+    entries: list[KeyValue]
     revision: int
     more: bool = False
     count: int = 0
@@ -134,6 +151,9 @@ class WatchEvent:
     the value before the change, ``None`` when the key did not exist (or the
     watcher did not ask for previous values). ``error`` is an
     :class:`~dengine.errors.ErrorCode` for CANCELED on the wire, else 0.
+    A PUT also carries the key's ``create_revision``, ``version`` and
+    ``lease`` after the change, as :class:`KeyValue` does (``revision`` is
+    its ``mod_revision``); they are 0 for other events.
     """
 
     type: WatchEventType
@@ -142,6 +162,290 @@ class WatchEvent:
     prev_value: bytes | None
     revision: int
     error: int = 0
+    create_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    @property
+    def mod_revision(self) -> int:
+        """etcd's name for ``revision``."""
+        return self.revision
+
+
+@attrs.frozen(slots=True)
+class Lease:
+    """A granted lease: its ``id`` and the ``ttl`` (seconds) it was granted
+    with -- at least the TTL asked for, maybe more (a lease never lives
+    shorter than the cluster's minimum, see docs/coordination.md)."""
+
+    id: int
+    ttl: float
+
+
+@attrs.frozen(slots=True)
+class LeaseStatus:
+    """What the leader knows of a lease: the ``granted_ttl`` (seconds), the
+    ``remaining`` seconds before it expires unless kept alive, and the keys
+    attached to it (empty unless asked for)."""
+
+    id: int
+    granted_ttl: float
+    remaining: float
+    keys: tuple[bytes, ...] = ()
+
+
+# --------------------------------------------------------------------------
+# Transactions
+# --------------------------------------------------------------------------
+
+#: What a :class:`Compare` looks at, as named on the wire.
+COMPARE_TARGETS = ("value", "version", "create_revision", "mod_revision", "lease")
+#: How a :class:`Compare` compares, as named on the wire.
+COMPARE_OPS = ("==", "!=", "<", ">")
+
+
+def _check_compare_operand(target: str, operand: object) -> None:
+    if target == "value":
+        if not isinstance(operand, bytes):
+            raise InvalidArgument(f"a compare on the value needs bytes, got {_type_name(operand)}")
+    elif isinstance(operand, bool) or not isinstance(operand, int) or operand < 0:
+        raise InvalidArgument(f"a compare on the {target} needs a non-negative integer, got {operand!r}")
+
+
+@attrs.frozen(slots=True)
+class Compare:
+    """One condition of a transaction: ``target`` of ``key`` ``op``
+    ``operand``. Build it the readable way::
+
+        Compare.mod_revision(b"/leader") == 42
+        Compare.value(b"/config") != b"old"
+        Compare.create_revision(b"/lock/a") == 0   # the key does not exist
+
+    A missing key has version, create_revision, mod_revision and lease 0;
+    any compare on the value of a missing key is false (as in etcd). Values
+    compare as bytes (lexicographically)."""
+
+    key: bytes
+    target: str
+    op: str
+    operand: bytes | int
+
+    def __attrs_post_init__(self) -> None:
+        validate_key(self.key, _NO_SIZE_LIMIT)
+        if self.target not in COMPARE_TARGETS:
+            raise InvalidArgument(f"unknown compare target {self.target!r}; known: {', '.join(COMPARE_TARGETS)}")
+        if self.op not in COMPARE_OPS:
+            raise InvalidArgument(f"unknown compare operator {self.op!r}; known: {', '.join(COMPARE_OPS)}")
+        _check_compare_operand(self.target, self.operand)
+
+    @staticmethod
+    def value(key: bytes) -> _CompareBuilder:
+        return _CompareBuilder(key, "value")
+
+    @staticmethod
+    def version(key: bytes) -> _CompareBuilder:
+        return _CompareBuilder(key, "version")
+
+    @staticmethod
+    def create_revision(key: bytes) -> _CompareBuilder:
+        return _CompareBuilder(key, "create_revision")
+
+    @staticmethod
+    def mod_revision(key: bytes) -> _CompareBuilder:
+        return _CompareBuilder(key, "mod_revision")
+
+    @staticmethod
+    def lease(key: bytes) -> _CompareBuilder:
+        return _CompareBuilder(key, "lease")
+
+    def holds(self, kv: KeyValue | None) -> bool:
+        """Whether this condition holds for ``kv`` (None: the key is absent)."""
+        if kv is None:
+            if self.target == "value":
+                return False
+            have: bytes | int = 0
+        elif self.target == "value":
+            have = kv.value
+        elif self.target == "version":
+            have = kv.version
+        elif self.target == "create_revision":
+            have = kv.create_revision
+        elif self.target == "mod_revision":
+            have = kv.revision
+        else:
+            have = kv.lease
+        want = self.operand
+        if self.op == "==":
+            return have == want
+        if self.op == "!=":
+            return have != want
+        if self.op == "<":
+            return have < want  # type: ignore[operator]
+        return have > want  # type: ignore[operator]
+
+
+class _CompareBuilder:
+    """``Compare.<target>(key)``: compare it with ``==``, ``!=``, ``<``, ``>``."""
+
+    __slots__ = ("key", "target")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, key: bytes, target: str) -> None:
+        self.key = key
+        self.target = target
+
+    def _make(self, op: str, operand: object) -> Compare:
+        return Compare(self.key, self.target, op, operand)  # type: ignore[arg-type]
+
+    def __eq__(self, operand: object) -> Compare:  # type: ignore[override]
+        return self._make("==", operand)
+
+    def __ne__(self, operand: object) -> Compare:  # type: ignore[override]
+        return self._make("!=", operand)
+
+    def __lt__(self, operand: object) -> Compare:
+        return self._make("<", operand)
+
+    def __gt__(self, operand: object) -> Compare:
+        return self._make(">", operand)
+
+    def __bool__(self) -> bool:
+        raise InvalidArgument(f"Compare.{self.target}(key) must be compared with ==, !=, < or >")
+
+
+#: The kinds of :class:`Op`, as named on the wire.
+OP_KINDS = ("put", "delete", "delete_range", "get", "scan")
+
+
+@attrs.frozen(slots=True)
+class Op:
+    """One operation of a transaction. Build it with the constructors::
+
+        Op.put(b"/k", b"v", lease=lease.id)
+        Op.delete(b"/k")
+        Op.delete_prefix(b"/jobs/")
+        Op.get(b"/k")
+        Op.scan(b"/jobs/", limit=10)        # or Op.scan_range(start, end)
+
+    In a :class:`TxnResult` a put answers its revision, a delete the number
+    of keys it removed, a get a :class:`KeyValue` or None, a scan a
+    :class:`ScanResult`. ``ttl_ms`` is for puts made by
+    ``compare_and_swap(..., ttl=)``."""
+
+    kind: str
+    key: bytes
+    value: bytes = b""
+    end: bytes | None = None
+    lease: int = 0
+    limit: int | None = None
+    ttl_ms: int | None = None
+
+    @staticmethod
+    def put(key: bytes, value: bytes, *, lease: int = 0) -> Op:
+        validate_key(key, _NO_SIZE_LIMIT)
+        validate_value(value, _NO_SIZE_LIMIT)
+        return Op("put", key, value, lease=validate_lease_id(lease, allow_zero=True))
+
+    @staticmethod
+    def delete(key: bytes) -> Op:
+        validate_key(key, _NO_SIZE_LIMIT)
+        return Op("delete", key)
+
+    @staticmethod
+    def delete_prefix(prefix: bytes) -> Op:
+        """Every key starting with ``prefix`` (which must not be empty)."""
+        validate_key(prefix, _NO_SIZE_LIMIT)
+        return Op("delete_range", prefix, end=prefix_end(prefix))
+
+    @staticmethod
+    def delete_range(start: bytes, end: bytes | None = None) -> Op:
+        validate_range(start, end, _NO_SIZE_LIMIT)
+        return Op("delete_range", start, end=end)
+
+    @staticmethod
+    def get(key: bytes) -> Op:
+        validate_key(key, _NO_SIZE_LIMIT)
+        return Op("get", key)
+
+    @staticmethod
+    def scan(prefix: bytes, *, limit: int | None = None) -> Op:
+        validate_scan_prefix(prefix, _NO_SIZE_LIMIT)
+        return Op("scan", prefix, end=prefix_end(prefix), limit=validate_limit(limit))
+
+    @staticmethod
+    def scan_range(start: bytes, end: bytes | None = None, *, limit: int | None = None) -> Op:
+        validate_range(start, end, _NO_SIZE_LIMIT)
+        return Op("scan", start, end=end, limit=validate_limit(limit))
+
+    @property
+    def writes(self) -> bool:
+        return self.kind in ("put", "delete", "delete_range")
+
+
+@attrs.frozen(slots=True)
+class TxnResult:
+    """A transaction's outcome: whether every compare held (``succeeded``:
+    the ``success`` ops ran, else the ``failure`` ops), the ``revision`` it
+    was applied at (its writes all carry it), and one response per op run,
+    in order (see :class:`Op`)."""
+
+    succeeded: bool
+    revision: int
+    responses: list[Any]
+
+
+#: Default most compares, and most ops in each branch, of one transaction.
+DEFAULT_MAX_TXN_OPS = 128
+
+
+def validate_txn(
+    compare: object, success: object, failure: object, *, max_ops: int = DEFAULT_MAX_TXN_OPS,
+    max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+) -> tuple[tuple[Compare, ...], tuple[Op, ...], tuple[Op, ...]]:
+    """Check a transaction's three lists: each holds at most ``max_ops``
+    items of the right type, keys and values are within the limits, and no
+    branch writes the same key twice (as etcd refuses)."""
+    out: list[tuple[Any, ...]] = []
+    for name, items, kind in (("compare", compare, Compare), ("success", success, Op), ("failure", failure, Op)):
+        if items is None:
+            items = ()
+        if isinstance(items, (bytes, str)) or not isinstance(items, (list, tuple)):
+            raise InvalidArgument(f"txn {name} must be a list of {kind.__name__}, got {_type_name(items)}")
+        if len(items) > max_ops:
+            raise InvalidArgument(
+                f"txn {name} holds {len(items)} items, more than the limit of {max_ops} (raft.max_txn_ops)")
+        for i, item in enumerate(items):
+            if type(item) is not kind:
+                raise InvalidArgument(f"txn {name}[{i}] must be a dengine.{kind.__name__}, got {_type_name(item)}")
+            if isinstance(item, Op):
+                _check_op(item, max_key_size, max_value_size)
+            else:
+                validate_key(item.key, max_key_size)
+        if kind is Op:
+            written: set[bytes] = set()
+            for item in items:
+                if item.kind in ("put", "delete"):
+                    if item.key in written:
+                        raise InvalidArgument(f"txn {name} writes the key {item.key!r:.60} more than once")
+                    written.add(item.key)
+        out.append(tuple(items))
+    return out[0], out[1], out[2]
+
+
+def _check_op(op: Op, max_key_size: int, max_value_size: int) -> None:
+    if op.kind not in OP_KINDS:
+        raise InvalidArgument(f"unknown txn op {op.kind!r}; known: {', '.join(OP_KINDS)}")
+    if op.kind in ("put", "delete", "get"):
+        validate_key(op.key, max_key_size)
+    else:
+        validate_range(op.key, op.end, max_key_size)
+    if op.kind == "put":
+        validate_value(op.value, max_value_size)
+        validate_lease_id(op.lease, allow_zero=True)
+        if op.lease and op.ttl_ms is not None:
+            raise InvalidArgument("a put takes a lease or a ttl, not both")
+    if op.limit is not None:
+        validate_limit(op.limit)
 
 
 @attrs.frozen(slots=True)
@@ -197,6 +501,26 @@ class Status:
 
 def _type_name(obj: object) -> str:
     return type(obj).__name__
+
+
+_NO_SIZE_LIMIT = 2**62
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``
+    (None when there is none: empty or all-0xff prefix)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def validate_lease_id(value: object, *, allow_zero: bool = False) -> int:
+    """A lease id: a positive 63-bit integer (0 = "no lease" where allowed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not (0 if allow_zero else 1) <= value < 2**63:
+        what = "a non-negative" if allow_zero else "a positive"
+        raise InvalidArgument(f"lease id must be {what} integer below 2**63, got {value!r}")
+    return value
 
 
 def validate_node_id(value: object) -> int:

@@ -19,21 +19,29 @@ import math
 import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
 
 from dengine.api import (
+    Compare,
     KeyValue,
     LeaderInfo,
+    Lease,
+    LeaseStatus,
     Member,
     MembershipChange,
+    Op,
     ReadConsistency,
     ScanResult,
     Status,
+    TxnResult,
+    prefix_end as _prefix_end,
     validate_key,
+    validate_lease_id,
+    validate_txn,
     validate_node_id,
     validate_prefix,
     validate_limit,
@@ -48,6 +56,7 @@ from dengine.errors import (
     EngineStopped,
     InvalidArgument,
     LeaderChanged,
+    LeaseNotFound,
     MembershipChangeInProgress,
     MembershipChangeRefused,
     NotLeader,
@@ -56,10 +65,10 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.config.addresses import address_argument
-from dengine.kv.commands import CompareAndSwap, Delete, Put
+from dengine.keepalive import KeptLease, open_kept_lease
+from dengine.kv.commands import Delete, LeaseGrant, LeaseRevoke, Put, Txn
 from dengine.kv.members import encode_member_context
 from dengine.kv.snapshot import encode_image
-from dengine.kv.store import prefix_end as _prefix_end
 from dengine.lifecycle import Subscription
 from dengine.raft.messages import ConfChange, ConfChangeType, Role
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
@@ -140,15 +149,19 @@ class EmbeddedClient:
 
     # -- writes ---------------------------------------------------------
 
-    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:
+    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, lease: int = 0,
+                  timeout: float | None = None) -> int:
         """Set ``key`` to ``value``; returns the revision (Raft index) of the write.
         ``ttl`` (seconds) makes the key expire; a put without ``ttl`` clears an
-        earlier one."""
+        earlier one. ``lease`` attaches the key to a lease (deleted with it);
+        a put without one detaches it."""
         cfg = self._engine.config.raft
         validate_key(key, cfg.max_key_size)
         validate_value(value, cfg.max_value_size)
         ttl_ms = validate_ttl(ttl)
-        result = await self._write(Put(key, value, ttl_ms), timeout)
+        if validate_lease_id(lease, allow_zero=True) and ttl_ms is not None:
+            raise InvalidArgument("a put takes a lease or a ttl, not both")
+        result = await self._write(Put(key, value, ttl_ms, lease), timeout)
         return int(result)
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
@@ -166,14 +179,92 @@ class EmbeddedClient:
         timeout: float | None = None,
     ) -> bool:
         """Set ``key`` to ``new`` only if it currently holds ``expected``
-        (``None``: only if the key is absent). Returns whether it swapped."""
+        (``None``: only if the key is absent). Returns whether it swapped.
+        A transaction: ``txn([Compare.value(key) == expected], [Op.put(key,
+        new)])`` (or ``Compare.version(key) == 0`` for ``None``)."""
         cfg = self._engine.config.raft
         validate_key(key, cfg.max_key_size)
         if expected is not None:
             validate_value(expected, cfg.max_value_size)
         validate_value(new, cfg.max_value_size)
         ttl_ms = validate_ttl(ttl)
-        return bool(await self._write(CompareAndSwap(key, expected, new, ttl_ms), timeout))
+        check = Compare.version(key) == 0 if expected is None else Compare.value(key) == expected
+        result = await self._write(Txn((check,), (Op("put", key, new, ttl_ms=ttl_ms),), ()), timeout)
+        return bool(result.succeeded)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """If every :class:`~dengine.Compare` holds, run the ``success`` ops,
+        else the ``failure`` ops: atomically, at one revision. See
+        docs/coordination.md."""
+        cfg = self._engine.config.raft
+        checked = validate_txn(compare, success, failure, max_ops=cfg.max_txn_ops, max_key_size=cfg.max_key_size,
+                               max_value_size=cfg.max_value_size)
+        result: TxnResult = await self._write(Txn(*checked), timeout)
+        return result
+
+    # -- leases -----------------------------------------------------------
+
+    async def grant_lease(self, ttl: float, *, lease_id: int = 0, timeout: float | None = None) -> Lease:
+        """A new lease of ``ttl`` seconds (at least the cluster's minimum,
+        1.5 election timeouts); ``lease_id`` 0 lets the cluster pick the id."""
+        ttl_ms = validate_ttl(ttl)
+        assert ttl_ms is not None
+        ttl_ms = max(ttl_ms, self._engine.min_lease_ttl_ms)
+        granted = await self._write(LeaseGrant(validate_lease_id(lease_id, allow_zero=True), ttl_ms), timeout)
+        return Lease(int(granted), ttl_ms / 1000)
+
+    async def keep_alive(self, lease_id: int, *, timeout: float | None = None) -> float:
+        """Renew a lease: it lives at least the returned number of seconds
+        (its TTL) from when this call was made. On the leader only."""
+        validate_lease_id(lease_id)
+        node = self._node
+        since = trio.current_time()
+        if node.current_role is not Role.LEADER:
+            node.check_open()
+            raise node.not_leader()
+        await self._read_point(ReadConsistency.LINEARIZABLE, timeout)  # still the leader, and up to date
+        if node.kv.lease_ttl_ms(lease_id) is None:
+            raise _lease_not_found(lease_id)
+        return node.renew_lease(lease_id, since)
+
+    async def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """End a lease now and delete every key attached to it."""
+        await self._write(LeaseRevoke(validate_lease_id(lease_id)), timeout)
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool = False,
+                                 timeout: float | None = None) -> LeaseStatus:
+        """A lease's granted TTL, the seconds it has left as the leader
+        counts them, and (with ``keys``) the keys attached to it."""
+        validate_lease_id(lease_id)
+        node = self._node
+        if node.current_role is not Role.LEADER:
+            node.check_open()
+            raise node.not_leader()
+        await self._read_point(ReadConsistency.LINEARIZABLE, timeout)
+        ttl_ms = node.kv.lease_ttl_ms(lease_id)
+        remaining = node.lease_remaining(lease_id)
+        if ttl_ms is None or remaining is None:
+            raise _lease_not_found(lease_id)
+        attached = tuple(node.kv.lease_keys(lease_id)) if keys else ()
+        return LeaseStatus(lease_id, ttl_ms / 1000, remaining, attached)
+
+    async def leases(self, *, timeout: float | None = None) -> list[Lease]:
+        """Every lease, by id."""
+        await self._read_point(ReadConsistency.LINEARIZABLE, timeout)
+        return [Lease(i, ttl / 1000) for i, ttl in sorted(self._node.kv.leases().items())]
+
+    def open_lease(self, ttl: float, *, timeout: float | None = None) -> AbstractAsyncContextManager[KeptLease]:
+        """``async with client.open_lease(ttl) as lease:`` a lease kept
+        alive for the block, revoked when it ends; ``lease.lost`` is set if
+        it could not be renewed in time (dengine.keepalive)."""
+        return open_kept_lease(self, ttl, timeout=timeout)
 
     async def _write(self, command: Any, timeout: float | None) -> Any:
         limit = self._engine._timeout(timeout)
@@ -253,9 +344,9 @@ class EmbeddedClient:
         limit = validate_limit(limit)
         await self._read_point(consistency, timeout)
         node = self._node
-        entries, count = node.kv.scan_range(start, end, node.now_ms(), 0 if count_only else limit, count=True)
+        entries, count = node.kv.scan_kvs(start, end, node.now_ms(), 0 if count_only else limit, count=True)
         if keys_only:
-            entries = [(k, b"") for k, _ in entries]
+            entries = [attrs.evolve(kv, value=b"") for kv in entries]
         more = not count_only and count > len(entries)
         return ScanResult(entries=entries, revision=node.kv.applied_index, more=more, count=count)
 
@@ -315,6 +406,10 @@ class EmbeddedClient:
             node.expire(waiter, deadline, _READ_TIMEOUT, limit)
             await waiter.wait()
 
+def _lease_not_found(lease_id: int) -> LeaseNotFound:
+    return LeaseNotFound(f"lease {lease_id} does not exist (it expired, was revoked or never granted)")
+
+
 class Engine:
     """A running engine. Obtain it from :func:`open_engine` or :func:`run_engine`."""
 
@@ -327,6 +422,9 @@ class Engine:
         self.peer_client_addresses: dict[int, str] = {}
         #: Where this node serves clients (``dengine serve`` sets it), if anywhere.
         self.client_address: str | None = None
+        raft = config.raft
+        #: The shortest lease granted: 1.5 election timeouts, as in etcd.
+        self.min_lease_ttl_ms = math.ceil(1.5 * raft.election_ticks * raft.tick_interval_ms)
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:

@@ -25,6 +25,7 @@ class ErrorCode:
     INVALID_ARGUMENT = 1001
     CONFIG_INVALID = 1002
     ADDRESS_IN_USE = 1003
+    LEASE_NOT_FOUND = 1004
 
     NOT_LEADER = 2001
     UNAVAILABLE = 2002
@@ -36,6 +37,7 @@ class ErrorCode:
     LEADER_CHANGED = 2008
     MEMBER_REMOVED = 2009
     MEMBERSHIP_CHANGE_REFUSED = 2010
+    SESSION_LOST = 2011
 
     STORAGE_ERROR = 3000
     STORAGE_CORRUPTED = 3001
@@ -86,6 +88,13 @@ class AddressInUse(UsageError):
     names which listener (client or peer) and the address."""
 
     code = ErrorCode.ADDRESS_IN_USE
+
+
+class LeaseNotFound(UsageError):
+    """The lease does not exist: it was never granted, was revoked, or
+    expired (its keys are deleted). Grant a new one."""
+
+    code = ErrorCode.LEASE_NOT_FOUND
 
 
 class ConfigError(UsageError):
@@ -180,6 +189,14 @@ class MembershipChangeRefused(ClusterError):
     cluster allows it."""
 
     code = ErrorCode.MEMBERSHIP_CHANGE_REFUSED
+
+
+class SessionLost(ClusterError):
+    """A session's lease could not be renewed in time (the cluster was out of
+    reach, or the lease expired or was revoked): whatever it guarded -- a
+    lock, a leadership -- may now belong to someone else."""
+
+    code = ErrorCode.SESSION_LOST
 
 
 class MemberRemoved(ClusterError):

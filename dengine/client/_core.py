@@ -72,8 +72,10 @@ from dengine.api import (
     WatchEvent,
     WatchEventType,
     validate_key,
+    validate_lease_id,
     validate_limit,
     validate_node_id,
+    validate_txn,
     validate_range,
     validate_prefix,
     validate_scan_prefix,
@@ -107,6 +109,12 @@ from dengine.transport.client_protocol import (
     Response,
     decode_flag,
     decode_kv,
+    decode_lease,
+    decode_lease_status,
+    decode_leases,
+    decode_remaining,
+    decode_txn_result,
+    encode_txn_request,
     decode_leader,
     decode_member,
     decode_members,
@@ -840,12 +848,51 @@ class calls:  # noqa: N801 - a namespace of constructors, read as calls.put(...)
 
     @staticmethod
     def put(key: bytes, value: bytes, *, ttl: float | None, timeout: float | None,
-            max_key_size: int | None = None, max_value_size: int | None = None) -> Call:
+            max_key_size: int | None = None, max_value_size: int | None = None, lease: int = 0) -> Call:
         calls._key(key, max_key_size)
         calls._value(value, max_value_size)
         ttl_ms = validate_ttl(ttl)
-        return Call("put", {"key": key, "value": value, "ttl_ms": ttl_ms}, decode_revision,
-                    write=True, to_leader=True, timeout=_timeout(timeout))
+        args = {"key": key, "value": value, "ttl_ms": ttl_ms}
+        if validate_lease_id(lease, allow_zero=True):
+            if ttl_ms is not None:
+                raise InvalidArgument("a put takes a lease or a ttl, not both")
+            args["lease"] = lease
+        return Call("put", args, decode_revision, write=True, to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def txn(compare: Any, success: Any, failure: Any, *, timeout: float | None, max_txn_ops: int | None = None,
+            max_key_size: int | None = None, max_value_size: int | None = None) -> Call:
+        limit = _NO_LIMIT
+        c, s, f = validate_txn(compare, success, failure, max_ops=max_txn_ops or limit,
+                               max_key_size=max_key_size or limit, max_value_size=max_value_size or limit)
+        return Call("txn", encode_txn_request(c, s, f), lambda body: decode_txn_result(body, s, f), write=True,
+                    to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def grant_lease(ttl: float, *, lease_id: int = 0, timeout: float | None) -> Call:
+        ttl_ms = validate_ttl(ttl)
+        args = {"ttl_ms": ttl_ms, "id": validate_lease_id(lease_id, allow_zero=True) or None}
+        return Call("lease_grant", args, decode_lease, write=True, to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def revoke_lease(lease_id: int, *, timeout: float | None) -> Call:
+        return Call("lease_revoke", {"id": validate_lease_id(lease_id)}, lambda body: None, write=True,
+                    to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def keep_alive(lease_id: int, *, timeout: float | None) -> Call:
+        # Not a write: renewing twice is harmless, so it is retried like a read.
+        return Call("lease_keep_alive", {"id": validate_lease_id(lease_id)}, decode_remaining, to_leader=True,
+                    timeout=_timeout(timeout))
+
+    @staticmethod
+    def lease_time_to_live(lease_id: int, *, keys: bool, timeout: float | None) -> Call:
+        args = {"id": validate_lease_id(lease_id), "keys": True if keys else None}
+        return Call("lease_ttl", args, decode_lease_status, to_leader=True, timeout=_timeout(timeout))
+
+    @staticmethod
+    def leases(*, timeout: float | None) -> Call:
+        return Call("lease_list", {}, decode_leases, to_leader=True, timeout=_timeout(timeout))
 
     @staticmethod
     def delete(key: bytes, *, timeout: float | None, max_key_size: int | None = None) -> Call:

@@ -45,13 +45,18 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from dengine.api import (
+    Compare,
     KeyValue,
     LeaderInfo,
+    Lease,
+    LeaseStatus,
     Member,
     MembershipChange,
+    Op,
     ReadConsistency,
     ScanResult,
     Status,
+    TxnResult,
     WatchEvent,
 )
 from dengine.backup import BackupWriter
@@ -369,10 +374,41 @@ class BlockingClient:
 
     # -- writes ---------------------------------------------------------------------
 
-    def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:
-        """Set ``key`` to ``value``; returns the revision of the write."""
+    def put(self, key: bytes, value: bytes, *, ttl: float | None = None, lease: int = 0,
+            timeout: float | None = None) -> int:
+        """Set ``key`` to ``value``; returns the revision of the write.
+        ``ttl`` makes it expire; ``lease`` attaches it to a lease."""
         return self._run(calls.put(key, value, ttl=ttl, timeout=timeout, max_key_size=self.max_key_size,  # type: ignore[no-any-return]
-                                   max_value_size=self.max_value_size))
+                                   max_value_size=self.max_value_size, lease=lease))
+
+    def txn(self, compare: Sequence[Compare] = (), success: Sequence[Op] = (), failure: Sequence[Op] = (),
+            *, timeout: float | None = None) -> TxnResult:
+        """If every compare holds run ``success``, else ``failure``:
+        atomically, at one revision (docs/coordination.md)."""
+        return self._run(calls.txn(compare, success, failure, timeout=timeout,  # type: ignore[no-any-return]
+                                   max_key_size=self.max_key_size, max_value_size=self.max_value_size))
+
+    # -- leases (keep one alive by calling keep_alive about every ttl/3) -------------
+
+    def grant_lease(self, ttl: float, *, lease_id: int = 0, timeout: float | None = None) -> Lease:
+        """A new lease of ``ttl`` seconds (at least the cluster's minimum)."""
+        return self._run(calls.grant_lease(ttl, lease_id=lease_id, timeout=timeout))  # type: ignore[no-any-return]
+
+    def keep_alive(self, lease_id: int, *, timeout: float | None = None) -> float:
+        """Renew a lease; it lives at least the returned seconds from this call."""
+        return self._run(calls.keep_alive(lease_id, timeout=timeout))  # type: ignore[no-any-return]
+
+    def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """End a lease now and delete its keys."""
+        self._run(calls.revoke_lease(lease_id, timeout=timeout))
+
+    def lease_time_to_live(self, lease_id: int, *, keys: bool = False, timeout: float | None = None) -> LeaseStatus:
+        """A lease's granted TTL, seconds left and (with ``keys``) its keys."""
+        return self._run(calls.lease_time_to_live(lease_id, keys=keys, timeout=timeout))  # type: ignore[no-any-return]
+
+    def leases(self, *, timeout: float | None = None) -> list[Lease]:
+        """Every lease, by id."""
+        return self._run(calls.leases(timeout=timeout))  # type: ignore[no-any-return]
 
     def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
         """Delete ``key``; True if it existed."""

@@ -46,13 +46,28 @@ import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Self
 
 import trio
 
-from dengine.api import KeyValue, LeaderInfo, Member, MembershipChange, ReadConsistency, ScanResult, Status, WatchEvent
+from dengine.api import (
+    Compare,
+    KeyValue,
+    LeaderInfo,
+    Lease,
+    LeaseStatus,
+    Member,
+    MembershipChange,
+    Op,
+    ReadConsistency,
+    ScanResult,
+    Status,
+    TxnResult,
+    WatchEvent,
+)
 from dengine.backup import BackupWriter
+from dengine.keepalive import KeptLease, open_kept_lease
 from dengine.client import _core
 from dengine.client._connection import NETWORK_ERRORS, Connection, ConnectionLost, Expired, Stream
 from dengine.client._core import Attempts, Call, Next, Router, WatchState, calls
@@ -222,10 +237,50 @@ class Client:
 
     # -- writes ---------------------------------------------------------------------
 
-    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, timeout: float | None = None) -> int:
-        """Set ``key`` to ``value``; returns the revision of the write."""
+    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None, lease: int = 0,
+                  timeout: float | None = None) -> int:
+        """Set ``key`` to ``value``; returns the revision of the write.
+        ``ttl`` makes it expire; ``lease`` attaches it to a lease."""
         return await self._run(calls.put(key, value, ttl=ttl, timeout=timeout,  # type: ignore[no-any-return]
+                                         max_key_size=self.max_key_size, max_value_size=self.max_value_size,
+                                         lease=lease))
+
+    async def txn(self, compare: Sequence[Compare] = (), success: Sequence[Op] = (), failure: Sequence[Op] = (),
+                  *, timeout: float | None = None) -> TxnResult:
+        """If every compare holds run ``success``, else ``failure``:
+        atomically, at one revision (docs/coordination.md)."""
+        return await self._run(calls.txn(compare, success, failure, timeout=timeout,  # type: ignore[no-any-return]
                                          max_key_size=self.max_key_size, max_value_size=self.max_value_size))
+
+    # -- leases ---------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: float, *, lease_id: int = 0, timeout: float | None = None) -> Lease:
+        """A new lease of ``ttl`` seconds (at least the cluster's minimum)."""
+        return await self._run(calls.grant_lease(ttl, lease_id=lease_id, timeout=timeout))  # type: ignore[no-any-return]
+
+    async def keep_alive(self, lease_id: int, *, timeout: float | None = None) -> float:
+        """Renew a lease; it lives at least the returned seconds from this call."""
+        return await self._run(calls.keep_alive(lease_id, timeout=timeout))  # type: ignore[no-any-return]
+
+    async def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """End a lease now and delete its keys."""
+        await self._run(calls.revoke_lease(lease_id, timeout=timeout))
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool = False,
+                                 timeout: float | None = None) -> LeaseStatus:
+        """A lease's granted TTL, seconds left and (with ``keys``) its keys."""
+        return await self._run(calls.lease_time_to_live(  # type: ignore[no-any-return]
+            lease_id, keys=keys, timeout=timeout))
+
+    async def leases(self, *, timeout: float | None = None) -> list[Lease]:
+        """Every lease, by id."""
+        return await self._run(calls.leases(timeout=timeout))  # type: ignore[no-any-return]
+
+    def open_lease(self, ttl: float, *, timeout: float | None = None) -> AbstractAsyncContextManager[KeptLease]:
+        """``async with client.open_lease(ttl) as lease:`` kept alive for the
+        block, revoked after it; ``lease.lost`` is set if it could not be
+        renewed in time."""
+        return open_kept_lease(self, ttl, timeout=timeout)
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
         """Delete ``key``; True if it existed."""

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import attrs
 
-from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, ReadConsistency
+from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_TXN_OPS, DEFAULT_MAX_VALUE_SIZE, ReadConsistency
 from dengine.config.addresses import parse_members
 from dengine.errors import InvalidArgument
 
@@ -264,6 +264,13 @@ class RaftSettings:
     )
     max_key_size: int = _setting(DEFAULT_MAX_KEY_SIZE, "int", "Largest key, in bytes.", minimum=1)
     max_value_size: int = _setting(DEFAULT_MAX_VALUE_SIZE, "int", "Largest value, in bytes.", minimum=1)
+    max_txn_ops: int = _setting(
+        DEFAULT_MAX_TXN_OPS,
+        "int",
+        "Most compares, and most operations in each branch, of one transaction; more is refused with "
+        "InvalidArgument (error 1001).",
+        minimum=1,
+    )
     max_inflight: int = _setting(
         256, "int", "AppendEntries messages in flight to one follower before the leader waits.", minimum=1
     )

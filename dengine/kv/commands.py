@@ -12,10 +12,17 @@ Rules of this module:
 * Payload layout (msgpack, bin type for bytes)::
 
       [FORMAT_VERSION, now_ms, [command, ...]]
-      Put            [0, key, value, ttl_ms | nil]
+      Put            [0, key, value, ttl_ms | nil]  or  [0, key, value, nil, lease]
       Delete         [1, key]
       CompareAndSwap [2, key, expected | nil, new, ttl_ms | nil]
       ExpireKeys     [3, [key, expire_at_ms, key, expire_at_ms, ...]]
+      LeaseGrant     [4, lease_id (0: the store picks), ttl_ms]
+      LeaseRevoke    [5, lease_id]
+      Txn            [6, [compare, ...], [op, ...], [op, ...]]
+        compare      [target, key, operator, operand]   (indexes into
+                     dengine.api.COMPARE_TARGETS and COMPARE_OPS)
+        op           [kind, key, value, end | nil, lease, limit | nil, ttl_ms | nil]
+                     (kind indexes into dengine.api.OP_KINDS)
 
   Tags and the version never change meaning; new commands get new tags.
 * Encoding checks *types* (so anything encoded decodes again on every replica
@@ -33,6 +40,7 @@ from typing import Any, Iterable, Union
 import attrs
 import msgpack
 
+from dengine.api import COMPARE_OPS, COMPARE_TARGETS, OP_KINDS, Compare, Op
 from dengine.errors import InvalidArgument, MalformedMessage
 
 __all__ = [
@@ -42,7 +50,10 @@ __all__ = [
     "CompareAndSwap",
     "Delete",
     "ExpireKeys",
+    "LeaseGrant",
+    "LeaseRevoke",
     "Put",
+    "Txn",
     "decode_batch",
     "decode_command",
     "encode_batch",
@@ -55,6 +66,9 @@ _TAG_PUT = 0
 _TAG_DELETE = 1
 _TAG_CAS = 2
 _TAG_EXPIRE = 3
+_TAG_GRANT = 4
+_TAG_REVOKE = 5
+_TAG_TXN = 6
 
 _INT64_MAX = 2**63 - 1
 
@@ -62,11 +76,13 @@ _INT64_MAX = 2**63 - 1
 @attrs.frozen(slots=True)
 class Put:
     """Set ``key`` to ``value``. With ``ttl_ms`` the key expires at the
-    entry's stamp + ``ttl_ms``; without it any earlier TTL is cleared."""
+    entry's stamp + ``ttl_ms``; without it any earlier TTL is cleared. With
+    ``lease`` (not with ``ttl_ms``) the key is attached to that lease."""
 
     key: bytes
     value: bytes
     ttl_ms: int | None = None
+    lease: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -105,7 +121,34 @@ class ExpireKeys:
     keys: tuple[tuple[bytes, int], ...] = attrs.field(converter=_stamped_keys)
 
 
-Command = Union[Put, Delete, CompareAndSwap, ExpireKeys]
+@attrs.frozen(slots=True)
+class LeaseGrant:
+    """Create lease ``lease_id`` (0: the store picks the next free id) of
+    ``ttl_ms``. The result is the lease's id."""
+
+    lease_id: int
+    ttl_ms: int
+
+
+@attrs.frozen(slots=True)
+class LeaseRevoke:
+    """Delete a lease and every key attached to it (by its holder, or by the
+    leader when it expired). The result is the number of keys deleted."""
+
+    lease_id: int
+
+
+@attrs.frozen(slots=True)
+class Txn:
+    """If every compare holds, run ``success``, else ``failure``; all at
+    the entry's revision. The result is a :class:`~dengine.api.TxnResult`."""
+
+    compare: tuple[Compare, ...]
+    success: tuple[Op, ...]
+    failure: tuple[Op, ...]
+
+
+Command = Union[Put, Delete, CompareAndSwap, ExpireKeys, LeaseGrant, LeaseRevoke, Txn]
 
 
 @attrs.frozen(slots=True)
@@ -143,6 +186,9 @@ def _wire(cmd: object) -> list[Any]:
         _check_bytes("put key", cmd.key)
         _check_bytes("put value", cmd.value)
         _check_int("put ttl_ms", cmd.ttl_ms, optional=True)
+        if cmd.lease:
+            _check_int("put lease", cmd.lease)
+            return [_TAG_PUT, cmd.key, cmd.value, cmd.ttl_ms, cmd.lease]
         return [_TAG_PUT, cmd.key, cmd.value, cmd.ttl_ms]
     if kind is Delete:
         assert isinstance(cmd, Delete)
@@ -166,7 +212,40 @@ def _wire(cmd: object) -> list[Any]:
             _check_int("expire-keys expire_at_ms", pair[1])
             flat += pair
         return [_TAG_EXPIRE, flat]
+    if kind is LeaseGrant:
+        assert isinstance(cmd, LeaseGrant)
+        _check_int("lease id", cmd.lease_id)
+        _check_int("lease ttl_ms", cmd.ttl_ms)
+        return [_TAG_GRANT, cmd.lease_id, cmd.ttl_ms]
+    if kind is LeaseRevoke:
+        assert isinstance(cmd, LeaseRevoke)
+        _check_int("lease id", cmd.lease_id)
+        return [_TAG_REVOKE, cmd.lease_id]
+    if kind is Txn:
+        assert isinstance(cmd, Txn)
+        return [_TAG_TXN, [_compare_wire(c) for c in cmd.compare], [_op_wire(o) for o in cmd.success],
+                [_op_wire(o) for o in cmd.failure]]
     raise InvalidArgument(f"not a KV command: {kind.__name__}")
+
+
+def _compare_wire(c: object) -> list[Any]:
+    if type(c) is not Compare:
+        raise InvalidArgument(f"a txn compare must be a dengine.Compare, got {type(c).__name__}")
+    _check_bytes("compare key", c.key)
+    return [COMPARE_TARGETS.index(c.target), c.key, COMPARE_OPS.index(c.op), c.operand]
+
+
+def _op_wire(o: object) -> list[Any]:
+    if type(o) is not Op:
+        raise InvalidArgument(f"a txn op must be a dengine.Op, got {type(o).__name__}")
+    _check_bytes("op key", o.key)
+    _check_bytes("op value", o.value)
+    if o.end is not None:
+        _check_bytes("op end", o.end)
+    _check_int("op lease", o.lease)
+    _check_int("op limit", o.limit, optional=True)
+    _check_int("op ttl_ms", o.ttl_ms, optional=True)
+    return [OP_KINDS.index(o.kind), o.key, o.value, o.end, o.lease, o.limit, o.ttl_ms]
 
 
 def command_size(cmd: Command) -> int:
@@ -179,6 +258,9 @@ def command_size(cmd: Command) -> int:
         return len(cmd.key) + 8
     if isinstance(cmd, ExpireKeys):
         return sum(len(k) + 8 for k, _ in cmd.keys)
+    if isinstance(cmd, Txn):
+        return 16 + sum(len(c.key) + 16 + (len(c.operand) if isinstance(c.operand, bytes) else 0)
+                        for c in cmd.compare) + sum(len(o.key) + len(o.value) + 16 for o in cmd.success + cmd.failure)
     return 64
 
 
@@ -214,10 +296,11 @@ def _from_wire(raw: object) -> Command:
     if type(raw) is not list or not raw:
         raise MalformedMessage("KV command must be a non-empty array")
     tag, args = raw[0], raw[1:]
-    if tag == _TAG_PUT and type(tag) is int and len(args) == 3:
-        key, value, ttl = args
-        if type(key) is bytes and type(value) is bytes and _is_opt_int(ttl):
-            return Put(key, value, ttl)
+    if tag == _TAG_PUT and type(tag) is int and len(args) in (3, 4):
+        key, value, ttl = args[:3]
+        lease = args[3] if len(args) == 4 else 0
+        if type(key) is bytes and type(value) is bytes and _is_opt_int(ttl) and _is_int(lease):
+            return Put(key, value, ttl, lease)
     elif tag == _TAG_DELETE and type(tag) is int and len(args) == 1:
         if type(args[0]) is bytes:
             return Delete(args[0])
@@ -232,9 +315,46 @@ def _from_wire(raw: object) -> Command:
             return CompareAndSwap(key, expected, new, ttl)
     elif tag == _TAG_EXPIRE and type(tag) is int and len(args) == 1:
         return _expire_from_wire(args[0])
+    elif tag == _TAG_GRANT and type(tag) is int and len(args) == 2:
+        if _is_int(args[0]) and _is_int(args[1]):
+            return LeaseGrant(args[0], args[1])
+    elif tag == _TAG_REVOKE and type(tag) is int and len(args) == 1:
+        if _is_int(args[0]):
+            return LeaseRevoke(args[0])
+    elif tag == _TAG_TXN and type(tag) is int and len(args) == 3:
+        return _txn_from_wire(*args)
     else:
         raise MalformedMessage(f"unknown KV command tag {tag!r} with {len(args)} fields")
     raise MalformedMessage(f"KV command with tag {tag!r} has fields of the wrong type")
+
+
+def _txn_from_wire(compare: object, success: object, failure: object) -> Txn:
+    if type(compare) is not list or type(success) is not list or type(failure) is not list:
+        raise MalformedMessage("txn body must be three arrays: compares, success ops, failure ops")
+    try:
+        return Txn(tuple(_compare_from_wire(c) for c in compare), tuple(_op_from_wire(o) for o in success),
+                   tuple(_op_from_wire(o) for o in failure))
+    except (InvalidArgument, TypeError, ValueError) as exc:
+        raise MalformedMessage(f"txn has an invalid part: {exc}") from None
+
+
+def _compare_from_wire(raw: object) -> Compare:
+    if type(raw) is not list or len(raw) != 4 or not _is_int(raw[0]) or not _is_int(raw[2]):
+        raise MalformedMessage("a txn compare must be [target, key, operator, operand]")
+    target, key, op, operand = raw
+    if target >= len(COMPARE_TARGETS) or op >= len(COMPARE_OPS) or type(key) is not bytes:
+        raise MalformedMessage("a txn compare has an unknown target or operator, or a key that is not bytes")
+    return Compare(key, COMPARE_TARGETS[target], COMPARE_OPS[op], operand)
+
+
+def _op_from_wire(raw: object) -> Op:
+    if type(raw) is not list or len(raw) != 7 or not _is_int(raw[0]) or raw[0] >= len(OP_KINDS):
+        raise MalformedMessage("a txn op must be [kind, key, value, end, lease, limit, ttl_ms]")
+    _, key, value, end, lease, limit, ttl = raw
+    if (type(key) is not bytes or type(value) is not bytes or not (end is None or type(end) is bytes)
+            or not _is_int(lease) or not _is_opt_int(limit) or not _is_opt_int(ttl)):
+        raise MalformedMessage("a txn op has fields of the wrong type")
+    return Op(OP_KINDS[raw[0]], key, value, end, lease, limit, ttl)
 
 
 def _expire_from_wire(flat: object) -> ExpireKeys:

@@ -9,8 +9,10 @@ Rules of this module:
 
       [SNAPSHOT_VERSION, applied_index, clock_ms,
        [key, value, revision, expire_at_ms | nil, create_revision, version, ...],  # keys ascending
-       [max_member_id, [[node_id, peer | nil, client | nil], ...], [removed id, ...]]]
+       [max_member_id, [[node_id, peer | nil, client | nil], ...], [removed id, ...]],
+       [next_lease_id, [lease_id, ttl_ms, ...], [key, lease_id, ...]]]
 
+  Version 3 (before leases) has no sixth element and restores with none.
   Version 1 (before the member table) has no fifth element and restores
   with an empty table; versions 1 and 2 (before per-key history) have four
   fields per key and restore each key as created at its last write, at
@@ -45,7 +47,7 @@ __all__ = [
     "wrap_snapshot_data",
 ]
 
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 
 _FIELDS = 6  # key, value, revision, expire_at, create_revision, version
 _FIELDS_V2 = 4  # key, value, revision, expire_at
@@ -68,8 +70,16 @@ def encode_image(image: FrozenImage) -> bytes:
         append(expire_at(key))
         append(created(key, revision))
         append(versions(key, 1))
+    leases: list[Any] = []
+    for lease_id, ttl_ms in sorted(image.leases.items()):
+        leases += (lease_id, ttl_ms)
+    attached: list[Any] = []
+    for key, lease_id in sorted(image.key_lease.items()):
+        attached += (key, lease_id)
     packed: bytes = msgpack.packb(
-        [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat, image.members.to_wire()], use_bin_type=True
+        [SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat, image.members.to_wire(),
+         [image.next_lease, leases, attached]],
+        use_bin_type=True,
     )
     return packed
 
@@ -104,10 +114,11 @@ def decode_image(data: bytes) -> FrozenImage:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MalformedMessage(f"KV snapshot is not valid msgpack: {exc}") from None
-    if type(raw) is not list or len(raw) not in (4, 5):
-        raise MalformedMessage("KV snapshot must be [version, applied_index, clock_ms, entries, members]")
+    if type(raw) is not list or len(raw) not in (4, 5, 6):
+        raise MalformedMessage("KV snapshot must be [version, applied_index, clock_ms, entries, members, leases]")
     version = raw[0]
-    if type(version) is not int or version not in (1, 2, SNAPSHOT_VERSION) or len(raw) != (4 if version == 1 else 5):
+    fields_of = {1: 4, 2: 5, 3: 5, SNAPSHOT_VERSION: 6}
+    if type(version) is not int or fields_of.get(version) != len(raw):
         raise MalformedMessage(f"unsupported KV snapshot version {version!r} (or a layout not of that version)")
     _, applied, clock, flat = raw[:4]
     try:
@@ -133,6 +144,9 @@ def decode_image(data: bytes) -> FrozenImage:
         raise MalformedMessage("KV snapshot revisions and expiries must be non-negative ints")
     if any(a >= b for a, b in zip(keys, keys[1:])):
         raise MalformedMessage("KV snapshot keys must be strictly ascending")
+    next_lease, leases, key_lease = _decode_leases(raw[5]) if version >= 4 else (1, {}, {})
+    if not set(key_lease) <= set(keys):
+        raise MalformedMessage("KV snapshot attaches a key it does not hold to a lease")
     return FrozenImage(
         applied_index=applied,
         clock_ms=clock,
@@ -143,7 +157,25 @@ def decode_image(data: bytes) -> FrozenImage:
         members=members,
         created=dict(zip(keys, created)),
         versions=dict(zip(keys, versions)),
+        leases=leases,
+        key_lease=key_lease,
+        next_lease=next_lease,
     )
+
+
+def _decode_leases(raw: object) -> tuple[int, dict[int, int], dict[bytes, int]]:
+    if type(raw) is not list or len(raw) != 3 or not _is_uint(raw[0]):
+        raise MalformedMessage("KV snapshot leases must be [next_lease_id, leases, attached keys]")
+    next_lease, flat, attached = raw
+    if type(flat) is not list or len(flat) % 2 or not all(_is_uint(x) for x in flat):
+        raise MalformedMessage("KV snapshot leases must be pairs of non-negative ints")
+    leases = dict(zip(flat[0::2], flat[1::2]))
+    if type(attached) is not list or len(attached) % 2:
+        raise MalformedMessage("KV snapshot lease keys must be key, lease id pairs")
+    key_lease = dict(zip(attached[0::2], attached[1::2]))
+    if not all(type(k) is bytes for k in key_lease) or not all(v in leases for v in key_lease.values()):
+        raise MalformedMessage("KV snapshot attaches a key to a lease it does not hold")
+    return next_lease, leases, key_lease
 
 
 def restore(

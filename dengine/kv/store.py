@@ -35,6 +35,19 @@ the log):
 * Reads take the reader's ``now_ms`` and hide keys whose expiry is at or
   before ``max(now_ms, log time)`` -- so a read never returns a key the log
   already considers gone, nor one the reader's clock says has expired.
+* Leases: LeaseGrant creates a lease (id and TTL; the store picks the next
+  free id when asked to); a Put with ``lease`` attaches the key to it (a put
+  without one detaches it); LeaseRevoke deletes the lease and every key
+  attached to it, with one DELETE event each, at that revision. *When* a
+  lease expires is the leader's decision (dengine.kv.lessor): it proposes
+  the LeaseRevoke, so every replica deletes the same keys at the same
+  revision. A write naming a lease that does not exist fails with
+  LeaseNotFound and changes nothing. ``lease_observer`` (if set) is told of
+  every grant and revoke, for the leader's lessor.
+* Transactions: a Txn evaluates its compares against the state before it,
+  checks every op of the branch it takes (sizes, leases) and only then runs
+  them in order, so it changes all or nothing; every change carries the
+  entry's revision.
 * Keys are kept in a dict plus a sorted list, so a prefix scan costs
   O(log n + matches); inserting or removing a key shifts the list (a memmove).
 """
@@ -53,17 +66,33 @@ from dengine.api import (
     DEFAULT_MAX_VALUE_SIZE,
     MAX_TTL_SECONDS,
     KeyValue,
+    Op,
+    ScanResult,
+    TxnResult,
     WatchEvent,
     WatchEventType,
+    prefix_end,
     validate_key,
+    validate_range,
     validate_value,
 )
-from dengine.errors import DengineError, EngineStopped, ErrorCode, InvalidArgument, error_for_code
-from dengine.kv.commands import Batch, Command, CompareAndSwap, Delete, ExpireKeys, Put, decode_batch
+from dengine.errors import DengineError, EngineStopped, ErrorCode, InvalidArgument, LeaseNotFound, UsageError, error_for_code
+from dengine.kv.commands import (
+    Batch,
+    Command,
+    CompareAndSwap,
+    Delete,
+    ExpireKeys,
+    LeaseGrant,
+    LeaseRevoke,
+    Put,
+    Txn,
+    decode_batch,
+)
 from dengine.kv.members import MemberTable
 from dengine.kv.ttl import TTLIndex
 
-__all__ = ["ApplyResult", "CommandError", "FrozenImage", "KVStore", "Result"]
+__all__ = ["ApplyResult", "CommandError", "FrozenImage", "KVStore", "Result", "prefix_end"]
 
 MAX_TTL_MS = MAX_TTL_SECONDS * 1000
 
@@ -83,7 +112,7 @@ class CommandError:
         return error_for_code(self.code)(self.message)
 
 
-Result = Union[int, bool, CommandError]
+Result = Union[int, bool, CommandError, TxnResult]
 
 
 @attrs.frozen(slots=True)
@@ -110,6 +139,9 @@ class FrozenImage:
     members: MemberTable = attrs.field(factory=MemberTable)
     created: dict[bytes, int] = attrs.field(factory=dict)
     versions: dict[bytes, int] = attrs.field(factory=dict)
+    leases: dict[int, int] = attrs.field(factory=dict)  # lease id -> ttl_ms
+    key_lease: dict[bytes, int] = attrs.field(factory=dict)
+    next_lease: int = 1
 
 
 class KVStore:
@@ -129,6 +161,11 @@ class KVStore:
         "members",
         "_created",
         "_versions",
+        "_leases",
+        "_lease_keys",
+        "_key_lease",
+        "_next_lease",
+        "lease_observer",
     )
 
     def __init__(
@@ -148,6 +185,14 @@ class KVStore:
         self._created: dict[bytes, int] = {}
         self._versions: dict[bytes, int] = {}
         self._keys: list[bytes] = []
+        # Leases: id -> ttl_ms, id -> attached keys, key -> id.
+        self._leases: dict[int, int] = {}
+        self._lease_keys: dict[int, set[bytes]] = {}
+        self._key_lease: dict[bytes, int] = {}
+        self._next_lease = 1
+        #: Told ``(lease_id, ttl_ms)`` of every grant and ``(lease_id, None)``
+        #: of every revoke as they apply (the leader's lessor listens).
+        self.lease_observer: Callable[[int, int | None], None] | None = None
         self._ttl = TTLIndex()
         self._closed = False
         #: What the replicated state records of each member (dengine.kv.members).
@@ -212,7 +257,7 @@ class KVStore:
         try:
             if kind is Put:
                 assert isinstance(cmd, Put)
-                return self._put(cmd.key, cmd.value, cmd.ttl_ms, index, events)
+                return self._put(cmd.key, cmd.value, cmd.ttl_ms, index, events, cmd.lease)
             if kind is Delete:
                 assert isinstance(cmd, Delete)
                 return self._delete(cmd.key, index, events)
@@ -222,25 +267,41 @@ class KVStore:
             if kind is ExpireKeys:
                 assert isinstance(cmd, ExpireKeys)
                 return self._expire(cmd.keys, index, events)
-        except InvalidArgument as exc:
+            if kind is Txn:
+                assert isinstance(cmd, Txn)
+                return self._txn(cmd, index, events)
+            if kind is LeaseGrant:
+                assert isinstance(cmd, LeaseGrant)
+                return self._grant(cmd.lease_id, cmd.ttl_ms)
+            if kind is LeaseRevoke:
+                assert isinstance(cmd, LeaseRevoke)
+                return self._revoke(cmd.lease_id, index, events)
+        except UsageError as exc:
             return CommandError(exc.code, exc.message)
         return CommandError(ErrorCode.INVALID_ARGUMENT, f"not a KV command: {kind.__name__}")
 
-    def _check_write(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
+    def _check_write(self, key: bytes, value: bytes, ttl_ms: int | None, lease: int = 0) -> None:
         validate_key(key, self.max_key_size)
         validate_value(value, self.max_value_size)
         if ttl_ms is not None and not 0 < ttl_ms <= MAX_TTL_MS:
             raise InvalidArgument(f"ttl_ms must be between 1 and {MAX_TTL_MS}, got {ttl_ms}")
+        if lease:
+            if ttl_ms is not None:
+                raise InvalidArgument("a put takes a lease or a ttl, not both")
+            if lease not in self._leases:
+                raise LeaseNotFound(f"lease {lease} does not exist (it expired, was revoked or never granted)")
 
     def _put(
-        self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None
+        self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None,
+        lease: int = 0,
     ) -> int:
-        self._check_write(key, value, ttl_ms)
-        self._write(key, value, ttl_ms, index, events)
+        self._check_write(key, value, ttl_ms, lease)
+        self._write(key, value, ttl_ms, index, events, lease)
         return index
 
     def _write(
-        self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None
+        self, key: bytes, value: bytes, ttl_ms: int | None, index: int, events: list[WatchEvent] | None,
+        lease: int = 0,
     ) -> None:
         ttl = self._ttl
         has_ttl = len(ttl) > 0
@@ -251,17 +312,30 @@ class KVStore:
         if prev is None:
             insort(self._keys, key)
             self._created[key] = index
-            self._versions[key] = 1
+            version = self._versions[key] = 1
         else:
-            self._versions[key] += 1
+            version = self._versions[key] = self._versions[key] + 1
         values[key] = value
         self._revisions[key] = index
         if ttl_ms is not None:
             ttl.set(key, self._clock + ttl_ms)
         elif has_ttl:
             ttl.clear(key)
+        if lease or self._key_lease:
+            self._attach(key, lease)
         if events is not None:
-            events.append(WatchEvent(_PUT, key, value, prev, index))
+            events.append(WatchEvent(_PUT, key, value, prev, index, 0, self._created[key], version, lease))
+
+    def _attach(self, key: bytes, lease: int) -> None:
+        old = self._key_lease.get(key, 0)
+        if old == lease:
+            return
+        if old:
+            self._lease_keys[old].discard(key)
+            del self._key_lease[key]
+        if lease:
+            self._lease_keys[lease].add(key)
+            self._key_lease[key] = lease
 
     def _remove(self, key: bytes, index: int, events: list[WatchEvent] | None) -> None:
         prev = self._values.pop(key)
@@ -271,6 +345,10 @@ class KVStore:
         keys = self._keys
         del keys[bisect_left(keys, key)]
         self._ttl.clear(key)
+        if self._key_lease:
+            lease = self._key_lease.pop(key, 0)
+            if lease:
+                self._lease_keys[lease].discard(key)
         if events is not None:
             events.append(WatchEvent(_DELETE, key, b"", prev, index))
 
@@ -303,6 +381,86 @@ class KVStore:
                 self._remove(key, index, events)
                 removed += 1
         return removed
+
+    # --- leases -------------------------------------------------------------
+
+    def _grant(self, lease_id: int, ttl_ms: int) -> int:
+        if not 0 < ttl_ms <= MAX_TTL_MS:
+            raise InvalidArgument(f"lease ttl_ms must be between 1 and {MAX_TTL_MS}, got {ttl_ms}")
+        leases = self._leases
+        if lease_id == 0:
+            lease_id = self._next_lease
+            while lease_id in leases:
+                lease_id += 1
+        elif lease_id in leases:
+            raise InvalidArgument(f"lease {lease_id} already exists")
+        if lease_id >= self._next_lease and lease_id < 2**62:
+            self._next_lease = lease_id + 1
+        leases[lease_id] = ttl_ms
+        self._lease_keys[lease_id] = set()
+        if self.lease_observer is not None:
+            self.lease_observer(lease_id, ttl_ms)
+        return lease_id
+
+    def _revoke(self, lease_id: int, index: int, events: list[WatchEvent] | None) -> int:
+        if lease_id not in self._leases:
+            raise LeaseNotFound(f"lease {lease_id} does not exist (it expired, was revoked or never granted)")
+        keys = sorted(self._lease_keys.pop(lease_id))
+        del self._leases[lease_id]
+        for key in keys:
+            del self._key_lease[key]
+            self._remove(key, index, events)
+        if self.lease_observer is not None:
+            self.lease_observer(lease_id, None)
+        return len(keys)
+
+    def lease_ttl_ms(self, lease_id: int) -> int | None:
+        """The TTL a lease was granted with (None: no such lease)."""
+        return self._leases.get(lease_id)
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, in key order."""
+        return sorted(self._lease_keys.get(lease_id, ()))
+
+    def leases(self) -> dict[int, int]:
+        """Every lease: id -> ttl_ms (a copy)."""
+        return dict(self._leases)
+
+    # --- transactions -------------------------------------------------------
+
+    def _txn(self, cmd: Txn, index: int, events: list[WatchEvent] | None) -> TxnResult:
+        kv = self._kv_at
+        cutoff = self._clock
+        succeeded = all(c.holds(kv(c.key, cutoff)) for c in cmd.compare)
+        ops = cmd.success if succeeded else cmd.failure
+        for op in ops:  # all or nothing: check every op before running any
+            if op.kind == "put":
+                self._check_write(op.key, op.value, op.ttl_ms, op.lease)
+            elif op.kind in ("delete", "get"):
+                validate_key(op.key, self.max_key_size)
+            else:
+                validate_range(op.key, op.end, self.max_key_size)
+        return TxnResult(succeeded, index, [self._run_op(op, index, events) for op in ops])
+
+    def _run_op(self, op: Op, index: int, events: list[WatchEvent] | None) -> object:
+        kind = op.kind
+        if kind == "put":
+            self._write(op.key, op.value, op.ttl_ms, index, events, op.lease)
+            return index
+        if kind == "delete":
+            return int(self._delete(op.key, index, events))
+        if kind == "delete_range":
+            keys = self._keys
+            lo = bisect_left(keys, op.key)
+            hi = len(keys) if op.end is None else max(lo, bisect_left(keys, op.end, lo))
+            doomed = [k for k in keys[lo:hi] if self._live(k) is not None]
+            for key in doomed:
+                self._remove(key, index, events)
+            return len(doomed)
+        if kind == "get":
+            return self._kv_at(op.key, self._clock)
+        entries, count = self.scan_kvs(op.key, op.end, self._clock, op.limit, count=True)
+        return ScanResult(entries=entries, revision=index, more=count > len(entries), count=count)
 
     # --- reads ------------------------------------------------------------
 
@@ -359,13 +517,36 @@ class KVStore:
         self._keys = other._keys
         self._ttl = other._ttl
         self.members = other.members
+        self._leases = other._leases
+        self._lease_keys = other._lease_keys
+        self._key_lease = other._key_lease
+        self._next_lease = other._next_lease
 
     def get_kv(self, key: bytes, now_ms: int) -> KeyValue | None:
-        """Like :meth:`get` with the revision that last set the value."""
+        """Like :meth:`get` with the key's revisions, version and lease."""
         value = self.get(key, now_ms)
         if value is None:
             return None
-        return KeyValue(key, value, self._revisions[key], self._created[key], self._versions[key])
+        return KeyValue(key, value, self._revisions[key], self._created[key], self._versions[key],
+                        self._key_lease.get(key, 0))
+
+    def _kv_at(self, key: bytes, cutoff: int) -> KeyValue | None:
+        value = self._values.get(key)
+        if value is None or self._ttl.is_expired(key, cutoff):
+            return None
+        return KeyValue(key, value, self._revisions[key], self._created[key], self._versions[key],
+                        self._key_lease.get(key, 0))
+
+    def scan_kvs(
+        self, start: bytes, end: bytes | None, now_ms: int, limit: int | None = None, *, count: bool = False
+    ) -> tuple[list[KeyValue], int]:
+        """:meth:`scan_range` with each entry as a :class:`KeyValue`."""
+        pairs, total = self.scan_range(start, end, now_ms, limit, count=count)
+        rev = self._revisions
+        created = self._created
+        versions = self._versions
+        lease = self._key_lease.get
+        return [KeyValue(k, v, rev[k], created[k], versions[k], lease(k, 0)) for k, v in pairs], total
 
     def get_many(self, keys: Iterable[bytes], now_ms: int) -> list[bytes | None]:
         """:meth:`get` for each key, in order."""
@@ -431,6 +612,9 @@ class KVStore:
             members=self.members.copy(),
             created=dict(self._created),
             versions=dict(self._versions),
+            leases=dict(self._leases),
+            key_lease=dict(self._key_lease),
+            next_lease=self._next_lease,
         )
 
     @classmethod
@@ -453,16 +637,13 @@ class KVStore:
         # Images from before per-key history: created at its last write, version 1.
         store._created = {k: image.created.get(k, r) for k, r in image.revisions.items()}
         store._versions = {k: image.versions.get(k, 1) for k in image.revisions}
+        store._leases = dict(image.leases)
+        store._lease_keys = {lease: set() for lease in image.leases}
+        store._key_lease = dict(image.key_lease)
+        for key, lease in image.key_lease.items():
+            store._lease_keys[lease].add(key)
+        store._next_lease = image.next_lease
         return store
-
-
-def prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix``
-    (None when there is none: empty or all-0xff prefix)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 

@@ -47,7 +47,8 @@ import trio
 from dengine.api import Member, MembershipChange, WatchEvent
 from dengine.config import WatchSettings
 from dengine.errors import DengineError, EngineStopped, MemberRemoved, NotLeader, StorageCorrupted
-from dengine.kv.commands import Command, ExpireKeys, command_size, encode_batch
+from dengine.kv.commands import Command, ExpireKeys, LeaseRevoke, command_size, encode_batch
+from dengine.kv.lessor import Lessor
 from dengine.kv.snapshot import encode_image, restore, unwrap_snapshot_data, wrap_snapshot_data
 from dengine.kv.store import ApplyResult, KVStore
 from dengine.lifecycle import Lifecycle
@@ -123,6 +124,28 @@ class _ExpiryWaiter:
         return self._done
 
 
+class _RevokeWaiter:
+    """The waiter of the revoke of an expired lease: nobody awaits it; if it
+    fails, the lessor proposes it again at the next sweep."""
+
+    __slots__ = ("_lessor", "_lease_id", "_done")
+
+    def __init__(self, lessor: Lessor, lease_id: int) -> None:
+        self._lessor = lessor
+        self._lease_id = lease_id
+        self._done = False
+
+    def set(self, value: Any) -> None:
+        self._done = True
+
+    def fail(self, error: BaseException) -> None:
+        self._done = True
+        self._lessor.revoke_failed(self._lease_id)
+
+    def done(self) -> bool:
+        return self._done
+
+
 class Node:
     """The trio half of one node: tasks that carry work between the
     :class:`~dengine.runtime.driver.Driver` (which decides), the storage,
@@ -152,6 +175,9 @@ class Node:
         )
         self.last_snapshot_index = snapshot.meta.index if snapshot else 0
         self.kv.bind_clock(self.now_ms)
+        #: When leases expire, kept while this node leads (dengine.kv.lessor).
+        self.lessor = Lessor()
+        self.kv.lease_observer = self._on_lease
         self._expiring: set[tuple[bytes, int]] = set()
         self._leader_seen: tuple[int | None, int] | None = None
         self.driver = Driver(
@@ -297,6 +323,7 @@ class Node:
             await trio.sleep_until(next_at)
             driver.on_tick(trio.current_time())
             self._sweep_ttl()
+            self._sweep_leases()
             self.wake()
 
     def _sweep_ttl(self) -> None:
@@ -313,6 +340,35 @@ class Node:
             self.driver.propose(ExpireKeys(expired), waiter, 0)
         except DengineError as exc:
             waiter.fail(exc)
+
+    def _on_lease(self, lease_id: int, ttl_ms: int | None) -> None:
+        self.lessor.observe(lease_id, ttl_ms, trio.current_time())
+
+    def _sweep_leases(self) -> None:
+        """Leader only: propose the revoke of every lease whose deadline
+        passed; it ends on every replica when the revoke commits."""
+        lessor = self.lessor
+        if not lessor.primary or self.current_role is not Role.LEADER:
+            return
+        for lease_id in lessor.expired(trio.current_time(), self.options.ttl_sweep_limit):
+            waiter = _RevokeWaiter(lessor, lease_id)
+            try:
+                self.driver.propose(LeaseRevoke(lease_id), waiter, 16)
+            except DengineError as exc:
+                waiter.fail(exc)
+
+    def renew_lease(self, lease_id: int, since: float) -> float:
+        """Keep a lease alive from ``since`` (trio time, taken before the
+        caller confirmed this node's leadership); the TTL in seconds."""
+        if not self.lessor.primary or self.current_role is not Role.LEADER:
+            raise self.not_leader()
+        return self.lessor.renew(lease_id, since)
+
+    def lease_remaining(self, lease_id: int) -> float | None:
+        """Seconds before a lease expires, as this leader counts them."""
+        if not self.lessor.primary or self.current_role is not Role.LEADER:
+            raise self.not_leader()
+        return self.lessor.remaining(lease_id, trio.current_time())
 
     async def raft_loop(self) -> None:
         while True:
@@ -344,6 +400,11 @@ class Node:
         self.lifecycle.leader_changed(leader, term)
         if self.driver.role is not Role.LEADER:
             self._expiring.clear()
+            if self.lessor.primary:
+                self.lessor.demote()
+        elif not self.lessor.primary:
+            # A new leader gives every lease its full TTL again (etcd's rule).
+            self.lessor.promote(self.kv.leases(), trio.current_time())
         self._maybe_ready()
 
     def _maybe_ready(self) -> None:

@@ -53,7 +53,7 @@ from typing import Any
 import attrs
 import trio
 
-from dengine.api import LeaderInfo, Member, ScanResult, WatchEvent, WatchEventType
+from dengine.api import LeaderInfo, Member, WatchEvent, WatchEventType
 from dengine.embedded import Engine
 from dengine.errors import (
     DengineError,
@@ -74,7 +74,12 @@ from dengine.transport.client_protocol import (
     Request,
     RequestError,
     decode_request,
+    decode_txn_request,
     encode_error,
+    encode_kv,
+    encode_lease_status,
+    encode_scan,
+    encode_txn_result,
     encode_leader,
     encode_member,
     encode_membership_change,
@@ -662,15 +667,48 @@ def _ttl(ttl_ms: int | None) -> float | None:
 
 
 async def _put(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    rev = await conn.engine.client.put(a["key"], a["value"], ttl=_ttl(a["ttl_ms"]), timeout=_seconds(a["timeout_ms"]))
+    rev = await conn.engine.client.put(a["key"], a["value"], ttl=_ttl(a["ttl_ms"]), lease=a["lease"] or 0,
+                                       timeout=_seconds(a["timeout_ms"]))
     return {"revision": rev}
 
 
 async def _get(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
     kv = await conn.engine.client.get_kv(a["key"], consistency=a["consistency"], timeout=_seconds(a["timeout_ms"]))
-    if kv is None:
-        return {"value": None, "revision": 0}
-    return {"value": kv.value, "revision": kv.revision, "create_revision": kv.create_revision, "version": kv.version}
+    return encode_kv(kv)
+
+
+async def _txn(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    compare, success, failure = decode_txn_request(a)
+    result = await conn.engine.client.txn(compare, success, failure, timeout=_seconds(a["timeout_ms"]))
+    return encode_txn_result(result, success if result.succeeded else failure)
+
+
+async def _lease_grant(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    ttl = _ttl(a["ttl_ms"])
+    assert ttl is not None
+    lease = await conn.engine.client.grant_lease(ttl, lease_id=a["id"] or 0, timeout=_seconds(a["timeout_ms"]))
+    return {"id": lease.id, "ttl_ms": round(lease.ttl * 1000)}
+
+
+async def _lease_revoke(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    await conn.engine.client.revoke_lease(a["id"], timeout=_seconds(a["timeout_ms"]))
+    return {}
+
+
+async def _lease_keep_alive(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    remaining = await conn.engine.client.keep_alive(a["id"], timeout=_seconds(a["timeout_ms"]))
+    return {"ttl_ms": int(remaining * 1000)}
+
+
+async def _lease_ttl(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    status = await conn.engine.client.lease_time_to_live(a["id"], keys=bool(a["keys"]),
+                                                         timeout=_seconds(a["timeout_ms"]))
+    return encode_lease_status(status)
+
+
+async def _lease_list(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
+    leases = await conn.engine.client.leases(timeout=_seconds(a["timeout_ms"]))
+    return {"leases": [[lease.id, round(lease.ttl * 1000)] for lease in leases]}
 
 
 async def _get_many(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
@@ -697,17 +735,12 @@ def _scan_options(a: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _scan_answer(result: ScanResult) -> dict[str, Any]:
-    return {"entries": [[k, v] for k, v in result.entries], "revision": result.revision, "more": result.more,
-            "count": result.count}
-
-
 async def _scan(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    return _scan_answer(await conn.engine.client.scan_prefix(a["prefix"], **_scan_options(a)))
+    return encode_scan(await conn.engine.client.scan_prefix(a["prefix"], **_scan_options(a)))
 
 
 async def _scan_range(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
-    return _scan_answer(await conn.engine.client.scan_range(a["start"], a["end"], **_scan_options(a)))
+    return encode_scan(await conn.engine.client.scan_range(a["start"], a["end"], **_scan_options(a)))
 
 
 def _status(conn: _Connection, a: dict[str, Any]) -> dict[str, Any]:
@@ -763,6 +796,12 @@ _UNARY: dict[str, Callable[[_Connection, dict[str, Any]], Any]] = {
     "get_many": _get_many,
     "delete": _delete,
     "cas": _cas,
+    "txn": _txn,
+    "lease_grant": _lease_grant,
+    "lease_revoke": _lease_revoke,
+    "lease_keep_alive": _lease_keep_alive,
+    "lease_ttl": _lease_ttl,
+    "lease_list": _lease_list,
     "scan_prefix": _scan,
     "scan_range": _scan_range,
 }

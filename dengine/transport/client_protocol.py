@@ -44,8 +44,16 @@ from typing import Any, Final
 import attrs
 
 from dengine.api import (
+    COMPARE_OPS,
+    COMPARE_TARGETS,
+    OP_KINDS,
+    Compare,
     KeyValue,
     LeaderInfo,
+    Lease,
+    LeaseStatus,
+    Op,
+    TxnResult,
     Member,
     MembershipChange,
     ReadConsistency,
@@ -58,6 +66,7 @@ from dengine.codec import pack, unpack
 from dengine.errors import (
     DengineError,
     ErrorCode,
+    InvalidArgument,
     MalformedMessage,
     NotLeader,
     ProtocolError,
@@ -156,6 +165,12 @@ def _bin_list(value: Any, name: str) -> list[bytes]:
     return [_bin(v, f"{name}[{i}]") for i, v in enumerate(value)]
 
 
+def _list(value: Any, name: str) -> list[Any]:
+    if type(value) is not list:
+        raise MalformedMessage(f"field {name!r} must be an array, got {_show(value)}")
+    return value
+
+
 def _consistency(value: Any, name: str) -> ReadConsistency | None:
     if value is None:
         return None
@@ -192,8 +207,16 @@ _SCAN: dict[str, tuple[_Check, bool]] = {
 OPS: Final[dict[str, OpSpec]] = {
     spec.name: spec
     for spec in (
-        OpSpec("put", {"key": (_bin, True), "value": (_bin, True), "ttl_ms": (_uint_or_nil, False), **_TIMEOUT},
+        OpSpec("put", {"key": (_bin, True), "value": (_bin, True), "ttl_ms": (_uint_or_nil, False),
+                       "lease": (_uint_or_nil, False), **_TIMEOUT},
                write=True),
+        OpSpec("txn", {"compare": (_list, False), "success": (_list, False), "failure": (_list, False), **_TIMEOUT},
+               write=True),
+        OpSpec("lease_grant", {"ttl_ms": (_uint, True), "id": (_uint_or_nil, False), **_TIMEOUT}, write=True),
+        OpSpec("lease_revoke", {"id": (_uint, True), **_TIMEOUT}, write=True),
+        OpSpec("lease_keep_alive", {"id": (_uint, True), **_TIMEOUT}),
+        OpSpec("lease_ttl", {"id": (_uint, True), "keys": (_bool, False), **_TIMEOUT}),
+        OpSpec("lease_list", {**_TIMEOUT}),
         OpSpec("get", {"key": (_bin, True), **_READ}),
         OpSpec("get_many", {"keys": (_bin_list, True), **_READ}),
         OpSpec("delete", {"key": (_bin, True), **_TIMEOUT}, write=True),
@@ -388,7 +411,7 @@ def error_from_map(body: Mapping[str, Any]) -> DengineError:
 
 
 def encode_watch_event(event: WatchEvent) -> dict[str, Any]:
-    return {
+    body = {
         "type": int(event.type),
         "key": event.key,
         "value": event.value,
@@ -396,6 +419,11 @@ def encode_watch_event(event: WatchEvent) -> dict[str, Any]:
         "revision": event.revision,
         "error": event.error,
     }
+    if event.version:  # a PUT: the key's history after it
+        body["create_revision"] = event.create_revision
+        body["version"] = event.version
+        body["lease"] = event.lease
+    return body
 
 
 def decode_watch_item(body: Mapping[str, Any]) -> WatchEvent | int:
@@ -416,6 +444,9 @@ def decode_watch_item(body: Mapping[str, Any]) -> WatchEvent | int:
         prev_value=_field(body, "prev_value", _bin_or_nil),
         revision=_field(body, "revision", _uint),
         error=_field(body, "error", _uint),
+        create_revision=_field(body, "create_revision", _uint_or_nil) or 0,
+        version=_field(body, "version", _uint_or_nil) or 0,
+        lease=_field(body, "lease", _uint_or_nil) or 0,
     )
 
 
@@ -517,10 +548,19 @@ def decode_kv(key: bytes, body: Mapping[str, Any]) -> KeyValue | None:
     value = _field(body, "value", _bin_or_nil)
     if value is None:
         return None
-    # create_revision / version: 0 from a server that predates them.
+    # create_revision / version / lease: 0 from a server that predates them.
     return KeyValue(key=key, value=value, revision=_field(body, "revision", _uint),
                     create_revision=_field(body, "create_revision", _uint_or_nil) or 0,
-                    version=_field(body, "version", _uint_or_nil) or 0)
+                    version=_field(body, "version", _uint_or_nil) or 0,
+                    lease=_field(body, "lease", _uint_or_nil) or 0)
+
+
+def encode_kv(kv: KeyValue | None) -> dict[str, Any]:
+    """A ``get`` answer."""
+    if kv is None:
+        return {"value": None, "revision": 0}
+    return {"value": kv.value, "revision": kv.revision, "create_revision": kv.create_revision,
+            "version": kv.version, "lease": kv.lease}
 
 
 def decode_value(body: Mapping[str, Any]) -> bytes | None:
@@ -536,15 +576,33 @@ def decode_values(body: Mapping[str, Any], count: int) -> list[bytes | None]:
     return [_bin_or_nil(v, f"values[{i}]") for i, v in enumerate(raw)]
 
 
+def encode_scan(result: ScanResult) -> dict[str, Any]:
+    """A scan answer: ``entries`` as ``[key, value]`` pairs and, in the same
+    order, ``meta`` as ``[mod_revision, create_revision, version, lease]``."""
+    return {"entries": [[kv.key, kv.value] for kv in result.entries],
+            "meta": [[kv.revision, kv.create_revision, kv.version, kv.lease] for kv in result.entries],
+            "revision": result.revision, "more": result.more, "count": result.count}
+
+
 def decode_scan(body: Mapping[str, Any]) -> ScanResult:
     raw = body.get("entries")
     if type(raw) is not list:
         raise MalformedMessage(f"field 'entries' must be an array, got {_show(raw)}")
-    entries: list[tuple[bytes, bytes]] = []
+    meta = body.get("meta")
+    if meta is not None and (type(meta) is not list or len(meta) != len(raw)):
+        raise MalformedMessage(f"field 'meta' must be an array as long as 'entries', got {_show(meta)}")
+    entries: list[KeyValue] = []
     for i, item in enumerate(raw):
         if type(item) is not list or len(item) != 2:
             raise MalformedMessage(f"entries[{i}] must be [key, value], got {_show(item)}")
-        entries.append((_bin(item[0], f"entries[{i}].key"), _bin(item[1], f"entries[{i}].value")))
+        key, value = _bin(item[0], f"entries[{i}].key"), _bin(item[1], f"entries[{i}].value")
+        if meta is None:  # a server that predates it
+            entries.append(KeyValue(key, value))
+            continue
+        m = meta[i]
+        if type(m) is not list or len(m) != 4 or not all(type(x) is int and x >= 0 for x in m):
+            raise MalformedMessage(f"meta[{i}] must be [mod_revision, create_revision, version, lease], got {_show(m)}")
+        entries.append(KeyValue(key, value, *m))
     more = body.get("more", False)
     if type(more) is not bool:
         raise MalformedMessage(f"field 'more' must be true or false, got {_show(more)}")
@@ -554,3 +612,132 @@ def decode_scan(body: Mapping[str, Any]) -> ScanResult:
                       count=len(entries) if count is None else count)
 
 
+# -- transactions and leases ---------------------------------------------------------
+
+
+def encode_txn_request(compare: Any, success: Any, failure: Any) -> dict[str, Any]:
+    """The ``txn`` arguments: compares as ``{"target", "key", "op",
+    "value"}``, ops as ``{"op", "key", ...}`` (docs/protocol.md)."""
+    def op_map(o: Op) -> dict[str, Any]:
+        body: dict[str, Any] = {"op": o.kind, "key": o.key}
+        if o.kind == "put":
+            body["value"] = o.value
+            if o.lease:
+                body["lease"] = o.lease
+        if o.kind in ("delete_range", "scan"):
+            body["end"] = o.end
+        if o.limit is not None:
+            body["limit"] = o.limit
+        return body
+    return {"compare": [{"target": c.target, "key": c.key, "op": c.op, "value": c.operand} for c in compare],
+            "success": [op_map(o) for o in success], "failure": [op_map(o) for o in failure]}
+
+
+def _map(value: Any, name: str) -> Mapping[str, Any]:
+    if type(value) is not dict:
+        raise MalformedMessage(f"{name} must be a map, got {_show(value)}")
+    return value
+
+
+def _only(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> None:
+    for field in body:
+        if field not in allowed:
+            raise MalformedMessage(f"{name} has no field {field!r}; its fields are {', '.join(allowed)}")
+
+
+def decode_txn_request(args: Mapping[str, Any]) -> tuple[list[Compare], list[Op], list[Op]]:
+    """The compares and ops of ``txn`` arguments, checked (MalformedMessage
+    for a wrong shape, InvalidArgument for a bad value)."""
+    compares: list[Compare] = []
+    for i, raw in enumerate(args.get("compare") or []):
+        name = f"compare[{i}]"
+        c = _map(raw, name)
+        _only(c, name, ("target", "key", "op", "value"))
+        target = _field(c, "target", _str)
+        op = _field(c, "op", _str)
+        if target not in COMPARE_TARGETS:
+            raise InvalidArgument(f"{name}: unknown target {target!r}; known: {', '.join(COMPARE_TARGETS)}")
+        if op not in COMPARE_OPS:
+            raise InvalidArgument(f"{name}: unknown operator {op!r}; known: {', '.join(COMPARE_OPS)}")
+        operand: Any = c.get("value")
+        compares.append(Compare(_field(c, "key", _bin), target, op, operand))
+    branches: list[list[Op]] = []
+    for branch in ("success", "failure"):
+        ops: list[Op] = []
+        for i, raw in enumerate(args.get(branch) or []):
+            name = f"{branch}[{i}]"
+            o = _map(raw, name)
+            _only(o, name, ("op", "key", "value", "end", "lease", "limit"))
+            kind = _field(o, "op", _str)
+            if kind not in OP_KINDS:
+                raise InvalidArgument(f"{name}: unknown op {kind!r}; known: {', '.join(OP_KINDS)}")
+            ops.append(Op(kind, _field(o, "key", _bin), value=_field(o, "value", _bin_or_nil) or b"",
+                          end=_field(o, "end", _bin_or_nil), lease=_field(o, "lease", _uint_or_nil) or 0,
+                          limit=_field(o, "limit", _uint_or_nil)))
+        branches.append(ops)
+    return compares, branches[0], branches[1]
+
+
+def encode_txn_result(result: TxnResult, ops: Any) -> dict[str, Any]:
+    """A ``txn`` answer: one response map per op run (``ops``: the branch
+    that ran), in order: a put's ``{"revision"}``, a delete's
+    ``{"deleted"}``, a get's answer, a scan's answer."""
+    responses: list[dict[str, Any]] = []
+    for op, r in zip(ops, result.responses):
+        if op.kind == "scan":
+            responses.append(encode_scan(r))
+        elif op.kind == "get":
+            responses.append(encode_kv(r))
+        elif op.kind == "put":
+            responses.append({"revision": r})
+        else:
+            responses.append({"deleted": r})
+    return {"succeeded": result.succeeded, "revision": result.revision, "responses": responses}
+
+
+def decode_txn_result(body: Mapping[str, Any], success: Any, failure: Any) -> TxnResult:
+    succeeded = _field(body, "succeeded", _bool)
+    ops = list(success if succeeded else failure)
+    raw = body.get("responses")
+    if type(raw) is not list or len(raw) != len(ops):
+        raise MalformedMessage(f"field 'responses' must be an array of {len(ops)} answers, got {_show(raw)}")
+    responses: list[Any] = []
+    for i, (op, r) in enumerate(zip(ops, raw)):
+        r = _map(r, f"responses[{i}]")
+        if op.kind == "scan":
+            responses.append(decode_scan(r))
+        elif op.kind == "get":
+            responses.append(decode_kv(op.key, r))
+        else:
+            responses.append(_field(r, "revision" if op.kind == "put" else "deleted", _uint))
+    return TxnResult(succeeded, _field(body, "revision", _uint), responses)
+
+
+def decode_lease(body: Mapping[str, Any]) -> Lease:
+    return Lease(_field(body, "id", _uint), _field(body, "ttl_ms", _uint) / 1000)
+
+
+def decode_remaining(body: Mapping[str, Any]) -> float:
+    return _field(body, "ttl_ms", _uint) / 1000  # type: ignore[no-any-return]
+
+
+def encode_lease_status(status: LeaseStatus) -> dict[str, Any]:
+    return {"id": status.id, "granted_ttl_ms": round(status.granted_ttl * 1000),
+            "remaining_ms": int(status.remaining * 1000), "keys": list(status.keys)}
+
+
+def decode_lease_status(body: Mapping[str, Any]) -> LeaseStatus:
+    return LeaseStatus(_field(body, "id", _uint), _field(body, "granted_ttl_ms", _uint) / 1000,
+                       _field(body, "remaining_ms", _uint) / 1000, tuple(_field(body, "keys", _bin_list)))
+
+
+def decode_leases(body: Mapping[str, Any]) -> list[Lease]:
+    raw = body.get("leases")
+    if type(raw) is not list:
+        raise MalformedMessage(f"field 'leases' must be an array, got {_show(raw)}")
+    out: list[Lease] = []
+    for i, item in enumerate(raw):
+        if type(item) is not list or len(item) != 2 or not all(type(x) is int and x >= 0 for x in item):
+            raise MalformedMessage(f"leases[{i}] must be [id, ttl_ms], got {_show(item)}")
+        out.append(Lease(item[0], item[1] / 1000))
+    return out

@@ -26,7 +26,7 @@ async def test_writes_through_leader_reads_everywhere(tmp_path: pathlib.Path, tc
                 # Linearizable reads on a follower see the write at once.
                 assert await follower.client.get(b"/config/a") == b"1"
                 scan = await follower.client.scan_prefix(b"/config/")
-                assert scan.entries == [(b"/config/a", b"1")] and scan.revision >= rev
+                assert [tuple(e) for e in scan.entries] == [(b"/config/a", b"1")] and scan.revision >= rev
                 with pytest.raises(dengine.NotLeader) as info:
                     await follower.client.put(b"/x", b"y")
                 assert info.value.leader_id == leader.status().node_id

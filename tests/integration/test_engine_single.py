@@ -35,7 +35,7 @@ async def test_every_kv_operation(tmp_path: pathlib.Path) -> None:
             assert await kv.get(b"/config/timeout", consistency="eventual") == b"30"
             assert await kv.get_many([b"/config/retries", b"/nope", b"/config/timeout"]) == [b"3", None, b"30"]
             scan = await kv.scan_prefix(b"/config/")
-            assert scan.entries == [(b"/config/retries", b"3"), (b"/config/timeout", b"30")]
+            assert [tuple(e) for e in scan.entries] == [(b"/config/retries", b"3"), (b"/config/timeout", b"30")]
             assert scan.revision >= rev2
             assert await kv.compare_and_swap(b"lock", expected=None, new=b"me") is True
             assert await kv.compare_and_swap(b"lock", expected=None, new=b"you") is False

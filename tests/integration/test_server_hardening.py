@@ -118,7 +118,8 @@ async def test_unknown_op_and_wrong_types_keep_the_connection(server: Server) ->
         assert replies[3][2]["code"] == ErrorCode.MALFORMED_MESSAGE
         assert replies[4][1] == "ok" and replies[4][2]["revision"] > 0
         rev = replies[4][2]["revision"]
-        assert replies[5][1:] == ["ok", {"value": b"v", "revision": rev, "create_revision": rev, "version": 1}]
+        assert replies[5][1:] == ["ok", {"value": b"v", "revision": rev, "create_revision": rev, "version": 1,
+                                             "lease": 0}]
         await raw.stream.aclose()
 
 

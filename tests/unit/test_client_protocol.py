@@ -65,16 +65,24 @@ def test_doc_worked_example_matches_the_encoder() -> None:
 def test_op_table() -> None:
     assert set(OPS) == {"put", "get", "get_many", "delete", "cas", "scan_prefix", "watch", "cancel",
                         "status", "members", "leader", "watch_leader", "add_member", "promote_member",
-                        "remove_member", "update_member", "watch_members", "snapshot", "scan_range"}
+                        "remove_member", "update_member", "watch_members", "snapshot", "scan_range", "txn",
+                        "lease_grant", "lease_revoke", "lease_keep_alive", "lease_ttl", "lease_list"}
     assert STREAM_OPS == {"watch", "watch_leader", "watch_members", "snapshot"}
     # Membership changes go to the leader like writes (docs/protocol.md §4).
-    assert WRITE_OPS == {"put", "delete", "cas", "add_member", "promote_member", "remove_member", "update_member"}
+    assert WRITE_OPS == {"put", "delete", "cas", "add_member", "promote_member", "remove_member", "update_member",
+                         "txn", "lease_grant", "lease_revoke"}
 
 
 @pytest.mark.parametrize(
     ("op", "args", "expected"),
     [
-        ("put", {"key": b"k", "value": b"", "ttl_ms": 5}, {"key": b"k", "value": b"", "ttl_ms": 5, "timeout_ms": None}),
+        ("put", {"key": b"k", "value": b"", "ttl_ms": 5}, {"key": b"k", "value": b"", "ttl_ms": 5, "lease": None,
+                                                         "timeout_ms": None}),
+        ("put", {"key": b"k", "value": b"", "lease": 9}, {"key": b"k", "value": b"", "ttl_ms": None, "lease": 9,
+                                                        "timeout_ms": None}),
+        ("lease_keep_alive", {"id": 3}, {"id": 3, "timeout_ms": None}),
+        ("txn", {"compare": [], "success": [{"op": "get", "key": b"k"}]},
+         {"compare": [], "success": [{"op": "get", "key": b"k"}], "failure": None, "timeout_ms": None}),
         ("get", {"key": b"k", "consistency": "lease"}, {"key": b"k", "consistency": "lease", "timeout_ms": None}),
         ("get_many", {"keys": [b"a", b"b"]}, {"keys": [b"a", b"b"], "consistency": None, "timeout_ms": None}),
         ("cas", {"key": b"k", "new": b"n"}, {"key": b"k", "expected": None, "new": b"n", "ttl_ms": None,

@@ -101,6 +101,7 @@ default_read_consistency = "eventual"
 snapshot_threshold = 500
 max_key_size = 1024
 max_value_size = 65536
+max_txn_ops = 16
 max_inflight = 64
 max_append_entries = 128
 max_append_bytes = 262144
@@ -360,6 +361,7 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         snapshot_threshold=500,
         max_key_size=1024,
         max_value_size=65536,
+        max_txn_ops=16,
         max_inflight=64,
         max_append_entries=128,
         max_append_bytes=262144,

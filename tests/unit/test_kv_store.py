@@ -25,8 +25,13 @@ from dengine.kv.store import ApplyResult, CommandError, KVStore, prefix_end
 PUT, DELETE = WatchEventType.PUT, WatchEventType.DELETE
 
 
-def ev(kind: WatchEventType, key: bytes, value: bytes, prev: bytes | None, rev: int) -> WatchEvent:
-    return WatchEvent(kind, key, value, prev, rev)
+def ev(kind: WatchEventType, key: bytes, value: bytes, prev: bytes | None, rev: int,
+       created: int = 0, version: int = 0, lease: int = 0) -> WatchEvent:
+    """An event; a PUT also carries the key's create_revision and version
+    (by default: created by this write, version 1)."""
+    if kind is PUT and not created:
+        created, version = rev, 1
+    return WatchEvent(kind, key, value, prev, rev, 0, created, version, lease)
 
 
 class Log:
@@ -50,7 +55,7 @@ def test_put_returns_revision_and_emits_put_with_prev() -> None:
     r2 = log.run(0, Put(b"k", b"v2"))
     assert r1.results == [1] and r2.results == [2]
     assert r1.events == [ev(PUT, b"k", b"v1", None, 1)]
-    assert r2.events == [ev(PUT, b"k", b"v2", b"v1", 2)]
+    assert r2.events == [ev(PUT, b"k", b"v2", b"v1", 2, created=1, version=2)]
     assert log.store.get(b"k", 0) == b"v2"
     kv = log.store.get_kv(b"k", 0)
     assert kv == KeyValue(b"k", b"v2", 2, create_revision=1, version=2) and kv.mod_revision == 2
@@ -89,7 +94,7 @@ def test_cas_success_and_failure() -> None:
     assert (after.values, after.revisions, after.expire_at) == (before.values, before.revisions, before.expire_at)
     r = log.run(0, CompareAndSwap(b"k", b"a", b"c"))
     assert r.results == [True]
-    assert r.events == [ev(PUT, b"k", b"c", b"a", 3)]
+    assert r.events == [ev(PUT, b"k", b"c", b"a", 3, created=1, version=2)]
 
 
 def test_cas_expected_empty_matches_empty_value_not_absence() -> None:
@@ -304,7 +309,7 @@ class Oracle:
         created, version = self.history.get(key, (rev, 0))
         self.history[key] = (created, version + 1)
         self.data[key] = (value, rev, None if ttl is None else self.clock + ttl)
-        events.append(ev(PUT, key, value, prev, rev))
+        events.append(ev(PUT, key, value, prev, rev, created, version + 1))
 
     def apply(self, rev: int, now: int, cmds: list[Command]) -> tuple[list[Any], list[Any]]:
         self.clock = max(self.clock, now)

@@ -34,13 +34,17 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.watch.dispatcher", 6, "layer4"),
     ("dengine.watch", 6, "layer4"),
     ("dengine.lifecycle", 6, "layer4"),
+    # A lease kept alive for a block: trio over any client's lease calls, used by every client.
+    ("dengine.keepalive", 6, "keepalive"),
     ("dengine.client", 7, "client"),
     ("dengine.embedded", 7, "embedded"),
     ("dengine.server", 8, "server"),
     # Helpers for tests of applications (open_cluster, ...): above the engine, like trio.testing.
     ("dengine.testing", 8, "testing"),
-    ("dengine.cli", 9, "cli"),
-    ("dengine.__main__", 9, "cli"),
+    # Session / Lock / Election: recipes over any client.
+    ("dengine.concurrency", 9, "concurrency"),
+    ("dengine.cli", 10, "cli"),
+    ("dengine.__main__", 10, "cli"),
 ]
 
 PURE_PREFIXES = ("dengine.raft", "dengine.kv", "dengine.watch.registry")

@@ -1,0 +1,340 @@
+"""Coordination recipes over any client: Session, Lock, Election.
+
+They work on the embedded client (``engine.client``) and the remote trio
+client (``dengine.open_client``) alike, using only the public API: leases,
+transactions, scans and watches. The layout of their keys is etcd's, so the
+same cluster state means the same thing to every process:
+
+* a **Session** is one lease kept alive for an ``async with`` block
+  (:meth:`Client.open_lease`); ``session.lost`` is set if it could not be
+  renewed in time, and the lease is revoked when the block ends;
+* a **Lock** named ``/locks/jobs`` is held by whoever owns the key under
+  ``/locks/jobs/`` with the smallest create_revision. Each contender creates
+  its own key ``/locks/jobs/<lease id in hex>`` on its session's lease, then
+  waits only for the deletion of the key just before its own (no thundering
+  herd: one waiter wakes per release). A holder that dies loses its key when
+  its lease expires, so the next in line gets the lock. The revision that
+  created the key is the lock's **fencing token**: it grows with every
+  acquisition, so a storage service that remembers the largest token it saw
+  can refuse a stale holder that still believes it holds the lock;
+* an **Election** is the same queue, with the leader's value in its key.
+
+Rules: leaving a block (also by cancellation) releases what it holds, with
+the release shielded from the cancellation and bounded in time; a
+session's loss is reported (``lost``), and with
+``lock.hold(cancel_on_loss=True)`` it cancels the guarded block, which then
+raises :class:`SessionLost`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from dengine.api import Compare, KeyValue, Op, WatchEventType
+from dengine.errors import DengineError, InvalidArgument, SessionLost
+from dengine.keepalive import KeptLease
+
+__all__ = ["Election", "Lock", "Session", "SessionLost"]
+
+log = logging.getLogger("dengine.concurrency")
+
+# How long a release (delete of the own key) may take when a block ends.
+_RELEASE_TIMEOUT = 5.0
+
+
+class Session:
+    """One lease kept alive while the ``async with`` block runs::
+
+        async with Session(client, ttl=10) as session:
+            async with Lock(session, b"/locks/jobs"):
+                ...
+
+    ``ttl`` (seconds) is how long the cluster waits after this process stops
+    renewing (it died, or was cut off) before it deletes the session's keys
+    and hands its locks to the next in line."""
+
+    def __init__(self, client: Any, *, ttl: float = 60.0) -> None:
+        self.client = client
+        self.ttl = ttl
+        self._stack: AsyncExitStack | None = None
+        self._lease: KeptLease | None = None
+
+    @property
+    def lease(self) -> KeptLease:
+        if self._lease is None:
+            raise InvalidArgument("the session is not open: use it as `async with Session(client) as session:`")
+        return self._lease
+
+    @property
+    def lease_id(self) -> int:
+        """The id of the session's lease."""
+        return self.lease.id
+
+    @property
+    def lost(self) -> trio.Event:
+        """Set when the lease could not be renewed in time: what it guards
+        is no longer safe."""
+        return self.lease.lost
+
+    async def __aenter__(self) -> Session:
+        if self._stack is not None:
+            raise InvalidArgument("a Session can be entered only once")
+        stack = AsyncExitStack()
+        self._lease = await stack.enter_async_context(self.client.open_lease(self.ttl))
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        assert self._stack is not None
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+
+def _queue_prefix(name: bytes, what: str) -> bytes:
+    if not isinstance(name, bytes):
+        raise InvalidArgument(f"a {what} name must be bytes, got {type(name).__name__}")
+    if not name.startswith(b"/") or name.strip(b"/") == b"":
+        raise InvalidArgument(f"a {what} name must start with '/' and name something, got {name!r}")
+    return name.rstrip(b"/") + b"/"
+
+
+class _Queue:
+    """Keys under a prefix, ordered by create_revision: the first is the
+    holder; each later one waits for the deletion of the one before it."""
+
+    def __init__(self, session: Session, name: bytes, what: str) -> None:
+        self.session = session
+        self.client = session.client
+        self.prefix = _queue_prefix(name, what)
+        self.key: bytes | None = None
+        self.revision = 0  # create_revision of our key, once created
+
+    def _own_key(self) -> bytes:
+        return self.prefix + b"%016x" % self.session.lease_id
+
+    async def enqueue(self, value: bytes) -> bool:
+        """Create our key (True), or find it, made earlier on this session
+        (False)."""
+        key = self._own_key()
+        result = await self.client.txn(
+            [Compare.create_revision(key) == 0],
+            [Op.put(key, value, lease=self.session.lease_id)],
+            [Op.get(key)],
+        )
+        if result.succeeded:
+            self.revision = result.revision
+        else:
+            kv: KeyValue | None = result.responses[0]
+            if kv is None:  # deleted between the compare and now: impossible in one txn
+                raise DengineError(f"{key!r}: key vanished inside a transaction")
+            self.revision = kv.create_revision
+        self.key = key
+        return bool(result.succeeded)
+
+    async def wait_turn(self) -> None:
+        """Wait until no key older than ours is left under the prefix."""
+        while True:
+            scan = await self.client.scan_prefix(self.prefix)
+            older = [kv for kv in scan.entries if kv.create_revision < self.revision]
+            if not older:
+                return
+            before = max(older, key=lambda kv: kv.create_revision)
+            await self._wait_deleted(before.key, scan.revision + 1)
+
+    async def _wait_deleted(self, key: bytes, start_revision: int) -> None:
+        async with self.client.open_watch(key, start_revision=start_revision) as watch:
+            async for event in watch:
+                if event.type in (WatchEventType.DELETE, WatchEventType.CANCELED):
+                    return  # gone (or the watch ended): look again
+
+    async def leave(self) -> None:
+        """Delete our key (shielded, bounded); idempotent."""
+        key, self.key = self.key, None
+        if key is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_TIMEOUT) as scope:
+            try:
+                await self.client.txn([Compare.create_revision(key) == self.revision], [Op.delete(key)], [])
+            except DengineError as exc:
+                log.warning("%r: release failed (%s); it ends when the session's lease does", key, exc)
+        if scope.cancelled_caught:
+            log.warning("%r: release timed out; it ends when the session's lease does", key)
+
+
+class Lock:
+    """A distributed mutex on a :class:`Session`::
+
+        lock = Lock(session, b"/locks/jobs")
+        async with lock:
+            await storage.write(data, fencing_token=lock.fencing_token)
+
+    Cancelling the block (or leaving it) releases the lock. With
+    ``async with lock.hold(cancel_on_loss=True):`` the block is also
+    cancelled, and :class:`SessionLost` raised, if the session is lost
+    while it runs."""
+
+    def __init__(self, session: Session, name: bytes) -> None:
+        self._queue = _Queue(session, name, "lock")
+        self.session = session
+        self.name = name
+        self._held = False
+
+    @property
+    def key(self) -> bytes | None:
+        """This holder's key under the lock's prefix (None when not holding)."""
+        return self._queue.key
+
+    @property
+    def fencing_token(self) -> int:
+        """The revision at which this holder queued: larger than that of
+        every earlier holder. 0 when not holding."""
+        return self._queue.revision if self._held else 0
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    async def acquire(self) -> None:
+        """Wait until the lock is ours."""
+        if self._held:
+            raise InvalidArgument(f"lock {self.name!r} is already held by this Lock object")
+        queue = self._queue
+        try:
+            await queue.enqueue(b"")
+            await queue.wait_turn()
+        except BaseException:
+            await queue.leave()
+            raise
+        if self.session.lost.is_set():
+            await queue.leave()
+            raise SessionLost(f"lock {self.name!r}: the session's lease was lost while waiting")
+        self._held = True
+
+    async def release(self) -> None:
+        """Give the lock up (the next in line gets it)."""
+        self._held = False
+        await self._queue.leave()
+
+    async def __aenter__(self) -> Lock:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.release()
+
+    @asynccontextmanager
+    async def hold(self, *, cancel_on_loss: bool = False) -> AsyncIterator[Lock]:
+        """Hold the lock for a block; with ``cancel_on_loss`` the block is
+        cancelled when the session is lost, and SessionLost raised."""
+        async with self:
+            if not cancel_on_loss:
+                yield self
+                return
+            lost = self.session.lost
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when, lost, nursery.cancel_scope)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+            if lost.is_set():
+                raise SessionLost(f"lock {self.name!r}: the session's lease was lost; the guarded block was cancelled")
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+class Election:
+    """Leader election on a :class:`Session`::
+
+        election = Election(session, b"/elections/scheduler")
+        await election.campaign(b"node-a")     # returns when we lead
+        ...
+        await election.resign()
+
+    ``leader()`` answers who leads now; ``observe()`` yields the leader's
+    value each time it changes (also for observers that never campaign)."""
+
+    def __init__(self, session: Session, name: bytes) -> None:
+        self._queue = _Queue(session, name, "election")
+        self.session = session
+        self.name = name
+        self._leading = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    @property
+    def revision(self) -> int:
+        """The create_revision of our candidacy (0 before campaigning):
+        a fencing token for the term of this leader."""
+        return self._queue.revision
+
+    async def campaign(self, value: bytes) -> None:
+        """Stand for leader with ``value``; returns once elected. Cancelling
+        the wait withdraws the candidacy."""
+        queue = self._queue
+        try:
+            if not await queue.enqueue(value):
+                await self._put_own(value)  # campaigning again on this session: the new value
+            await queue.wait_turn()
+        except BaseException:
+            await queue.leave()
+            raise
+        self._leading = True
+
+    async def _put_own(self, value: bytes) -> bool:
+        queue = self._queue
+        assert queue.key is not None
+        result = await queue.client.txn([Compare.create_revision(queue.key) == queue.revision],
+                                        [Op.put(queue.key, value, lease=self.session.lease_id)], [])
+        return bool(result.succeeded)
+
+    async def proclaim(self, value: bytes) -> None:
+        """Change the leader's value (only while leading)."""
+        if not self._leading or self._queue.key is None or not await self._put_own(value):
+            self._leading = False
+            raise InvalidArgument(f"election {self.name!r}: proclaim needs this candidate to be the leader")
+
+    async def resign(self) -> None:
+        """Stop leading (or withdraw); the next candidate takes over."""
+        self._leading = False
+        await self._queue.leave()
+
+    async def leader(self) -> KeyValue | None:
+        """The leader's key and value now (None: nobody leads)."""
+        scan = await self._queue.client.scan_prefix(self._queue.prefix)
+        if not scan.entries:
+            return None
+        head: KeyValue = min(scan.entries, key=lambda kv: kv.create_revision)
+        return head
+
+    async def observe(self) -> AsyncIterator[bytes]:
+        """The leader's value now and after every change, forever (until
+        the caller stops iterating). Nothing is yielded while nobody leads."""
+        client = self._queue.client
+        prefix = self._queue.prefix
+        last: tuple[bytes, bytes, int] | None = None
+        while True:
+            scan = await client.scan_prefix(prefix)
+            if scan.entries:
+                head = min(scan.entries, key=lambda kv: kv.create_revision)
+                current = (head.key, head.value, head.revision)
+                if current != last:
+                    last = current
+                    yield head.value
+            # Anything under the prefix changing may change the leader or its value.
+            async with client.open_watch(prefix, prefix=True, start_revision=scan.revision + 1) as watch:
+                async for event in watch:
+                    if event.type in (WatchEventType.PUT, WatchEventType.DELETE, WatchEventType.CANCELED):
+                        break
