@@ -99,8 +99,9 @@ class KeyValue:
     after the creating one); ``lease`` the id of the lease the key is
     attached to (0: none). 0 where unknown.
 
-    A KeyValue unpacks as ``key, value`` (``for key, value in
-    scan.entries``), as scan entries did when they were pairs."""
+    A KeyValue unpacks and indexes as the pair ``(key, value)`` (``for key,
+    value in scan.entries``, ``entry[0]``), as scan entries did when they
+    were pairs."""
 
     key: bytes
     value: bytes
@@ -117,6 +118,9 @@ class KeyValue:
     def __iter__(self) -> Iterator[bytes]:
         yield self.key
         yield self.value
+
+    def __getitem__(self, index: int) -> bytes:
+        return (self.key, self.value)[index]
 
 
 @attrs.frozen(slots=True)
