@@ -237,20 +237,15 @@ class Lock:
             if not cancel_on_loss:
                 yield self
                 return
-            lost = self.session.lost
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, lost, nursery.cancel_scope)
+            kept = self.session.lease
+            with trio.CancelScope() as scope:
+                kept.guard(scope)
                 try:
                     yield self
                 finally:
-                    nursery.cancel_scope.cancel()
-            if lost.is_set():
+                    kept.unguard(scope)
+            if scope.cancelled_caught:
                 raise SessionLost(f"lock {self.name!r}: the session's lease was lost; the guarded block was cancelled")
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 class Election:
@@ -319,22 +314,39 @@ class Election:
         head: KeyValue = min(scan.entries, key=lambda kv: kv.create_revision)
         return head
 
-    async def observe(self) -> AsyncIterator[bytes]:
-        """The leader's value now and after every change, forever (until
-        the caller stops iterating). Nothing is yielded while nobody leads."""
-        client = self._queue.client
-        prefix = self._queue.prefix
-        last: tuple[bytes, bytes, int] | None = None
+    def observe(self) -> AsyncIterator[bytes]:
+        """An async iterator of the leader's value: now and after every
+        change, forever (until the caller stops iterating; it holds nothing
+        open between values, so ``break`` needs no cleanup). Nothing is
+        yielded while nobody leads."""
+        return _LeaderValues(self._queue.client, self._queue.prefix)
+
+
+class _LeaderValues:
+    """Election.observe(): each step scans the candidates and, if the
+    leader's key and value are what was last yielded, waits on a watch of
+    the prefix (from the scan's revision on, so no change is missed)."""
+
+    def __init__(self, client: Any, prefix: bytes) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._last: tuple[bytes, bytes, int] | None = None
+
+    def __aiter__(self) -> _LeaderValues:
+        return self
+
+    async def __anext__(self) -> bytes:
+        client = self._client
         while True:
-            scan = await client.scan_prefix(prefix)
+            scan = await client.scan_prefix(self._prefix)
             if scan.entries:
                 head = min(scan.entries, key=lambda kv: kv.create_revision)
                 current = (head.key, head.value, head.revision)
-                if current != last:
-                    last = current
-                    yield head.value
-            # Anything under the prefix changing may change the leader or its value.
-            async with client.open_watch(prefix, prefix=True, start_revision=scan.revision + 1) as watch:
+                if current != self._last:
+                    self._last = current
+                    value: bytes = head.value
+                    return value
+            async with client.open_watch(self._prefix, prefix=True, start_revision=scan.revision + 1) as watch:
                 async for event in watch:
                     if event.type in (WatchEventType.PUT, WatchEventType.DELETE, WatchEventType.CANCELED):
                         break

@@ -64,6 +64,17 @@ class KeptLease:
         self.deadline = deadline
         #: Renewals that succeeded.
         self.renewals = 0
+        # Cancel scopes to cancel when the lease is lost (Lock.hold(cancel_on_loss=True)).
+        self._guards: set[trio.CancelScope] = set()
+
+    def guard(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` when the lease is lost (at once if it is)."""
+        if self.lost.is_set():
+            scope.cancel()
+        self._guards.add(scope)
+
+    def unguard(self, scope: trio.CancelScope) -> None:
+        self._guards.discard(scope)
 
     def __repr__(self) -> str:
         state = "lost" if self.lost.is_set() else "kept"
@@ -94,6 +105,8 @@ class KeptLease:
         if trio.current_time() >= self.deadline:
             log.warning("lease %d could not be renewed before it would expire; its holder lost it", self.id)
         self.lost.set()
+        for scope in self._guards:
+            scope.cancel()
 
 
 @asynccontextmanager
@@ -103,13 +116,20 @@ async def open_kept_lease(client: Any, ttl: float, *, timeout: float | None = No
     sent = trio.current_time()
     lease = await client.grant_lease(ttl, timeout=timeout)
     kept = KeptLease(lease, sent + lease.ttl)
+    # The block's own exception leaves the nursery unwrapped (not as an
+    # ExceptionGroup), so ``except SomeError`` around the block works.
+    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(kept._keep, client)
             try:
                 yield kept
+            except BaseException as exc:
+                body_error = exc
             finally:
                 nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(_REVOKE_TIMEOUT):
             try:

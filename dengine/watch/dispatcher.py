@@ -601,4 +601,4 @@ class WatchDispatcher:
 
 
 def _strip(ev: WatchEvent) -> WatchEvent:
-    return WatchEvent(ev.type, ev.key, ev.value, None, ev.revision, ev.error)
+    return WatchEvent(ev.type, ev.key, ev.value, None, ev.revision, ev.error, ev.create_revision, ev.version, ev.lease)

@@ -156,3 +156,75 @@ def test_responses_and_results() -> None:
     assert decode_status(encode_status(st)) == st
     assert decode_leader(encode_leader(LeaderInfo(None, 3), None)) == (LeaderInfo(None, 3), None)
     assert ErrorCode.UNKNOWN_OPERATION == 4003
+
+
+# --- transactions, leases, key metadata on the wire ---------------------------------
+
+from dengine.api import Compare, KeyValue, LeaseStatus, Op, ScanResult, TxnResult  # noqa: E402
+from dengine.errors import InvalidArgument as _InvalidArgument  # noqa: E402
+from dengine.transport import client_protocol as cp  # noqa: E402
+
+
+def test_txn_request_and_result_round_trip() -> None:
+    compare = [Compare.value(b"/a") == b"1", Compare.mod_revision(b"/b") > 3, Compare.lease(b"/c") != 0]
+    success = [Op.put(b"/a", b"2", lease=5), Op.delete(b"/b"), Op.delete_prefix(b"/p/"), Op.get(b"/a"),
+               Op.scan_range(b"/a", b"/z", limit=2)]
+    failure = [Op.scan(b"/", limit=1)]
+    wire = cp.encode_txn_request(compare, success, failure)
+    request = cp.decode_request(cp.encode_request(1, "txn", wire))
+    assert cp.decode_txn_request(request.args) == (compare, success, failure)
+    kv = KeyValue(b"/a", b"2", 9, 4, 2, 5)
+    result = TxnResult(True, 9, [9, 1, 3, kv, ScanResult([kv], 9, more=True, count=4)])
+    body = cp.decode_response(cp.encode_response(1, "ok", cp.encode_txn_result(result, success))).body
+    assert cp.decode_txn_result(body, success, failure) == result
+    failed = TxnResult(False, 10, [ScanResult([], 10)])
+    assert cp.decode_txn_result(cp.encode_txn_result(failed, failure), success, failure) == failed
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "needle"),
+    [
+        ({"compare": ["x"]}, MalformedMessage, "compare[0] must be a map"),
+        ({"compare": [{"target": "size", "key": b"k", "op": "==", "value": 1}]}, _InvalidArgument, "unknown target"),
+        ({"compare": [{"target": "version", "key": b"k", "op": "<=", "value": 1}]}, _InvalidArgument, "unknown operator"),
+        ({"compare": [{"target": "value", "key": b"k", "op": "==", "value": 1}]}, _InvalidArgument, "needs bytes"),
+        ({"compare": [{"target": "version", "key": b"k", "op": "==", "value": 1, "x": 1}]}, MalformedMessage,
+         "has no field 'x'"),
+        ({"success": [{"op": "rename", "key": b"k"}]}, _InvalidArgument, "unknown op 'rename'"),
+        ({"success": [{"op": "put", "key": "k"}]}, MalformedMessage, "'key' must be bytes"),
+        ({"failure": [{"op": "get", "key": b"k", "lease": -1}]}, MalformedMessage, "'lease'"),
+    ],
+)
+def test_bad_txn_requests_are_refused_by_name(args: dict, error: type, needle: str) -> None:
+    with pytest.raises(error) as info:
+        cp.decode_txn_request(args)
+    assert needle in str(info.value)
+
+
+def test_scan_answers_carry_key_metadata_and_old_servers_still_decode() -> None:
+    kv = KeyValue(b"/a", b"1", 7, 3, 2, 4)
+    assert cp.decode_scan(cp.encode_scan(ScanResult([kv], 8, count=1))) == ScanResult([kv], 8, count=1)
+    old = cp.decode_scan({"entries": [[b"/a", b"1"]], "revision": 8})
+    assert old.entries == [KeyValue(b"/a", b"1")] and old.count == 1
+    with pytest.raises(MalformedMessage, match="meta"):
+        cp.decode_scan({"entries": [[b"/a", b"1"]], "meta": [], "revision": 8})
+    with pytest.raises(MalformedMessage, match=r"meta\[0\]"):
+        cp.decode_scan({"entries": [[b"/a", b"1"]], "meta": [[1, 2, 3]], "revision": 8})
+
+
+def test_lease_answers_and_watch_metadata_round_trip() -> None:
+    status = LeaseStatus(5, 10.0, 7.5, (b"/a",))
+    assert cp.decode_lease_status(cp.encode_lease_status(status)) == status
+    assert cp.decode_leases({"leases": [[1, 1500]]}) == [dengine_lease(1, 1.5)]
+    with pytest.raises(MalformedMessage, match=r"leases\[0\]"):
+        cp.decode_leases({"leases": [[1]]})
+    put = WatchEvent(WatchEventType.PUT, b"/k", b"v", None, 9, 0, 3, 2, 5)
+    assert cp.decode_watch_item(cp.encode_watch_event(put)) == put
+    delete = WatchEvent(WatchEventType.DELETE, b"/k", b"", b"v", 10)
+    assert "version" not in cp.encode_watch_event(delete)
+    assert cp.decode_watch_item(cp.encode_watch_event(delete)) == delete
+
+
+def dengine_lease(lease_id: int, ttl: float) -> object:
+    from dengine.api import Lease
+    return Lease(lease_id, ttl)

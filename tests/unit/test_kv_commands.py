@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dengine.api import Compare, Op
 from dengine.errors import InvalidArgument, MalformedMessage
 from dengine.kv.commands import (
     FORMAT_VERSION,
@@ -18,7 +19,10 @@ from dengine.kv.commands import (
     CompareAndSwap,
     Delete,
     ExpireKeys,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
+    Txn,
     decode_batch,
     decode_command,
     encode_batch,
@@ -32,7 +36,24 @@ commands = st.one_of(
     st.builds(Delete, small),
     st.builds(CompareAndSwap, small, st.one_of(st.none(), small), small, ttl),
     st.builds(ExpireKeys, st.lists(st.tuples(small, st.integers(0, 2**63 - 1)), max_size=4)),
+    st.builds(Put, small, small, st.none(), st.integers(1, 2**63 - 1)),
+    st.builds(LeaseGrant, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)),
+    st.builds(LeaseRevoke, st.integers(0, 2**63 - 1)),
 )
+key = st.binary(min_size=1, max_size=4)
+compares = st.one_of(
+    st.builds(lambda k, v: Compare.value(k) == v, key, small),
+    st.builds(lambda k, n: Compare.mod_revision(k) < n, key, st.integers(0, 99)),
+    st.builds(lambda k, n: Compare.lease(k) != n, key, st.integers(0, 99)),
+)
+ops = st.one_of(
+    st.builds(lambda k, v, lease: Op.put(k, v, lease=lease), key, small, st.integers(0, 9)),
+    st.builds(Op.delete, key), st.builds(Op.delete_prefix, key), st.builds(Op.get, key),
+    st.builds(lambda k, n: Op.scan(k, limit=n), small, st.one_of(st.none(), st.integers(1, 9))),
+)
+commands = st.one_of(commands, st.builds(lambda c, s, f: Txn(tuple(c), tuple(s), tuple(f)),
+                                         st.lists(compares, max_size=3), st.lists(ops, max_size=3),
+                                         st.lists(ops, max_size=3)))
 
 
 @settings(max_examples=300, deadline=None)
@@ -121,6 +142,15 @@ def _pack(obj: object) -> bytes:
         _pack([1, 1, [[3, [b"k"]]]]),  # odd pair list
         _pack([1, 1, [[3, [b"k", "1"]]]]),
         _pack([1, 1, [[3, b"k"]]]),
+        _pack([1, 1, [[0, b"k", b"v", None, -1]]]),  # negative lease
+        _pack([1, 1, [[4, 1]]]),  # grant without a ttl
+        _pack([1, 1, [[4, 1, "10"]]]),
+        _pack([1, 1, [[5, b"1"]]]),
+        _pack([1, 1, [[6, [], []]]]),  # txn without a failure branch
+        _pack([1, 1, [[6, [[9, b"k", 0, 1]], [], []]]]),  # unknown compare target
+        _pack([1, 1, [[6, [[0, b"k", 0, 1]], [], []]]]),  # value compare with an int
+        _pack([1, 1, [[6, [], [[7, b"k", b"", None, 0, None, None]], []]]]),  # unknown op kind
+        _pack([1, 1, [[6, [], [[0, b"k", b"", None, 0, None]], []]]]),  # short op
         b"\x91" * 10000 + b"\xc0",  # deep nesting
     ],
 )

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dengine.errors import MalformedMessage
-from dengine.kv.commands import Command, CompareAndSwap, Delete, ExpireKeys, Put, encode_batch
+from dengine.api import Compare, Op
+from dengine.kv.commands import Command, CompareAndSwap, Delete, ExpireKeys, LeaseGrant, LeaseRevoke, Put, Txn, encode_batch
 from dengine.kv.snapshot import SNAPSHOT_VERSION, decode_image, encode_image, restore, snapshot_bytes
 from dengine.kv.store import KVStore
 
@@ -24,6 +25,11 @@ command_st = st.one_of(
     st.builds(Delete, key_st),
     st.builds(CompareAndSwap, key_st, st.one_of(st.none(), value_st), value_st, ttl_st),
     st.builds(ExpireKeys, st.lists(st.tuples(key_st, st.integers(0, 80)), max_size=3)),
+    st.builds(LeaseGrant, st.sampled_from([0, 0, 5]), st.integers(1, 50)),
+    st.builds(LeaseRevoke, st.integers(1, 5)),
+    st.builds(Put, key_st, value_st, st.none(), st.integers(1, 5)),
+    st.builds(lambda k, v, n: Txn((Compare.version(k) == n,), (Op.put(k, v, lease=1), Op.delete_prefix(b"/a")), ()),
+              key_st, value_st, st.integers(0, 2)),
 )
 log_st = st.lists(st.tuples(st.integers(0, 60), st.lists(command_st, min_size=1, max_size=3)), max_size=15)
 
@@ -52,6 +58,21 @@ def test_round_trip_is_identical_and_behaves_identically(
         assert copy.apply(i, payload) == original.apply(i, payload)
     assert copy.freeze() == original.freeze()
     assert copy.scan_prefix(b"", 30) == original.scan_prefix(b"", 30)
+
+
+def test_snapshot_covers_leases_and_restores_older_layouts_without_them() -> None:
+    store = build([(0, [LeaseGrant(0, 5000), LeaseGrant(9, 1000)]), (1, [Put(b"/a", b"1", None, 1), Put(b"/b", b"2")])])
+    image = decode_image(snapshot_bytes(store))
+    assert image.leases == {1: 5000, 9: 1000} and image.key_lease == {b"/a": 1} and image.next_lease == 10
+    copy = restore(snapshot_bytes(store))
+    assert copy.lease_keys(1) == [b"/a"] and copy.leases() == store.leases()
+    # The next auto id continues after the restored ones; revoking deletes the restored key.
+    r = copy.apply(3, encode_batch([LeaseGrant(0, 10), LeaseRevoke(1)], 2))
+    assert r.results == [10, 1] and copy.get(b"/a", 2) is None and copy.get(b"/b", 2) == b"2"
+    # A version-3 snapshot (before leases) restores with none.
+    raw = msgpack.unpackb(snapshot_bytes(build([(0, [Put(b"/a", b"1")])])), raw=False)
+    old = restore(msgpack.packb([3, *raw[1:5]], use_bin_type=True))
+    assert old.leases() == {} and old.get(b"/a", 0) == b"1"
 
 
 def test_snapshot_covers_values_revisions_expiries_and_clock() -> None:
@@ -106,6 +127,12 @@ def _pack(obj: object) -> bytes:
         _pack([SNAPSHOT_VERSION, 1, 0, [b"b", b"v", 1, None, b"a", b"v", 1, None]]),  # not sorted
         _pack([SNAPSHOT_VERSION, 1, 0, [b"a", b"v", 1, None, b"a", b"w", 1, None]]),  # duplicate
         _pack({"version": 1}),
+        _pack([SNAPSHOT_VERSION, 1, 0, [], [0, [], []]]),  # no lease element
+        _pack([SNAPSHOT_VERSION, 1, 0, [], [0, [], []], [1, [5], []]]),  # odd lease list
+        _pack([SNAPSHOT_VERSION, 1, 0, [], [0, [], []], [1, [5, -1], []]]),
+        _pack([SNAPSHOT_VERSION, 1, 0, [], [0, [], []], [1, [5, 100], [b"k", 5]]]),  # key it does not hold
+        _pack([SNAPSHOT_VERSION, 1, 0, [b"k", b"v", 1, None, 1, 1], [0, [], []], [1, [5, 100], [b"k", 6]]]),
+        _pack([SNAPSHOT_VERSION, 1, 0, [], [0, [], []], "leases"]),
     ],
 )
 def test_restore_rejects_invalid_snapshots(data: bytes) -> None:

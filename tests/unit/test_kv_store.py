@@ -502,3 +502,55 @@ def test_each_key_carries_its_create_revision_and_version_through_snapshots() ->
     # A version 2 snapshot (four fields per key) restores each key as created at its last write.
     v2 = msgpack.packb([2, 9, 0, [b"k", b"v", 7, None], [0, []]], use_bin_type=True)
     assert KVStore.from_image(decode_image(v2)).get_kv(b"k", 0) == KeyValue(b"k", b"v", 7, create_revision=7, version=1)
+
+
+# --- leases and transactions -----------------------------------------------------
+
+from dengine.api import Compare, Op, TxnResult  # noqa: E402
+from dengine.kv.commands import LeaseGrant, LeaseRevoke, Txn  # noqa: E402
+
+
+def test_leases_attach_detach_and_revoke_their_keys_at_one_revision() -> None:
+    log = Log()
+    seen: list[tuple[int, int | None]] = []
+    log.store.lease_observer = lambda lease, ttl: seen.append((lease, ttl))
+    assert log.run(0, LeaseGrant(0, 1000), LeaseGrant(0, 2000), LeaseGrant(7, 500)).results == [1, 2, 7]
+    assert seen == [(1, 1000), (2, 2000), (7, 500)]
+    assert log.run(0, LeaseGrant(0, 10)).results == [8]  # continues after the largest id
+    r = log.run(0, LeaseGrant(7, 500), Put(b"/a", b"1", None, 1), Put(b"/b", b"2", None, 1),
+                Put(b"/c", b"3", None, 99), Put(b"/d", b"4", 5, 1))
+    assert r.results[0] == CommandError(ErrorCode.INVALID_ARGUMENT, "lease 7 already exists")
+    assert r.results[3] == CommandError(ErrorCode.LEASE_NOT_FOUND,
+                                        "lease 99 does not exist (it expired, was revoked or never granted)")
+    assert r.results[4] == CommandError(ErrorCode.INVALID_ARGUMENT, "a put takes a lease or a ttl, not both")
+    assert log.store.lease_keys(1) == [b"/a", b"/b"]
+    log.run(0, Put(b"/b", b"2", None, 2))  # moves to lease 2
+    assert log.store.lease_keys(1) == [b"/a"] and log.store.lease_keys(2) == [b"/b"]
+    log.run(0, Delete(b"/a"))
+    assert log.store.lease_keys(1) == []
+    log.run(0, Put(b"/a", b"x", None, 2), Put(b"/z", b"z"))
+    r = log.run(0, LeaseRevoke(2))
+    assert r.results == [2] and seen[-1] == (2, None)
+    assert [(e.type, e.key, e.revision) for e in r.events] == [(DELETE, b"/a", r.index), (DELETE, b"/b", r.index)]
+    assert log.store.leases() == {1: 1000, 7: 500, 8: 10} and log.store.get(b"/z", 0) == b"z"
+    assert log.run(0, LeaseRevoke(2)).results[0].code == ErrorCode.LEASE_NOT_FOUND
+
+
+def test_txn_checks_every_op_before_running_any() -> None:
+    log = Log(KVStore(max_key_size=4, max_value_size=4))
+    log.run(0, Put(b"k", b"1"))
+    r = log.run(0, Txn((), (Op.put(b"k", b"2"), Op.put(b"long-key", b"v")), ()))
+    assert r.results[0].code == ErrorCode.INVALID_ARGUMENT and r.events == []
+    assert log.store.get(b"k", 0) == b"1"
+    r = log.run(0, Txn((Compare.value(b"k") == b"1",), (Op.put(b"k", b"2"), Op.get(b"k")), (Op.get(b"k"),)))
+    assert r.results == [TxnResult(True, r.index, [r.index, KeyValue(b"k", b"2", r.index, 1, 2)])]
+
+
+def test_txn_reads_and_deletes_see_log_time_expiry() -> None:
+    log = Log()
+    log.run(0, Put(b"/a", b"1", 10), Put(b"/b", b"2"))
+    r = log.run(50, Txn((Compare.version(b"/a") == 0,), (Op.get(b"/a"), Op.scan(b"/"), Op.delete_prefix(b"/")), ()))
+    [result] = r.results
+    assert result.succeeded and result.responses[0] is None
+    assert [tuple(e) for e in result.responses[1].entries] == [(b"/b", b"2")]
+    assert result.responses[2] == 1  # only the live key counts; the expired one is the sweeper's
