@@ -138,9 +138,13 @@ class _Queue:
         return bool(result.succeeded)
 
     async def wait_turn(self) -> None:
-        """Wait until no key older than ours is left under the prefix."""
+        """Wait until no key older than ours is left under the prefix.
+        Raise SessionLost if ours is gone (its lease ended while waiting:
+        without it, the keys after ours would not wait for us)."""
         while True:
             scan = await self.client.scan_prefix(self.prefix)
+            if not any(kv.key == self.key and kv.create_revision == self.revision for kv in scan.entries):
+                raise SessionLost(f"{self.key!r} is gone: the session's lease ended while waiting in the queue")
             older = [kv for kv in scan.entries if kv.create_revision < self.revision]
             if not older:
                 return

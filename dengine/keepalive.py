@@ -11,13 +11,16 @@
 * A task in the block's own nursery renews it at about a third of its TTL.
   After each renewal the holder knows the lease lives at least until
   ``sent + remaining`` (``sent``: when the keep-alive left, before the
-  leader counted its TTL), which is :attr:`KeptLease.deadline`.
+  leader counted its TTL). :attr:`KeptLease.deadline` is that, less
+  :data:`DRIFT_MARGIN` of the TTL, for clocks that run at different rates
+  (the cluster's ``raft.max_clock_drift`` is 10 % by default).
 * A renewal that fails for a reason that may pass (no leader, a timeout) is
   retried, sooner, until the deadline. If the deadline comes first, or the
   leader says the lease is gone, :attr:`KeptLease.lost` is set and renewing
   stops: from then on nothing guarded by the lease is safe, and the block's
   code should stop (watch the event, or use
-  ``Lock.hold(cancel_on_loss=True)``).
+  ``Lock.hold(cancel_on_loss=True)``). The keeper wakes at the deadline at
+  the latest, so ``lost`` is set on time, not at its next renewal.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ log = logging.getLogger("dengine.lease")
 _REVOKE_TIMEOUT = 5.0
 # Shortest pause between two renewal attempts after a failure.
 _RETRY_MIN = 0.05
+#: The part of a lease's TTL a holder gives up for clock-rate drift.
+DRIFT_MARGIN = 0.1
 
 
 class LeaseClient(Protocol):
@@ -84,7 +89,7 @@ class KeptLease:
         interval = self.ttl / 3
         next_at = trio.current_time() + interval
         while True:
-            await trio.sleep_until(next_at)
+            await trio.sleep_until(min(next_at, self.deadline))
             now = trio.current_time()
             if now >= self.deadline:
                 break
@@ -99,7 +104,7 @@ class KeptLease:
                 log.info("lease %d: keep-alive failed (%s); retrying", self.id, exc)
                 next_at = trio.current_time() + max(_RETRY_MIN, min(interval, (self.deadline - now) / 4))
                 continue
-            self.deadline = max(self.deadline, now + remaining)
+            self.deadline = max(self.deadline, now + remaining * (1 - DRIFT_MARGIN))
             self.renewals += 1
             next_at = now + remaining / 3
         if trio.current_time() >= self.deadline:
@@ -115,7 +120,7 @@ async def open_kept_lease(client: Any, ttl: float, *, timeout: float | None = No
     revoke it when the block is left (see the module rules)."""
     sent = trio.current_time()
     lease = await client.grant_lease(ttl, timeout=timeout)
-    kept = KeptLease(lease, sent + lease.ttl)
+    kept = KeptLease(lease, sent + lease.ttl * (1 - DRIFT_MARGIN))
     # The block's own exception leaves the nursery unwrapped (not as an
     # ExceptionGroup), so ``except SomeError`` around the block works.
     body_error: BaseException | None = None

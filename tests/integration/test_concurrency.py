@@ -166,3 +166,30 @@ async def test_recipe_arguments_are_checked(kv: Any) -> None:
                     await lock.acquire()
         with pytest.raises(InvalidArgument, match="not open"):
             Session(kv).lease_id
+
+
+async def test_a_waiter_whose_key_vanished_gets_session_lost_not_the_lock(kv: Any) -> None:
+    """Without its key the queue behind it would not wait for it: it must not
+    believe it holds the lock."""
+    with trio.fail_after(DEADLINE):
+        async with Session(kv, ttl=5) as a, Session(kv, ttl=5) as b:
+            holder = Lock(a, b"/locks/v")
+            await holder.acquire()
+            waiter = Lock(b, b"/locks/v")
+            async with trio.open_nursery() as nursery:
+                outcome: list[BaseException] = []
+
+                async def wait() -> None:
+                    try:
+                        await waiter.acquire()
+                    except SessionLost as exc:
+                        outcome.append(exc)
+
+                nursery.start_soon(wait)
+                for _ in range(200):
+                    if (await kv.scan_prefix(b"/locks/v/", count_only=True)).count == 2:
+                        break
+                    await trio.sleep(0.01)
+                await kv.delete(b"/locks/v/%016x" % b.lease_id)  # as its lease's end would
+                await holder.release()
+            assert outcome and "gone" in str(outcome[0]) and not waiter.held
