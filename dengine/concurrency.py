@@ -104,6 +104,12 @@ def _queue_prefix(name: bytes, what: str) -> bytes:
     return name.rstrip(b"/") + b"/"
 
 
+def _queue_order(kv: KeyValue) -> tuple[int, bytes]:
+    # Each enqueue is a transaction, which has a revision of its own; the
+    # key breaks a tie anyway (keys written by plain puts may share one).
+    return (kv.create_revision, kv.key)
+
+
 class _Queue:
     """Keys under a prefix, ordered by create_revision: the first is the
     holder; each later one waits for the deletion of the one before it."""
@@ -145,10 +151,11 @@ class _Queue:
             scan = await self.client.scan_prefix(self.prefix)
             if not any(kv.key == self.key and kv.create_revision == self.revision for kv in scan.entries):
                 raise SessionLost(f"{self.key!r} is gone: the session's lease ended while waiting in the queue")
-            older = [kv for kv in scan.entries if kv.create_revision < self.revision]
+            mine = (self.revision, self.key)
+            older = [kv for kv in scan.entries if (kv.create_revision, kv.key) < mine]
             if not older:
                 return
-            before = max(older, key=lambda kv: kv.create_revision)
+            before = max(older, key=_queue_order)
             await self._wait_deleted(before.key, scan.revision + 1)
 
     async def _wait_deleted(self, key: bytes, start_revision: int) -> None:
@@ -271,7 +278,15 @@ class Election:
 
     @property
     def is_leader(self) -> bool:
-        return self._leading
+        """Whether this candidate leads (False once its session is lost)."""
+        return self._leading and not self.session.lost.is_set()
+
+    @property
+    def key(self) -> bytes | None:
+        """This candidate's key (None before campaigning): guard a leader's
+        writes with ``Compare.create_revision(election.key) ==
+        election.revision`` in a transaction."""
+        return self._queue.key
 
     @property
     def revision(self) -> int:
@@ -300,10 +315,14 @@ class Election:
         return bool(result.succeeded)
 
     async def proclaim(self, value: bytes) -> None:
-        """Change the leader's value (only while leading)."""
-        if not self._leading or self._queue.key is None or not await self._put_own(value):
-            self._leading = False
+        """Change the leader's value (only while leading). Raises
+        InvalidArgument if this candidate does not lead, SessionLost if it
+        did but its key is gone (its session's lease ended)."""
+        if not self._leading or self._queue.key is None:
             raise InvalidArgument(f"election {self.name!r}: proclaim needs this candidate to be the leader")
+        if not await self._put_own(value):
+            self._leading = False
+            raise SessionLost(f"election {self.name!r}: this leader's key is gone (its session's lease ended)")
 
     async def resign(self) -> None:
         """Stop leading (or withdraw); the next candidate takes over."""
@@ -315,7 +334,7 @@ class Election:
         scan = await self._queue.client.scan_prefix(self._queue.prefix)
         if not scan.entries:
             return None
-        head: KeyValue = min(scan.entries, key=lambda kv: kv.create_revision)
+        head: KeyValue = min(scan.entries, key=_queue_order)
         return head
 
     def observe(self) -> AsyncIterator[bytes]:
@@ -344,7 +363,7 @@ class _LeaderValues:
         while True:
             scan = await client.scan_prefix(self._prefix)
             if scan.entries:
-                head = min(scan.entries, key=lambda kv: kv.create_revision)
+                head = min(scan.entries, key=_queue_order)
                 current = (head.key, head.value, head.revision)
                 if current != self._last:
                     self._last = current

@@ -18,7 +18,9 @@ late fsyncs, power loss, clock drift and hostile peers:
   :meth:`Driver.on_persisted`; committed entries are handed to the applier
   in bounded steps (``RaftConfig.max_committed_bytes_per_ready``) and the
   next step only after :meth:`Driver.on_applied`.
-* **Callers**: proposals are batched into one entry per pass; reads of one
+* **Callers**: proposals are batched into one entry per pass (a command
+  that must have a revision of its own, such as a transaction, gets an
+  entry of its own, proposed in the same pass); reads of one
   pass share one ReadIndex request; every waiter has a deadline; when this
   node stops leading, writes not yet in its log fail with ``NotLeader`` and
   writes in its log beyond the commit index fail at once with
@@ -104,6 +106,10 @@ class DriverOptions:
     max_pending_bytes: int = 64 << 20
     # Client addresses by node id, for leader hints.
     addresses: dict[int, str] = attrs.field(factory=dict)
+    # Commands that must have a revision (an entry) of their own, such as a
+    # transaction, whose revision callers use as a unique token. Others of a
+    # pass share one entry.
+    alone: Callable[[Any], bool] | None = None
 
 
 def merge_entries(run: list[Entry], new: Sequence[Entry]) -> list[Entry]:
@@ -390,15 +396,34 @@ class Driver:
         queued, self._proposals, self._proposal_bytes = self._proposals, [], 0
         for start in range(0, len(queued), max_batch):
             batch = queued[start : start + max_batch]
+            groups = self._entries_of(batch)
             try:
-                index, term = self.raw.propose([self._encode([p.command for p in batch])])
+                index, term = self.raw.propose([self._encode([p.command for p in group]) for group in groups])
             except NotLeader:
                 self._fail_all(batch, self.not_leader())
                 continue
             except (ProposalDropped, ResourceExhausted) as exc:
                 self._fail_all(batch, exc)
                 continue
-            self.proposal_waiters[index] = (term, [p.waiter for p in batch])
+            for k, group in enumerate(groups):
+                self.proposal_waiters[index + k] = (term, [p.waiter for p in group])
+
+    def _entries_of(self, batch: list[_Proposal]) -> list[list[_Proposal]]:
+        """The entries one batch becomes: one, unless it holds commands that
+        must be alone in theirs (DriverOptions.alone)."""
+        alone = self.options.alone
+        if alone is None or not any(alone(p.command) for p in batch):
+            return [batch]
+        groups: list[list[_Proposal]] = []
+        shared: list[_Proposal] = []
+        for p in batch:
+            if alone(p.command):
+                groups.append([p])
+            else:
+                shared.append(p)
+        if shared:
+            groups.insert(0, shared)
+        return groups
 
     @staticmethod
     def _fail_all(batch: list[_Proposal], error: BaseException) -> None:

@@ -47,7 +47,7 @@ import trio
 from dengine.api import Member, MembershipChange, WatchEvent
 from dengine.config import WatchSettings
 from dengine.errors import DengineError, EngineStopped, MemberRemoved, NotLeader, StorageCorrupted
-from dengine.kv.commands import Command, ExpireKeys, LeaseRevoke, command_size, encode_batch
+from dengine.kv.commands import Command, ExpireKeys, LeaseRevoke, Txn, command_size, encode_batch
 from dengine.kv.lessor import Lessor
 from dengine.kv.snapshot import encode_image, restore, unwrap_snapshot_data, wrap_snapshot_data
 from dengine.kv.store import ApplyResult, KVStore
@@ -124,6 +124,12 @@ class _ExpiryWaiter:
         return self._done
 
 
+def _owns_a_revision(command: object) -> bool:
+    """A transaction gets a revision of its own: its callers use it as a
+    unique token (a lock's fencing token, an election's term)."""
+    return type(command) is Txn
+
+
 class _RevokeWaiter:
     """The waiter of the revoke of an expired lease: nobody awaits it; if it
     fails, the lessor proposes it again at the next sweep."""
@@ -187,6 +193,7 @@ class Node:
                 proposal_batch_max=options.proposal_batch_max,
                 max_pending_bytes=options.raft.max_uncommitted_bytes,
                 addresses=options.addresses,
+                alone=_owns_a_revision,
             ),
             encode=self._encode,
             durable_hard_state=state.hard_state,

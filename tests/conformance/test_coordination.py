@@ -247,3 +247,29 @@ def test_builders_refuse_nonsense() -> None:
         Op.delete_prefix(b"")
     assert Op.delete_prefix(b"/a/") == Op("delete_range", b"/a/", end=b"/a0")
     assert Op.scan(b"").end is None
+
+
+async def test_concurrent_transactions_each_get_a_revision_of_their_own(kv: Any) -> None:
+    """Writes of one pass share an entry, but a transaction's revision is a
+    token callers rely on (a lock's fencing token): each has its own."""
+    revisions: list[int] = []
+    puts: list[int] = []
+
+    async def one_txn(n: int) -> None:
+        result = await kv.txn([Compare.create_revision(b"/own/%d" % n) == 0], [Op.put(b"/own/%d" % n, b"x")])
+        assert result.succeeded and result.responses == [result.revision]
+        revisions.append(result.revision)
+
+    async def one_put(n: int) -> None:
+        puts.append(await kv.put(b"/shared/%d" % n, b"y"))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(one_txn, n)
+                nursery.start_soon(one_put, n)
+    assert len(set(revisions)) == 20, sorted(revisions)
+    for n, rev in enumerate(sorted(revisions)):
+        kv_ = await kv.get_kv(b"/own/%d" % n)
+        assert kv_ is not None and kv_.create_revision in revisions
+    assert not set(puts) & set(revisions)
