@@ -6,6 +6,9 @@
     dengine watch KEY | members | status | leader
     dengine member list|add|promote|remove|update    membership (docs/operations.md)
     dengine snapshot save FILE | restore FILE         backups
+    dengine lease grant TTL | keep-alive ID | revoke ID | ttl ID | list
+    dengine txn [-i]                 a transaction read from stdin (etcdctl's syntax)
+    dengine lock NAME [COMMAND ...] | elect NAME [VALUE] | elect NAME --listen
     dengine --version
 
 Conventions follow etcdctl: ``dengine COMMAND --help`` for every command;
@@ -19,13 +22,17 @@ go to stderr in plain words. Exit codes:
 * 1 a dengine error (unreachable cluster, timeout, refused, ...)
 * 2 bad usage (unknown flag, invalid argument or configuration)
 * 3 a negative answer: ``get`` of a missing key, ``del`` of a missing key,
-  ``cas`` that did not swap
+  ``cas`` that did not swap, a ``txn`` whose compares failed, a ``lease``
+  command on a lease that does not exist
 * 4 ``serve``: this node was removed from the cluster
 * 130 interrupted (Ctrl-C) for client commands
+* ``lock NAME COMMAND``: the command's own exit code
 
 Start-up: the client commands use the blocking client
 (:mod:`dengine.client.blocking`) and never import trio, the engine or the
-server; ``serve`` and ``run`` import them when they start.
+server; ``serve`` and ``run`` import them when they start. ``lock`` and
+``elect`` are the exception: they use :mod:`dengine.concurrency`, which is
+trio-native, through the trio client (``dengine.open_client``).
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dengine.errors import ConfigError, DengineError, InvalidArgument, UsageError
+from dengine.errors import ClusterError, ConfigError, DengineError, InvalidArgument, LeaseNotFound, UsageError
 
 if TYPE_CHECKING:
-    from dengine.api import Member, Status
+    import trio
+
+    from dengine.api import Compare, Member, Op, Status, TxnResult
     from dengine.client.blocking import BlockingClient
     from dengine.config import Config
 
@@ -51,7 +60,10 @@ EXIT_REMOVED = 4
 EXIT_INTERRUPTED = 130
 
 _CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader", "member",
-                    "snapshot")
+                    "snapshot", "lease", "txn", "lock", "elect")
+# The client commands that run on trio (dengine.concurrency is trio-native).
+_TRIO_COMMANDS = ("lock", "elect")
+_LEASE_COMMANDS = ("grant", "keep-alive", "revoke", "ttl", "list")
 # The common flags of the client commands, by dest (see _common_flags).
 _CLIENT_FLAGS = {
     "endpoints": "--endpoints", "timeout": "--timeout", "write_out": "--write-out", "hex": "--hex",
@@ -128,7 +140,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="dengine",
         description="dengine: an embeddable Raft consensus key-value engine for trio. "
         "`dengine COMMAND --help` explains each command.",
-        epilog="exit codes: 0 ok, 1 error, 2 bad usage, 3 key not found / not deleted / CAS not swapped",
+        epilog="exit codes: 0 ok, 1 error, 2 bad usage, 3 key not found / not deleted / CAS not swapped / "
+        "txn FAILURE / lease not found, 130 interrupted",
     )
     parser.add_argument("--version", action=_Version)
     _common_flags(parser)
@@ -181,6 +194,8 @@ def _build_parser() -> argparse.ArgumentParser:
     put.add_argument("value", nargs="?", help="the value, or '-' for standard input")
     put.add_argument("--value-file", metavar="PATH", help="read the value from this file")
     put.add_argument("--ttl", type=float, help="seconds after which the key expires")
+    put.add_argument("--lease", metavar="ID", help="attach the key to lease ID (hex, as `dengine lease grant` "
+                     "prints it): it is deleted when the lease ends")
 
     delete = _sub(sub, "del", "delete a key", "Delete KEY; prints 1 if it existed (exit 0), 0 if not (exit 3).")
     delete.add_argument("key")
@@ -272,12 +287,74 @@ def _build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--id", type=int, required=True, dest="node_id", help="the new member's node id")
     restore.add_argument("--initial-cluster", required=True, help="id=host:port,... peer addresses of the new members")
 
+    lease = _sub(sub, "lease", "grant, keep alive, revoke and inspect leases",
+                 "Leases, like `etcdctl lease`: grant TTL | keep-alive ID | revoke ID | ttl ID | list. A key put "
+                 "with --lease ID is deleted when the lease ends (revoked, or not kept alive for its TTL). Lease "
+                 "ids are printed and taken in hex, as etcdctl does. Exit 3 when the lease does not exist.")
+    lsub = lease.add_subparsers(dest="lease_command", metavar="SUBCOMMAND", required=True)
+    grant = _sub(lsub, "grant", "grant a new lease",
+                 "Grant a lease of TTL seconds (the cluster may grant more: it has a minimum); prints "
+                 "`lease ID granted with TTL(Ns)`.")
+    grant.add_argument("ttl", metavar="TTL", type=float, help="seconds the lease lives unless kept alive")
+    keep = _sub(lsub, "keep-alive", "keep a lease alive until interrupted",
+                "Renew lease ID about every third of its TTL, printing `lease ID keepalived with TTL(N)` after "
+                "each renewal, until Ctrl-C (exit 130) or until the lease is gone (exit 3). With --once: renew "
+                "once and exit.")
+    keep.add_argument("lease_id", metavar="ID", help="the lease id, in hex")
+    keep.add_argument("--once", action="store_true", help="renew once and exit")
+    revoke = _sub(lsub, "revoke", "end a lease now (its keys are deleted)",
+                  "Revoke lease ID: it ends now and every key attached to it is deleted.")
+    revoke.add_argument("lease_id", metavar="ID", help="the lease id, in hex")
+    ttl = _sub(lsub, "ttl", "show a lease's TTL and the time it has left",
+               "Print the TTL lease ID was granted with and the seconds it has left (as the leader counts them); "
+               "with --keys also the keys attached to it.")
+    ttl.add_argument("lease_id", metavar="ID", help="the lease id, in hex")
+    ttl.add_argument("--keys", action="store_true", help="also list the keys attached to the lease")
+    _sub(lsub, "list", "list every lease", "Print `found N leases`, then each lease id (hex), one per line.")
+
+    txn = _sub(sub, "txn", "run a transaction read from standard input",
+               "Read a transaction from standard input in etcdctl's `txn` syntax and run it: the compares (one "
+               "per line, e.g. mod(\"key1\") > \"0\"), a blank line, the success ops (put KEY VALUE "
+               "[--lease=ID], get KEY [--prefix], del KEY [--prefix]), a blank line, the failure ops. Prints "
+               "SUCCESS or FAILURE (exit 3), then, after a blank line each, the result of every op run. "
+               "docs/cli.md gives the exact syntax.")
+    txn.add_argument("-i", "--interactive", action="store_true",
+                     help="prompt for each section (compares, success ops, failure ops) on stderr")
+
+    lock = _sub(sub, "lock", "acquire a distributed lock (and run a command while holding it)",
+                "Acquire lock NAME (a key prefix starting with '/'), waiting for earlier holders, like "
+                "`etcdctl lock`. Without COMMAND: print the lock's key and fencing token, hold the lock until "
+                "SIGINT/SIGTERM, release it, exit 0. With COMMAND: run it while holding the lock, with "
+                "DENGINE_LOCK_KEY, DENGINE_LOCK_TOKEN (the fencing token) and DENGINE_LOCK_LEASE in its "
+                "environment, release the lock when it exits and exit with its exit code. If the lock's "
+                "session (a lease kept alive by this process) is lost, the command is terminated and the exit "
+                "code is 1. Put `--` before a COMMAND that has flags of its own.")
+    lock.add_argument("name", metavar="NAME", help="the lock's name, e.g. /locks/backup")
+    lock.add_argument("command_argv", metavar="COMMAND", nargs="*", help="a command to run while holding the lock")
+    lock.add_argument("--ttl", type=float, default=60.0,
+                      help="seconds the cluster waits, once this process stops renewing its session, before it "
+                      "releases the lock for it (default 60)")
+
+    elect = _sub(sub, "elect", "campaign in a leader election, or observe one",
+                 "Campaign in election NAME (a key prefix starting with '/') with VALUE, like `etcdctl elect`: "
+                 "once elected, print the leader key and VALUE, lead until SIGINT/SIGTERM, resign, exit 0. "
+                 "With --listen: print the leader's value now and each time it changes, until interrupted.")
+    elect.add_argument("name", metavar="NAME", help="the election's name, e.g. /elections/scheduler")
+    elect.add_argument("value", metavar="VALUE", nargs="?", help="this candidate's value (the leader's is visible "
+                       "to everyone)")
+    elect.add_argument("-l", "--listen", action="store_true", help="observe the election instead of campaigning")
+    elect.add_argument("--ttl", type=float, default=60.0,
+                       help="seconds the cluster waits, once this process stops renewing its session, before the "
+                       "next candidate takes over (default 60)")
+
     for name in _CLIENT_COMMANDS:
         _common_flags(sub.choices[name])
     for name in ("list", "add", "promote", "remove", "update"):
         _common_flags(msub.choices[name])
     for name in ("save", "restore"):
         _common_flags(ssub.choices[name])
+    for name in _LEASE_COMMANDS:
+        _common_flags(lsub.choices[name])
     return parser
 
 
@@ -388,6 +465,8 @@ def _client_command(args: argparse.Namespace) -> int:
     out = _Out(args.write_out, args.hex)
     if not args.timeout > 0:
         raise InvalidArgument(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.command in _TRIO_COMMANDS:
+        return _trio_command(args, out)
     with connect(args.endpoints, timeout=args.timeout, cluster_id=args.cluster_id,
                  ssl_context=_ssl_context(args)) as client:
         return _HANDLERS[args.command](client, args, out)
@@ -414,7 +493,11 @@ def _get(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
 def _put(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     key = _arg_bytes(args.key, args.hex, "key")
     value = _value_bytes(args.value, args.value_file, args.hex, "value")
-    rev = client.put(key, value, ttl=args.ttl)
+    lease = 0 if args.lease is None else _lease_id(args.lease)
+    try:
+        rev = client.put(key, value, ttl=args.ttl, lease=lease)
+    except LeaseNotFound:
+        raise InvalidArgument(f"lease {lease:x} does not exist (it expired, was revoked or never granted)") from None
     out.emit({"revision": rev}, [f"OK revision {rev}"], (["revision"], [[rev]]))
     return EXIT_OK
 
@@ -482,6 +565,368 @@ def _watch(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
                 if args.count is not None and count >= args.count:
                     return EXIT_OK
     return EXIT_OK
+
+
+# -- leases -------------------------------------------------------------------------
+
+
+def _lease_id(text: str) -> int:
+    """A lease id as the CLI prints it: hex (an optional 0x is allowed)."""
+    digits = text.strip().lower().removeprefix("0x")
+    try:
+        value = int(digits, 16)
+    except ValueError:
+        raise InvalidArgument(f"lease id {text!r} is not a hex number (lease ids are hex, as "
+                              "`dengine lease grant` prints them)") from None
+    if not 0 < value < 2**63:
+        raise InvalidArgument(f"lease id {text!r} is out of range (a positive hex number below 8000000000000000)")
+    return value
+
+
+def _secs(seconds: float) -> str:
+    """Seconds as a short number: 10, 2.5, 0.3."""
+    return f"{seconds:.1f}".rstrip("0").rstrip(".")
+
+
+def _lease_gone(lease_id: int) -> int:
+    print(f"dengine: lease {lease_id:x} not found (it expired, was revoked or never granted)", file=sys.stderr)
+    return EXIT_NEGATIVE
+
+
+def _lease(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    what = args.lease_command
+    if what == "grant":
+        lease = client.grant_lease(args.ttl)
+        out.emit({"id": f"{lease.id:x}", "ttl": lease.ttl}, [f"lease {lease.id:x} granted with TTL({_secs(lease.ttl)}s)"],
+                 (["id", "ttl"], [[f"{lease.id:x}", _secs(lease.ttl)]]))
+        return EXIT_OK
+    if what == "list":
+        leases = client.leases()
+        out.emit({"leases": [{"id": f"{x.id:x}", "ttl": x.ttl} for x in leases]},
+                 [f"found {len(leases)} leases"] + [f"{x.id:x}" for x in leases],
+                 (["id", "ttl"], [[f"{x.id:x}", _secs(x.ttl)] for x in leases]))
+        return EXIT_OK
+    lease_id = _lease_id(args.lease_id)
+    try:
+        if what == "revoke":
+            client.revoke_lease(lease_id)
+            out.emit({"id": f"{lease_id:x}", "revoked": True}, [f"lease {lease_id:x} revoked"],
+                     (["revoked"], [[f"{lease_id:x}"]]))
+            return EXIT_OK
+        if what == "ttl":
+            st = client.lease_time_to_live(lease_id, keys=args.keys)
+            text = f"lease {lease_id:x} granted with TTL({_secs(st.granted_ttl)}s), remaining({_secs(st.remaining)}s)"
+            keys = [out.b(k) or "" for k in st.keys]
+            obj: dict[str, Any] = {"id": f"{lease_id:x}", "granted_ttl": st.granted_ttl, "remaining": st.remaining}
+            header = ["id", "granted ttl", "remaining"]
+            row: list[Any] = [f"{lease_id:x}", _secs(st.granted_ttl), _secs(st.remaining)]
+            if args.keys:
+                text += f", attached keys([{' '.join(keys)}])"  # etcdctl's format
+                obj["keys"] = keys
+                header.append("keys")
+                row.append(" ".join(keys))
+            out.emit(obj, [text], (header, [row]))
+            return EXIT_OK
+    except LeaseNotFound:
+        return _lease_gone(lease_id)
+    return _keep_alive(client, args, out, lease_id)
+
+
+def _keep_alive(client: BlockingClient, args: argparse.Namespace, out: _Out, lease_id: int) -> int:
+    """Renew like etcdctl: about every third of the time the lease has left,
+    printing each renewal, until interrupted or the lease is gone. A failed
+    renewal is retried until the lease would have expired."""
+    import time
+
+    def emit(remaining: float) -> None:
+        out.emit({"id": f"{lease_id:x}", "ttl": remaining}, [f"lease {lease_id:x} keepalived with TTL({_secs(remaining)})"],
+                 (["id", "ttl"], [[f"{lease_id:x}", _secs(remaining)]]))
+
+    try:
+        remaining = client.keep_alive(lease_id)
+    except LeaseNotFound:
+        return _lease_gone(lease_id)
+    emit(remaining)
+    if args.once:
+        return EXIT_OK
+    expires = time.monotonic() + remaining
+    next_at = time.monotonic() + remaining / 3
+    while True:
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        sent = time.monotonic()
+        if sent >= expires:
+            print(f"dengine: lease {lease_id:x} could not be renewed before it expired", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            remaining = client.keep_alive(lease_id, timeout=min(args.timeout, expires - sent))
+        except LeaseNotFound:
+            print(f"dengine: lease {lease_id:x} expired or was revoked", file=sys.stderr)
+            return EXIT_NEGATIVE
+        except ClusterError as exc:  # an election, a slow or unreachable server: may pass
+            print(f"dengine: renewing lease {lease_id:x} failed ({exc}); retrying", file=sys.stderr, flush=True)
+            next_at = time.monotonic() + min(1.0, max(0.05, (expires - time.monotonic()) / 4))
+            continue
+        emit(remaining)
+        expires = max(expires, sent + remaining)
+        next_at = sent + remaining / 3
+
+
+# -- txn ----------------------------------------------------------------------------
+
+# etcdctl's compare targets (and the API's names) -> Compare.target
+_TXN_TARGETS = {"value": "value", "val": "value", "version": "version", "ver": "version",
+                "create": "create_revision", "c": "create_revision", "create_revision": "create_revision",
+                "mod": "mod_revision", "m": "mod_revision", "mod_revision": "mod_revision", "lease": "lease"}
+_TXN_OPERATORS = {"=": "==", "==": "==", "!=": "!=", "<": "<", ">": ">"}
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_GO_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, "'": 39, '"': 34}
+
+
+class _TxnSyntax(InvalidArgument):
+    """A line of a transaction that does not parse (exit 2)."""
+
+
+def _unquote(token: str) -> bytes:
+    """A token of a txn line as bytes: "double-quoted" with Go's escapes (as
+    etcdctl reads them; \\xHH is one byte), 'single-quoted' as it is, or a
+    bare word."""
+    if token.startswith("'"):
+        return token[1:-1].encode("utf-8", "surrogateescape")
+    if not token.startswith('"'):
+        return token.encode("utf-8", "surrogateescape")
+    body, out, i = token[1:-1], bytearray(), 0
+    while i < len(body):
+        ch = body[i]
+        if ch != "\\":
+            out += ch.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        esc = body[i + 1]  # the quoting regex guarantees a character after a backslash
+        if esc in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[esc])
+            i += 2
+        elif esc in "xuU":
+            width = {"x": 2, "u": 4, "U": 8}[esc]
+            digits = body[i + 2:i + 2 + width]
+            if len(digits) != width or any(c not in "0123456789abcdefABCDEF" for c in digits):
+                raise ValueError(f"\\{esc} needs {width} hex digits")
+            code = int(digits, 16)
+            out += bytes([code]) if esc == "x" else chr(code).encode("utf-8", "surrogateescape")
+            i += 2 + width
+        elif esc in "01234567":
+            digits = body[i + 1:i + 4]
+            if len(digits) != 3 or any(c not in "01234567" for c in digits) or int(digits, 8) > 255:
+                raise ValueError("an octal escape is \\ and 3 octal digits up to \\377")
+            out.append(int(digits, 8))
+            i += 4
+        else:
+            raise ValueError(f"unknown escape \\{esc}")
+    return bytes(out)
+
+
+def _txn_bytes(token: str, hex_: bool, what: str) -> bytes:
+    data = _unquote(token)
+    if not hex_:
+        return data
+    try:
+        return bytes.fromhex(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{what} {token} is not hex (--hex was given)") from None
+
+
+def _parse_compare(text: str, hex_: bool) -> Compare:
+    """``TARGET("KEY") OP "OPERAND"``, as etcdctl's txn reads it."""
+    import re
+
+    from dengine.api import Compare
+
+    m = re.fullmatch(rf'(\w+)\s*\(\s*({_QUOTED})\s*\)\s*(==|!=|=|<|>)\s*({_QUOTED}|[^\s"]+)', text)
+    if m is None:
+        hint = ""
+        if text.split()[0] in ("put", "get", "del"):
+            hint = " (the compares come first; a transaction without compares starts with a blank line)"
+        raise ValueError('malformed comparison: expected TARGET("KEY") OP "OPERAND" with OP one of =, !=, <, >'
+                         + hint)
+    name, key_token, op, operand_token = m.groups()
+    target = _TXN_TARGETS.get(name)
+    if target is None:
+        raise ValueError(f"unknown compare target {name!r}: one of value (val), version (ver), create (c), "
+                         "mod (m), lease")
+    key = _txn_bytes(key_token, hex_, "key")
+    raw = operand_token[1:-1] if operand_token.startswith('"') else operand_token
+    operand: bytes | int
+    if target == "value":
+        operand = _txn_bytes(operand_token, hex_, "value")
+    elif target == "lease":
+        try:
+            operand = 0 if raw.strip() == "0" else _lease_id(raw)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+    else:
+        if not raw.isdigit():
+            raise ValueError(f"{name}() compares with a non-negative whole number, got {operand_token}")
+        operand = int(raw)
+    return Compare(key, target, _TXN_OPERATORS[op], operand)
+
+
+def _parse_op(text: str, hex_: bool) -> tuple[Op, str]:
+    """``put KEY VALUE [--lease=ID]``, ``get KEY [END] [--prefix]`` or ``del
+    KEY [END] [--prefix]``, as etcdctl's txn reads them: the op and what it
+    is (put, get, del)."""
+    import re
+
+    from dengine.api import Op
+
+    tokens = re.findall(rf"""{_QUOTED}|'[^']*'|[^\s"']\S*|\S""", text)
+    if any(tok in ('"', "'") for tok in tokens):
+        raise ValueError("unterminated quote")
+    words: list[str] = []
+    flags: dict[str, str | None] = {}
+    it = iter(tokens)
+    for tok in it:
+        if tok.startswith("--"):
+            name, eq, val = tok[2:].partition("=")
+            if name == "lease" and not eq:
+                val = next(it, "")
+                if not val:
+                    raise ValueError("--lease needs a lease id")
+            if val[:1] in ('"', "'"):
+                val = _unquote(val).decode("utf-8", "surrogateescape")
+            flags[name] = val if (eq or name == "lease") else None
+        else:
+            words.append(tok)
+    if not words or words[0] not in ("put", "get", "del"):
+        raise ValueError("unknown op: one of put KEY VALUE [--lease=ID], get KEY [END] [--prefix], "
+                         "del KEY [END] [--prefix]")
+    kind, operands = words[0], words[1:]
+    allowed = {"put": {"lease"}, "get": {"prefix"}, "del": {"prefix"}}[kind]
+    for name in flags:
+        if name not in allowed:
+            raise ValueError(f"{kind} takes no --{name}" + (f" (only --{', --'.join(sorted(allowed))})"))
+    if "prefix" in flags and flags["prefix"] is not None:
+        raise ValueError("--prefix takes no value")
+    if kind == "put":
+        if len(operands) != 2:
+            raise ValueError("put needs KEY and VALUE (quote a value with spaces)")
+        try:
+            lease = _lease_id(flags["lease"] or "") if "lease" in flags else 0
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+        return Op.put(_txn_bytes(operands[0], hex_, "key"), _txn_bytes(operands[1], hex_, "value"), lease=lease), kind
+    if not 1 <= len(operands) <= 2:
+        raise ValueError(f"{kind} needs KEY and at most a range END")
+    key = _txn_bytes(operands[0], hex_, "key")
+    end = _txn_bytes(operands[1], hex_, "range end") if len(operands) == 2 else None
+    if "prefix" in flags:
+        if end is not None:
+            raise ValueError(f"{kind} takes a range END or --prefix, not both")
+        return (Op.scan(key) if kind == "get" else Op.delete_prefix(key)), kind
+    if end is not None:
+        return (Op.scan_range(key, end) if kind == "get" else Op.delete_range(key, end)), kind
+    return (Op.get(key) if kind == "get" else Op.delete(key)), kind
+
+
+_TXN_PROMPTS = ("compares:", "success requests (get, put, del):", "failure requests (get, put, del):")
+
+
+def _read_txn(stream: Any, hex_: bool, interactive: bool = False,
+              ) -> tuple[list[Compare], list[tuple[Op, str]], list[tuple[Op, str]]]:
+    """Parse a transaction from ``stream`` (binary lines): compares, a blank
+    line, success ops, a blank line, failure ops (a blank line or the end).
+    A line that does not parse raises _TxnSyntax naming it."""
+    lineno = 0
+    ended = False
+
+    def section(prompt: str) -> list[tuple[int, str]]:
+        nonlocal lineno, ended
+        if interactive:
+            print(prompt, file=sys.stderr, flush=True)
+        lines: list[tuple[int, str]] = []
+        while not ended:
+            raw = stream.readline()
+            if not raw:
+                ended = True
+                break
+            lineno += 1
+            text = raw.decode("utf-8", "surrogateescape").strip()
+            if not text:
+                break
+            lines.append((lineno, text))
+        return lines
+
+    def parse(n: int, text: str, fn: Callable[[str, bool], Any]) -> Any:
+        try:
+            return fn(text, hex_)
+        except (ValueError, InvalidArgument) as exc:
+            raise _TxnSyntax(f"txn: line {n} `{text}`: {exc}") from None
+
+    compares = [parse(n, text, _parse_compare) for n, text in section(_TXN_PROMPTS[0])]
+    success = [parse(n, text, _parse_op) for n, text in section(_TXN_PROMPTS[1])]
+    failure = [parse(n, text, _parse_op) for n, text in section(_TXN_PROMPTS[2])]
+    if not interactive:
+        for raw in iter(stream.readline, b""):
+            lineno += 1
+            text = raw.decode("utf-8", "surrogateescape").strip()
+            if text:
+                raise _TxnSyntax(f"txn: line {lineno} `{text}`: text after the failure ops (a transaction is three "
+                                 "sections, compares, success ops and failure ops, each ended by a blank line)")
+    return compares, success, failure
+
+
+def _txn(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    compares, success, failure = _read_txn(sys.stdin.buffer, args.hex, args.interactive)
+    try:
+        result = client.txn(compares, [op for op, _ in success], [op for op, _ in failure])
+    except LeaseNotFound:
+        leases = sorted({f"{op.lease:x}" for op, _ in success + failure if op.lease})
+        raise InvalidArgument(f"txn: lease {' or '.join(leases)} does not exist (it expired, was revoked or never "
+                              "granted); nothing was applied") from None
+    _print_txn(result, success if result.succeeded else failure, out)
+    return EXIT_OK if result.succeeded else EXIT_NEGATIVE
+
+
+def _print_txn(result: TxnResult, ops: list[tuple[Op, str]], out: _Out) -> None:
+    """etcdctl's output: SUCCESS or FAILURE, then for each op a blank line
+    and its result (put: OK; del: the number of keys deleted; get: key and
+    value lines, none for a missing key)."""
+    from dengine.api import KeyValue, ScanResult
+
+    simple = ["SUCCESS" if result.succeeded else "FAILURE"]
+    objs: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
+    branch = "success" if result.succeeded else "failure"
+    for (op, kind), response in zip(ops, result.responses):
+        simple.append("")
+        key = out.b(op.key)
+        if kind == "put":
+            simple.append("OK")
+            objs.append({"op": "put", "key": key, "revision": response})
+            rows.append([branch, "put", key, f"OK revision {response}"])
+        elif kind == "del":
+            simple.append(str(response))
+            objs.append({"op": "del", "key": key, "deleted": response})
+            rows.append([branch, "del", key, response])
+        elif isinstance(response, ScanResult):
+            entries = [{"key": out.b(kv.key), "value": out.b(kv.value)} for kv in response.entries]
+            for e in entries:
+                simple += [e["key"] or "", e["value"] or ""]
+            objs.append({"op": "get", "key": key, "entries": entries})
+            rows.append([branch, "get", key, f"{len(entries)} keys"])
+        else:
+            kv: KeyValue | None = response
+            if kv is None:
+                objs.append({"op": "get", "key": key, "found": False})
+                rows.append([branch, "get", key, "(not found)"])
+            else:
+                simple += [key or "", out.b(kv.value) or ""]
+                objs.append({"op": "get", "key": key, "found": True, "value": out.b(kv.value),
+                             "revision": kv.revision, "create_revision": kv.create_revision,
+                             "version": kv.version, "lease": f"{kv.lease:x}"})
+                rows.append([branch, "get", key, out.b(kv.value)])
+    if not rows:
+        rows.append([branch, "", "", ""])
+    out.emit({"succeeded": result.succeeded, "revision": result.revision, "responses": objs}, simple,
+             (["branch", "op", "key", "result"], rows))
 
 
 def _members(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
@@ -624,7 +1069,245 @@ def _snapshot(client: BlockingClient, args: argparse.Namespace, out: _Out) -> in
 _HANDLERS: dict[str, Callable[[BlockingClient, argparse.Namespace, _Out], int]] = {
     "get": _get, "put": _put, "del": _del, "cas": _cas, "scan": _scan, "watch": _watch,
     "members": _members, "status": _status, "leader": _leader, "member": _member, "snapshot": _snapshot,
+    "lease": _lease, "txn": _txn,
 }
+
+
+# --------------------------------------------------------------------------
+# lock / elect: dengine.concurrency on the trio client
+# --------------------------------------------------------------------------
+
+# How long a command whose lock was lost has to exit after SIGTERM before it
+# is killed.
+_TERMINATE_GRACE = 5.0
+
+
+class _Signals:
+    """SIGINT/SIGTERM, routed to what the command is doing: by default they
+    interrupt it (``interrupt`` is cancelled: exit 130); while it holds a
+    lock or leads they end the hold; while it runs a command they are passed
+    on to the command."""
+
+    def __init__(self, interrupt: trio.CancelScope) -> None:
+        self.handler: Callable[[int], None] = lambda signum: interrupt.cancel()
+
+    async def route(self, receiver: Any) -> None:
+        async for signum in receiver:
+            self.handler(signum)
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception in ``group`` other than trio.Cancelled (None: several)."""
+    import trio
+
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def _trio_command(args: argparse.Namespace, out: _Out) -> int:
+    import logging
+
+    import trio
+
+    # The library's own warnings (a lost lease, a failed release) are
+    # reported by the command in its own words; --log-level shows them too.
+    level = getattr(args, "log_level", None) or os.environ.get("DENGINE_LOG_LEVEL")
+    if level:
+        logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        logging.getLogger("dengine").setLevel(logging.ERROR)
+    name = _arg_bytes(args.name, args.hex, "name")
+    if not name.startswith(b"/") or not name.strip(b"/"):
+        raise InvalidArgument(f"a {args.command} name is a key prefix that starts with '/' and names something, "
+                              f"like /{args.command}s/jobs; got {args.name!r}")
+    if not args.ttl > 0:
+        raise InvalidArgument(f"--ttl must be a positive number of seconds, got {args.ttl}")
+    if args.command == "elect":
+        if args.listen and args.value is not None:
+            raise InvalidArgument("elect --listen observes the election and takes no VALUE")
+        if not args.listen and args.value is None:
+            raise InvalidArgument("give the VALUE to campaign with, or --listen to observe the election")
+    try:
+        return trio.run(_trio_main, args, out, name)
+    except BaseExceptionGroup as group:
+        leaf = _one_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+async def _trio_main(args: argparse.Namespace, out: _Out, name: bytes) -> int:
+    import signal
+
+    import trio
+
+    from dengine.client.client import open_client
+
+    code = EXIT_INTERRUPTED
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
+        async with trio.open_nursery() as nursery:
+            # Inside the client: what a cancelled wait gives back (a place in
+            # a lock's queue, the session's lease) is given back through it.
+            interrupt = trio.CancelScope()
+            signals = _Signals(interrupt)
+            nursery.start_soon(signals.route, receiver)
+            async with open_client(args.endpoints, timeout=args.timeout, cluster_id=args.cluster_id,
+                                   ssl_context=_ssl_context(args)) as client:
+                with interrupt:
+                    if args.command == "lock":
+                        code = await _lock(client, args, out, name, signals)
+                    else:
+                        code = await _elect(client, args, out, name, signals)
+            nursery.cancel_scope.cancel()
+    return code
+
+
+async def _unless_lost(session: Any, what: str, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` (acquire, campaign); SessionLost if the session is lost first."""
+    import trio
+
+    from dengine.errors import SessionLost
+
+    async with trio.open_nursery() as nursery:
+
+        async def cancel_when_lost() -> None:
+            await session.lost.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(cancel_when_lost)
+        await fn()
+        nursery.cancel_scope.cancel()
+        return
+    raise SessionLost(f"{what}: the session's lease {session.lease_id:x} was lost (not renewed within its TTL) "
+                      "while waiting")
+
+
+async def _hold(session: Any, signals: _Signals) -> bool:
+    """Wait for SIGINT/SIGTERM (True) or the loss of the session (False)."""
+    import trio
+
+    with trio.CancelScope() as hold:
+        signals.handler = lambda signum: hold.cancel()
+        await session.lost.wait()
+    return hold.cancelled_caught
+
+
+def _lost_message(what: str, session: Any, after: str) -> str:
+    return (f"dengine: {what}: the session's lease {session.lease_id:x} was lost (not renewed within its TTL "
+            f"of {_secs(session.ttl)} s: the cluster was unreachable or the lease was revoked); {after}")
+
+
+async def _lock(client: Any, args: argparse.Namespace, out: _Out, name: bytes, signals: _Signals) -> int:
+    from dengine.concurrency import Lock, Session
+
+    what = f"lock {args.name!r}"
+    async with Session(client, ttl=args.ttl) as session:
+        lock = Lock(session, name)
+        await _unless_lost(session, what, lock.acquire)
+        try:
+            key, token, lease = out.b(lock.key) or "", lock.fencing_token, f"{session.lease_id:x}"
+            if args.command_argv:
+                print(f"dengine: holding {what} as {key} (fencing token {token})", file=sys.stderr, flush=True)
+                env = {**os.environ, "DENGINE_LOCK_KEY": key, "DENGINE_LOCK_TOKEN": str(token),
+                       "DENGINE_LOCK_LEASE": lease}
+                return await _run_holding(args.command_argv, env, session, signals, what)
+            out.emit({"key": key, "fencing_token": token, "lease": lease}, [key, f"fencing token {token}"],
+                     (["key", "fencing token", "lease"], [[key, token, lease]]))
+            if await _hold(session, signals):
+                return EXIT_OK
+            print(_lost_message(what, session, "it is no longer held"), file=sys.stderr)
+            return EXIT_ERROR
+        finally:
+            await lock.release()
+
+
+async def _run_holding(argv: list[str], env: dict[str, str], session: Any, signals: _Signals, what: str) -> int:
+    """Run ``argv`` (stdin, stdout and stderr are ours); its exit code, or
+    EXIT_ERROR after terminating it if the session is lost."""
+    import trio
+
+    try:
+        proc = await trio.lowlevel.open_process(argv, env=env)
+    except FileNotFoundError:
+        print(f"dengine: cannot run {argv[0]!r}: command not found", file=sys.stderr)
+        return 127  # as a shell says it
+    except OSError as exc:
+        print(f"dengine: cannot run {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 126
+
+    def forward(signum: int) -> None:
+        if proc.returncode is None:
+            proc.send_signal(signum)
+
+    signals.handler = forward
+    lost = False
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_when_lost() -> None:
+                nonlocal lost
+                await session.lost.wait()
+                lost = True
+                print(_lost_message(what, session, f"terminating the command (pid {proc.pid})"),
+                      file=sys.stderr, flush=True)
+                proc.terminate()
+                with trio.move_on_after(_TERMINATE_GRACE):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+
+            nursery.start_soon(stop_when_lost)
+            await proc.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.returncode is None:  # cancelled: never leave it running unguarded
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+    if lost:
+        return EXIT_ERROR
+    code = proc.returncode
+    assert code is not None
+    return 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as a shell says it
+
+
+async def _elect(client: Any, args: argparse.Namespace, out: _Out, name: bytes, signals: _Signals) -> int:
+    from dengine.concurrency import Election, Session
+
+    what = f"election {args.name!r}"
+    async with Session(client, ttl=args.ttl) as session:
+        election = Election(session, name)
+        if args.listen:
+            print(f"observing {what}", file=sys.stderr, flush=True)
+            async for value in election.observe():
+                out.emit({"value": out.b(value)}, [out.b(value) or ""], (["value"], [[out.b(value)]]))
+            return EXIT_OK  # observe() never ends; Ctrl-C interrupts it (130)
+        value = _arg_bytes(args.value, args.hex, "value")
+        await _unless_lost(session, what, lambda: election.campaign(value))
+        try:
+            head = await election.leader()
+            if head is None or head.lease != session.lease_id:
+                print(_lost_message(what, session, "it no longer leads") if session.lost.is_set()
+                      else f"dengine: {what}: elected, but the leader key was deleted at once", file=sys.stderr)
+                return EXIT_ERROR
+            key = out.b(head.key) or ""
+            out.emit({"key": key, "value": out.b(head.value), "revision": election.revision,
+                      "lease": f"{session.lease_id:x}"}, [key, out.b(head.value) or ""],
+                     (["key", "value", "revision"], [[key, out.b(head.value), election.revision]]))
+            if await _hold(session, signals):
+                return EXIT_OK
+            print(_lost_message(what, session, "it no longer leads"), file=sys.stderr)
+            return EXIT_ERROR
+        finally:
+            await election.resign()
 
 
 # --------------------------------------------------------------------------
@@ -798,9 +1481,45 @@ def _server_command(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
+# The common flags that take a value (they may come before the command).
+_VALUE_FLAGS = ("--endpoints", "--cluster-id", "--timeout", "-w", "--write-out", "--cacert", "--cert", "--key",
+                "--log-level")
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The command of ``argv``: its first word that is neither a flag nor a
+    flag's value."""
+    words = iter(argv)
+    for word in words:
+        if word in _VALUE_FLAGS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, except that ``lock NAME COMMAND...`` keeps COMMAND as it
+    is: everything after the first ``--``, or, without ``--``, the words
+    that are not dengine's flags, in order."""
+    if _command_word(argv) != "lock":
+        return parser.parse_args(argv)
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1:]
+    args, extra = parser.parse_known_args(argv)
+    command = [*args.command_argv, *extra]
+    if command and command[0].startswith("-"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)} (put `--` before a COMMAND that has flags of its "
+                     "own: dengine lock NAME -- COMMAND ...)")
+    args.command_argv = command + tail
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
