@@ -8,19 +8,15 @@
   left (however it is left: the revoke is shielded from cancellation and
   bounded in time; a failed revoke is logged, and the lease then expires on
   its own).
-* A task in the block's own nursery renews it at about a third of its TTL.
-  After each renewal the holder knows the lease lives at least until
-  ``sent + remaining`` (``sent``: when the keep-alive left, before the
-  leader counted its TTL). :attr:`KeptLease.deadline` is that, less
-  :data:`DRIFT_MARGIN` of the TTL, for clocks that run at different rates
-  (the cluster's ``raft.max_clock_drift`` is 10 % by default).
-* A renewal that fails for a reason that may pass (no leader, a timeout) is
-  retried, sooner, until the deadline. If the deadline comes first, or the
-  leader says the lease is gone, :attr:`KeptLease.lost` is set and renewing
-  stops: from then on nothing guarded by the lease is safe, and the block's
-  code should stop (watch the event, or use
-  ``Lock.hold(cancel_on_loss=True)``). The keeper wakes at the deadline at
-  the latest, so ``lost`` is set on time, not at its next renewal.
+* A task in the block's own nursery renews it, on the schedule of
+  :class:`dengine.renewal.Renewal` (about every third of its TTL; sooner
+  after a failure that may pass). :attr:`KeptLease.deadline` is until when
+  the lease surely lives, as far as the holder knows.
+* If the deadline comes before a renewal succeeds, or the leader says the
+  lease is gone, :attr:`KeptLease.lost` is set (at the deadline, not at the
+  next renewal) and renewing stops: from then on nothing guarded by the
+  lease is safe, and the block's code should stop (watch the event, or use
+  ``Lock.hold(cancel_on_loss=True)``, which a lost lease cancels).
 """
 
 from __future__ import annotations
@@ -34,17 +30,14 @@ import trio
 
 from dengine.api import Lease
 from dengine.errors import ClusterError, DengineError, LeaseNotFound
+from dengine.renewal import DRIFT_MARGIN, Renewal
 
-__all__ = ["KeptLease", "LeaseClient", "open_kept_lease"]
+__all__ = ["DRIFT_MARGIN", "KeptLease", "LeaseClient", "open_kept_lease"]
 
 log = logging.getLogger("dengine.lease")
 
 # How long the revoke at the end of a block may take, at most.
 _REVOKE_TIMEOUT = 5.0
-# Shortest pause between two renewal attempts after a failure.
-_RETRY_MIN = 0.05
-#: The part of a lease's TTL a holder gives up for clock-rate drift.
-DRIFT_MARGIN = 0.1
 
 
 class LeaseClient(Protocol):
@@ -58,19 +51,26 @@ class LeaseClient(Protocol):
 class KeptLease:
     """A lease kept alive by :func:`open_kept_lease`."""
 
-    def __init__(self, lease: Lease, deadline: float) -> None:
+    def __init__(self, lease: Lease, sent: float) -> None:
         #: The lease's id: pass it as ``put(..., lease=lease.id)``.
         self.id = lease.id
         #: The TTL it was granted with, in seconds.
         self.ttl = lease.ttl
         #: Set when the lease could not be renewed in time (or is gone).
         self.lost = trio.Event()
-        #: trio time until which the lease surely lives (as last renewed).
-        self.deadline = deadline
-        #: Renewals that succeeded.
-        self.renewals = 0
+        self._renewal = Renewal(lease.ttl, sent)
         # Cancel scopes to cancel when the lease is lost (Lock.hold(cancel_on_loss=True)).
         self._guards: set[trio.CancelScope] = set()
+
+    @property
+    def deadline(self) -> float:
+        """trio time until which the lease surely lives (as last renewed)."""
+        return self._renewal.deadline
+
+    @property
+    def renewals(self) -> int:
+        """Renewals that succeeded."""
+        return self._renewal.renewals
 
     def guard(self, scope: trio.CancelScope) -> None:
         """Cancel ``scope`` when the lease is lost (at once if it is)."""
@@ -86,29 +86,26 @@ class KeptLease:
         return f"KeptLease(id={self.id}, ttl={self.ttl:g}, {state})"
 
     async def _keep(self, client: LeaseClient) -> None:
-        interval = self.ttl / 3
-        next_at = trio.current_time() + interval
+        renewal = self._renewal
         while True:
-            await trio.sleep_until(min(next_at, self.deadline))
+            await trio.sleep_until(renewal.wake_at())
             now = trio.current_time()
-            if now >= self.deadline:
+            timeout = renewal.due(now)
+            if timeout is None:
+                log.warning("lease %d could not be renewed before it would expire; its holder lost it", self.id)
                 break
             try:
-                with trio.fail_after(self.deadline - now):
-                    remaining = await client.keep_alive(self.id, timeout=max(self.deadline - now, 0.001))
+                with trio.fail_after(timeout):
+                    remaining = await client.keep_alive(self.id, timeout=timeout)
             except LeaseNotFound:
                 log.warning("lease %d is gone (expired or revoked); its holder lost it", self.id)
+                renewal.gone()
                 break
             except (ClusterError, trio.TooSlowError) as exc:
-                # May pass (an election, a slow server): try again, sooner.
                 log.info("lease %d: keep-alive failed (%s); retrying", self.id, exc)
-                next_at = trio.current_time() + max(_RETRY_MIN, min(interval, (self.deadline - now) / 4))
+                renewal.failed(trio.current_time())
                 continue
-            self.deadline = max(self.deadline, now + remaining * (1 - DRIFT_MARGIN))
-            self.renewals += 1
-            next_at = now + remaining / 3
-        if trio.current_time() >= self.deadline:
-            log.warning("lease %d could not be renewed before it would expire; its holder lost it", self.id)
+            renewal.renewed(now, remaining)
         self.lost.set()
         for scope in self._guards:
             scope.cancel()
@@ -120,7 +117,7 @@ async def open_kept_lease(client: Any, ttl: float, *, timeout: float | None = No
     revoke it when the block is left (see the module rules)."""
     sent = trio.current_time()
     lease = await client.grant_lease(ttl, timeout=timeout)
-    kept = KeptLease(lease, sent + lease.ttl * (1 - DRIFT_MARGIN))
+    kept = KeptLease(lease, sent)
     # The block's own exception leaves the nursery unwrapped (not as an
     # ExceptionGroup), so ``except SomeError`` around the block works.
     body_error: BaseException | None = None

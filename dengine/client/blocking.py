@@ -35,11 +35,13 @@ Rules of this client:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -77,16 +79,67 @@ from dengine.client._core import (
     WatchState,
     calls,
 )
-from dengine.errors import DengineError, Timeout, Unavailable
+from dengine.errors import ClusterError, DengineError, LeaseNotFound, Timeout, Unavailable
+from dengine.renewal import Renewal
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["BlockingClient", "BlockingMemberWatch", "BlockingWatch", "connect"]
+__all__ = ["BlockingClient", "BlockingKeptLease", "BlockingMemberWatch", "BlockingWatch", "connect"]
+
+log = logging.getLogger("dengine.lease")
+# How long the revoke at the end of an open_lease block may take, at most.
+_REVOKE_TIMEOUT = 5.0
 
 _RECEIVE_SIZE = 256 * 1024
 _WRITE_TIMEOUT = 10.0
 _STREAM_BUFFER = 4096
+
+
+class BlockingKeptLease:
+    """A lease kept alive by :meth:`BlockingClient.open_lease`: ``id``,
+    ``ttl``, ``lost`` (a ``threading.Event``), ``deadline`` (a
+    ``time.monotonic()`` until which it surely lives) and ``renewals``."""
+
+    def __init__(self, lease: Lease, sent: float) -> None:
+        self.id = lease.id
+        self.ttl = lease.ttl
+        self.lost = threading.Event()
+        self._renewal = Renewal(lease.ttl, sent)
+
+    @property
+    def deadline(self) -> float:
+        return self._renewal.deadline
+
+    @property
+    def renewals(self) -> int:
+        return self._renewal.renewals
+
+    def __repr__(self) -> str:
+        return f"BlockingKeptLease(id={self.id}, ttl={self.ttl:g}, {'lost' if self.lost.is_set() else 'kept'})"
+
+    def _keep(self, client: BlockingClient, stop: threading.Event) -> None:
+        renewal = self._renewal
+        while not stop.wait(max(0.0, renewal.wake_at() - _now())):
+            now = _now()
+            timeout = renewal.due(now)
+            if timeout is None:
+                log.warning("lease %d could not be renewed before it would expire; its holder lost it", self.id)
+                break
+            try:
+                remaining = client.keep_alive(self.id, timeout=timeout)
+            except LeaseNotFound:
+                log.warning("lease %d is gone (expired or revoked); its holder lost it", self.id)
+                renewal.gone()
+                break
+            except ClusterError as exc:
+                log.info("lease %d: keep-alive failed (%s); retrying", self.id, exc)
+                renewal.failed(_now())
+                continue
+            renewal.renewed(now, remaining)
+        else:
+            return  # the block ended
+        self.lost.set()
 
 
 def _now() -> float:
@@ -389,6 +442,30 @@ class BlockingClient:
                                    max_key_size=self.max_key_size, max_value_size=self.max_value_size))
 
     # -- leases (keep one alive by calling keep_alive about every ttl/3) -------------
+
+    @contextmanager
+    def open_lease(self, ttl: float, *, timeout: float | None = None) -> Iterator[BlockingKeptLease]:
+        """``with client.open_lease(ttl) as lease:`` a lease kept alive by a
+        thread for the block and revoked after it, as the trio client's
+        ``open_lease`` (dengine.keepalive); ``lease.lost`` (a
+        ``threading.Event``) is set if it could not be renewed in time.
+        Renewals take turns with the block's own calls on this client."""
+        sent = _now()
+        kept = BlockingKeptLease(self.grant_lease(ttl, timeout=timeout), sent)
+        stop = threading.Event()
+        keeper = threading.Thread(target=kept._keep, args=(self, stop), name=f"dengine-lease-{kept.id}", daemon=True)
+        keeper.start()
+        try:
+            yield kept
+        finally:
+            stop.set()
+            keeper.join()
+            try:
+                self.revoke_lease(kept.id, timeout=_REVOKE_TIMEOUT)
+            except LeaseNotFound:
+                pass
+            except DengineError as exc:
+                log.warning("lease %d: revoke at the end of its block failed (%s); it expires on its own", kept.id, exc)
 
     def grant_lease(self, ttl: float, *, lease_id: int = 0, timeout: float | None = None) -> Lease:
         """A new lease of ``ttl`` seconds (at least the cluster's minimum)."""

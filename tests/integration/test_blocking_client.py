@@ -217,3 +217,44 @@ async def test_an_http_server_is_named_for_what_it_is(http_like_server: str) -> 
         async with dengine.open_client(http_like_server, timeout=2) as trio_client:
             with pytest.raises(dengine.ProtocolError, match="answered like an HTTP server"):
                 await trio_client.get(b"k")
+
+
+async def test_leases_transactions_and_a_kept_lease_without_await(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with dengine.open_server(_config(tmp_path)) as server:
+            await server.wait_ready(timeout=5)
+            ep = server.client_address
+
+            def session() -> None:
+                with dengine.connect([ep], timeout=5) as client:
+                    lease = client.grant_lease(30)
+                    rev = client.put(b"/l/a", b"1", lease=lease.id)
+                    assert client.get_kv(b"/l/a") == dengine.KeyValue(b"/l/a", b"1", rev, rev, 1, lease.id)
+                    assert client.keep_alive(lease.id) == 30
+                    assert client.lease_time_to_live(lease.id, keys=True).keys == (b"/l/a",)
+                    assert lease.id in [x.id for x in client.leases()]
+                    result = client.txn([dengine.Compare.lease(b"/l/a") == lease.id],
+                                        [dengine.Op.get(b"/l/a"), dengine.Op.delete_prefix(b"/l/")])
+                    assert result.succeeded and result.responses[1] == 1
+                    client.revoke_lease(lease.id)
+                    with pytest.raises(dengine.LeaseNotFound):
+                        client.keep_alive(lease.id)
+                    # A kept lease outlives its TTL (0.15 s, the minimum here) while the block runs.
+                    with client.open_lease(0.15) as kept:
+                        client.put(b"/kept", b"v", lease=kept.id)
+                        for _ in range(10):
+                            time_sleep(0.05)
+                            assert client.get(b"/kept") == b"v", "the kept lease expired"
+                        assert not kept.lost.is_set() and kept.renewals >= 3
+                    assert client.get(b"/kept") is None  # revoked after the block
+                    # Revoked under its keeper: lost is set at the next renewal.
+                    with client.open_lease(0.15) as kept:
+                        client.revoke_lease(kept.id)
+                        assert kept.lost.wait(timeout=5)
+
+            await _blocking(session)
+
+
+def time_sleep(seconds: float) -> None:
+    import time
+    time.sleep(seconds)  # lets time pass in a blocking session (what the test is about)

@@ -24,6 +24,8 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.raft", 2, "raft"),
     ("dengine.kv", 2, "kv"),
     ("dengine.watch.registry", 2, "watch.registry"),
+    # When a lease holder renews and counts its lease lost: pure, for every client.
+    ("dengine.renewal", 2, "renewal"),
     ("dengine.codec", 3, "codec"),
     # The backup file format: beside the codec, used by the engine, storage and clients.
     ("dengine.backup", 3, "codec"),
@@ -47,7 +49,7 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.__main__", 10, "cli"),
 ]
 
-PURE_PREFIXES = ("dengine.raft", "dengine.kv", "dengine.watch.registry")
+PURE_PREFIXES = ("dengine.raft", "dengine.kv", "dengine.watch.registry", "dengine.renewal")
 FORBIDDEN_IN_PURE = {"trio", "socket", "time", "threading", "os", "asyncio", "selectors", "subprocess", "datetime"}
 # The client talks to a server over the wire; it never imports the engine.
 CLIENT_FORBIDDEN = ("dengine.runtime", "dengine.embedded", "dengine.server", "dengine.lifecycle", "dengine.storage")
