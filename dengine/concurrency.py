@@ -104,6 +104,20 @@ def _queue_prefix(name: bytes, what: str) -> bytes:
     return name.rstrip(b"/") + b"/"
 
 
+async def _delete_own(client: Any, key: bytes, revision: int) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_TIMEOUT) as scope:
+        for attempt in range(50):  # bounded by the time too
+            try:
+                await client.txn([Compare.create_revision(key) == revision], [Op.delete(key)], [])
+                return
+            except DengineError as exc:
+                last = exc
+                await trio.sleep(min(0.05 * 2**attempt, 0.5))
+        log.warning("%r: release failed (%s); it ends when the session's lease does", key, last)
+    if scope.cancelled_caught:
+        log.warning("%r: release timed out; it ends when the session's lease does", key)
+
+
 def _queue_order(kv: KeyValue) -> tuple[int, bytes]:
     # Each enqueue is a transaction, which has a revision of its own; the
     # key breaks a tie anyway (keys written by plain puts may share one).
@@ -165,17 +179,22 @@ class _Queue:
                     return  # gone (or the watch ended): look again
 
     async def leave(self) -> None:
-        """Delete our key (shielded, bounded); idempotent."""
+        """Delete our key (shielded, bounded); idempotent. A delete whose
+        outcome is unknown (the leader died under it) is sent again -- it
+        only deletes the key we created -- until it is answered or the
+        time is up."""
         key, self.key = self.key, None
         if key is None:
             return
-        with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_TIMEOUT) as scope:
-            try:
-                await self.client.txn([Compare.create_revision(key) == self.revision], [Op.delete(key)], [])
-            except DengineError as exc:
-                log.warning("%r: release failed (%s); it ends when the session's lease does", key, exc)
-        if scope.cancelled_caught:
-            log.warning("%r: release timed out; it ends when the session's lease does", key)
+        await _delete_own(self.client, key, self.revision)
+
+    async def drop_stale(self) -> None:
+        """Our key was found left over from an earlier hold (its release
+        never got an answer): delete it, so this acquisition queues anew
+        with a fresh revision -- a larger fencing token."""
+        key, self.key = self.key, None
+        if key is not None:
+            await _delete_own(self.client, key, self.revision)
 
 
 class Lock:
@@ -217,7 +236,10 @@ class Lock:
             raise InvalidArgument(f"lock {self.name!r} is already held by this Lock object")
         queue = self._queue
         try:
-            await queue.enqueue(b"")
+            if not await queue.enqueue(b""):
+                await queue.drop_stale()
+                if not await queue.enqueue(b""):
+                    raise SessionLost(f"lock {self.name!r}: could not replace this session's stale key")
             await queue.wait_turn()
         except BaseException:
             await queue.leave()

@@ -193,3 +193,16 @@ async def test_a_waiter_whose_key_vanished_gets_session_lost_not_the_lock(kv: An
                 await kv.delete(b"/locks/v/%016x" % b.lease_id)  # as its lease's end would
                 await holder.release()
             assert outcome and "gone" in str(outcome[0]) and not waiter.held
+
+
+async def test_a_key_left_by_an_unanswered_release_is_replaced_with_a_larger_token(kv: Any) -> None:
+    """A release whose delete got no answer leaves the holder's key; the next
+    acquisition on that session must not inherit the old token."""
+    with trio.fail_after(DEADLINE):
+        async with Session(kv, ttl=5) as session:
+            stale = b"/locks/s/%016x" % session.lease_id
+            stale_rev = await kv.put(stale, b"", lease=session.lease_id)
+            lock = Lock(session, b"/locks/s")
+            async with lock:
+                assert lock.key == stale and lock.fencing_token > stale_rev
+                assert (await kv.get_kv(stale)).create_revision == lock.fencing_token
