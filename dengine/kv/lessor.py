@@ -17,6 +17,10 @@ clock -- the runtime uses trio's, the simulator its own):
   a leader change.
 * A keep-alive of a lease whose deadline has passed fails (the lease is
   being revoked); so does one of a lease this leader does not hold.
+* A keep-alive only ever moves a deadline later: its ``since`` (taken
+  before leadership was confirmed) may be older than a promotion or another
+  keep-alive answered meanwhile, whose promise must still hold (the lease
+  simulation found this: tests/sim/test_leases.py, seed 1062).
 * :meth:`Lessor.expired` does not forget anything: the revoke is only
   *proposed*; if the proposal is lost (:meth:`Lessor.revoke_failed`) the
   next sweep proposes it again. A lease is forgotten when its revoke
@@ -94,15 +98,19 @@ class Lessor:
 
     # --- what callers ask -----------------------------------------------------
 
-    def renew(self, lease_id: int, now: float) -> float:
-        """Keep a lease alive: its deadline becomes ``now + ttl``; returns
-        the TTL in seconds. Raises LeaseNotFound for a lease this leader
-        does not hold or whose deadline has passed. Call only when primary."""
+    def renew(self, lease_id: int, since: float, now: float | None = None) -> float:
+        """Keep a lease alive from ``since`` (when the keep-alive arrived,
+        before leadership was confirmed): its deadline becomes at least
+        ``since + ttl``, never earlier than it was; returns the TTL in
+        seconds. Raises LeaseNotFound for a lease this leader does not hold
+        or whose deadline has passed by ``now`` (default ``since``). Call
+        only when primary."""
         at = self._deadline.get(lease_id)
-        if at is None or at <= now or lease_id in self._revoking:
+        if at is None or at <= (since if now is None else now) or lease_id in self._revoking:
             raise LeaseNotFound(f"lease {lease_id} does not exist (it expired, was revoked or never granted)")
         ttl = self._ttl[lease_id]
-        self._set(lease_id, ttl, now)
+        if since + ttl > at:
+            self._set(lease_id, ttl, since)
         return ttl
 
     def remaining(self, lease_id: int, now: float) -> float | None:

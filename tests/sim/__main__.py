@@ -1,6 +1,7 @@
-"""python -m tests.sim --seeds N --nodes 3|5 [--start S] [--steps K] [--seed X --trace]
+"""python -m tests.sim --seeds N --nodes 3|5 [--start S] [--steps K] [--seed X --trace] [--leases]
 
-Runs N seeded simulations and prints, as its last line,
+Runs N seeded simulations (with ``--leases``: the lease simulation of
+tests/sim/leases.py, KV store and lessor on every node) and prints, as its last line,
 ``seeds=N violations=V steps=S``; exits non-zero when V > 0. A violation
 prints its seed and the trace of the steps before it; replay it with
 ``--seed X --trace``.
@@ -14,6 +15,7 @@ import sys
 import time
 
 from tests.sim.harness import SimConfig, Simulation
+from tests.sim.leases import LeaseSimConfig, LeaseSimulation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=SimConfig().steps, help="steps of faults per seed")
     p.add_argument("--seed", type=int, default=None, help="run one seed")
     p.add_argument("--trace", action="store_true", help="print the trace of every run")
+    p.add_argument("--leases", action="store_true", help="run the lease simulation (tests/sim/leases.py)")
     args = p.parse_args(argv)
     # Nodes log each peer that sends nonsense once; the simulator sends plenty.
     quiet = logging.getLogger("dengine")
@@ -41,14 +44,18 @@ def _run(args: argparse.Namespace) -> int:
     steps = 0
     t0 = time.monotonic()
     for k, seed in enumerate(seeds):
-        sim = Simulation(seed, SimConfig(nodes=args.nodes, steps=args.steps))
+        if args.leases:
+            sim: Simulation = LeaseSimulation(seed, LeaseSimConfig(nodes=args.nodes, steps=args.steps))
+        else:
+            sim = Simulation(seed, SimConfig(nodes=args.nodes, steps=args.steps))
         violation = sim.run()
         steps += sim.step_count
         if violation is not None:
             violations += 1
             print(f"VIOLATION seed={seed} nodes={args.nodes}: {violation}", flush=True)
             print("\n".join(sim.trace), flush=True)
-            print(f"replay: python -m tests.sim --nodes {args.nodes} --steps {args.steps} --seed {seed} --trace")
+            leases = "--leases " if args.leases else ""
+            print(f"replay: python -m tests.sim {leases}--nodes {args.nodes} --steps {args.steps} --seed {seed} --trace")
         elif args.trace:
             print("\n".join(sim.trace))
         if (k + 1) % 250 == 0:

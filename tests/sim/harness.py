@@ -263,9 +263,9 @@ class Simulation:
         driver = Driver(
             raw,
             DriverOptions(tick_interval=1.0, proposal_batch_max=4, max_pending_bytes=4096),
-            encode=sim_encode,
             durable_hard_state=d.hard_state or HardState(),
             applied_index=applied,
+            **self._driver_hooks(nid),
         )
         bound = self.cfg.drift_factor * config.max_clock_drift
         node = SimNode(
@@ -288,6 +288,26 @@ class Simulation:
 
         raw.ready = tapped  # type: ignore[method-assign]
         self.nodes[nid] = node
+        self._node_started(node)
+
+    # -- hooks for simulations built on this one (tests/sim/leases.py) -------------
+    # None of them draws from ``rng``: the base simulation's seeds run the same.
+
+    def _driver_hooks(self, nid: int) -> dict[str, Any]:
+        """Keyword arguments for node ``nid``'s Driver: its encoder and callbacks."""
+        return {"encode": sim_encode}
+
+    def _node_started(self, node: SimNode) -> None:
+        """``node`` was just (re)started from its durable state."""
+
+    def _ticked(self, node: SimNode) -> None:
+        """``node``'s ticker ran (after ``driver.on_tick``), as the runtime's
+        ticker runs its sweepers after each tick."""
+
+    def _snapshot_data(self, node: SimNode) -> bytes:
+        """The state machine image of ``node`` at ``node.applied``: starts with
+        :func:`snapshot_data` (the checkers read the index from it)."""
+        return snapshot_data(node.applied, node.digest)
 
     def local_time(self, node: SimNode) -> float:
         return node.clock_offset + node.clock_rate * self.now
@@ -381,6 +401,7 @@ class Simulation:
                 self._random_partition()
         for node in self.live():
             node.driver.on_tick(self.local_time(node))
+            self._ticked(node)
         if rng.random() < cfg.propose_rate:
             self._random_propose()
         if rng.random() < cfg.read_rate:
@@ -593,7 +614,7 @@ class Simulation:
             return
         snap = Snapshot(
             meta=SnapshotMeta(index=index, term=term, conf_state=node.raw.core.conf),
-            data=snapshot_data(node.applied, node.digest),
+            data=self._snapshot_data(node),
         )
         node.raw.compact(snap)
         node.durable.save_snapshot(snap)
