@@ -1,6 +1,6 @@
 """One dengine engine in its own OS process, driven by the suite over stdin/stdout.
 
-    python -m benchmarks.node_proc --id 1 --dir DIR [--cluster 1=127.0.0.1:7001,2=...]
+    python -m benchmarks.node_proc --id 1 --dir DIR [--cluster 1=127.0.0.1:7001,2=...] [--metrics on|off]
 
 The process opens an embedded engine (a single node without ``--cluster``),
 waits until it is ready and prints one JSON line ``{"event": "ready", ...}``.
@@ -10,7 +10,10 @@ JSON line on stdout:
 * ``{"cmd": "status"}`` -> ``{"leader": bool, "leader_id": ...}``
 * ``{"cmd": "run", "scenario": NAME, "seconds": S, "max_ops": N}`` -> the
   scenario's result (only the leader is asked to run: the load is generated
-  in the leader's process, as an application embedding dengine would)
+  in the leader's process, as an application embedding dengine would);
+  with ``"scrape": T`` the process also renders ``/metrics``
+  (dengine.http.metrics.exposition) every T seconds while the load runs,
+  and the result says how many scrapes it made and their mean duration
 * ``{"cmd": "dict-get", "seconds": S}`` -> a bare dict.get loop, same process
 * ``{"cmd": "local-get", "seconds": S}`` -> the same loop over ``client.get_nowait``
 * ``{"cmd": "fsync", "seconds": S}`` -> raw write+fsync latency in the data dir
@@ -25,6 +28,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -57,6 +61,8 @@ def build_config(args: argparse.Namespace) -> dengine.Config:
         )
     if args.tick_ms:
         cfg = attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, tick_interval_ms=float(args.tick_ms)))
+    if args.metrics == "off":
+        cfg = attrs.evolve(cfg, metrics=attrs.evolve(cfg.metrics, enabled=False))
     return cfg
 
 
@@ -108,9 +114,30 @@ async def run_scenario(engine: Any, kv: EngineKV, plan: KeyPlan, cmd: dict[str, 
         prefill = SCENARIOS["write-100"]
         plan.after(prefill, await drive_trio(plan.make_op(prefill, kv), 100, 30.0, PREFILL))
     op = plan.make_op(scenario, kv)
-    run = await drive_trio(op, scenario.concurrency, float(cmd["seconds"]), int(cmd["max_ops"]))
+    every = float(cmd.get("scrape") or 0.0)
+    if not every:
+        run = await drive_trio(op, scenario.concurrency, float(cmd["seconds"]), int(cmd["max_ops"]))
+        plan.after(scenario, run)
+        return run.result(scenario, keys=plan.written)
+    scrapes: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scrape_metrics, engine, every, scrapes)
+        run = await drive_trio(op, scenario.concurrency, float(cmd["seconds"]), int(cmd["max_ops"]))
+        nursery.cancel_scope.cancel()
     plan.after(scenario, run)
-    return run.result(scenario, keys=plan.written)
+    mean = sum(scrapes) / len(scrapes) if scrapes else 0.0
+    return run.result(scenario, keys=plan.written, scrapes=len(scrapes), scrape_ms=mean * 1000)
+
+
+async def scrape_metrics(engine: Any, every: float, took: list[float]) -> None:
+    """Render /metrics every ``every`` seconds, as a Prometheus scrape would."""
+    from dengine.http.metrics import exposition
+
+    while True:
+        await trio.sleep(every)
+        started = time.perf_counter()
+        exposition(engine)
+        took.append(time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True)
     parser.add_argument("--cluster", default="", help="id=host:port,... (empty: single node)")
     parser.add_argument("--tick-ms", type=float, default=0.0)
+    parser.add_argument("--metrics", choices=("on", "off"), default="on", help="[metrics] enabled")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     trio.run(serve, args)

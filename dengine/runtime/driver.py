@@ -92,7 +92,7 @@ class WaiterLike(Protocol):
 
 
 class StorageLike(Protocol):
-    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None: ...
+    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> float | None: ...
 
     def save_snapshot(self, snapshot: Snapshot) -> None: ...
 
@@ -148,17 +148,27 @@ class PersistJob:
     def needs_io(self) -> bool:
         return bool(self.steps) or self.hard_state is not None
 
-    def write_to(self, storage: StorageLike) -> None:
+    def write_to(self, storage: StorageLike) -> float | None:
+        """Write the job; returns the seconds the storage reported spending
+        in fsync (summed over its appends), or None if it reported none."""
         last = len(self.steps) - 1
+        synced: float | None = None
         for k, step in enumerate(self.steps):
             if isinstance(step, Snapshot):
                 storage.save_snapshot(step)
                 if k == last and self.hard_state is not None:
-                    storage.append((), self.hard_state)
+                    synced = _add(synced, storage.append((), self.hard_state))
             else:
-                storage.append(step, self.hard_state if k == last else None)
+                synced = _add(synced, storage.append(step, self.hard_state if k == last else None))
         if not self.steps and self.hard_state is not None:
-            storage.append((), self.hard_state)
+            synced = _add(synced, storage.append((), self.hard_state))
+        return synced
+
+
+def _add(total: float | None, more: float | None) -> float | None:
+    if more is None:
+        return total
+    return more if total is None else total + more
 
 
 @attrs.frozen
@@ -237,6 +247,10 @@ class Driver:
         # members and the message types; the first reason per peer is logged.
         self.dropped_messages: Counter[tuple[int, str]] = Counter()
         self._complained: set[int] = set()
+        # Peers this leader has not heard from for an election timeout, with
+        # the tick it last heard from each: one WARNING per episode, one INFO
+        # when the peer answers again.
+        self._silent: dict[int, int] = {}
 
     # ------------------------------------------------------------------
     # Callers
@@ -338,6 +352,38 @@ class Driver:
         if self._applied_waiters and len(self._applied_waiters) > 1024:
             self._applied_waiters = [e for e in self._applied_waiters if not e[2].done()]
             heapq.heapify(self._applied_waiters)
+        if self.role is Role.LEADER or self._silent:
+            self._check_peers()
+
+    def _check_peers(self) -> None:
+        """Leader only: a peer not heard from for an election timeout is
+        unreachable or down (its progress's ``last_heard``, which check-quorum
+        keeps too): logged once per episode, and again when it answers."""
+        core = self.raw.core
+        silent = self._silent
+        if core.role is not Role.LEADER:
+            silent.clear()  # a follower hears only from the leader: nothing to judge
+            return
+        now, limit = core.tick_count, core.config.election_tick
+        interval = self.options.tick_interval
+        for peer, pr in core.prs.items():
+            if peer == core.id:
+                continue
+            quiet = now - pr.last_heard
+            if quiet >= limit:
+                if peer not in silent:
+                    silent[peer] = pr.last_heard
+                    log.warning(
+                        "node %d: node %d has not answered for %.3g s (the election timeout is %.3g s): "
+                        "it is unreachable or down",
+                        core.id, peer, quiet * interval, limit * interval,
+                    )
+            elif peer in silent:
+                since = silent.pop(peer)
+                log.info("node %d: node %d answers again (it was silent for %.3g s)",
+                         core.id, peer, (pr.last_heard - since) * interval)
+        for gone in [p for p in silent if p not in core.prs]:
+            del silent[gone]  # no longer a member
 
     # ------------------------------------------------------------------
     # Peers

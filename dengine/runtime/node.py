@@ -17,6 +17,17 @@ Task tree (ARCHITECTURE.md, "The trio driver"):
        ├─ receiver    inbound peer messages → driver.on_message (validated) → core
        └─ snapshots   encodes and saves a frozen image off the apply path
 
+What it tells an operator (docs/operations.md, "Metrics" and "Logs"): it
+records into a :class:`~dengine.stats.NodeStats` (WAL and snapshot timings,
+leader changes, expirations; the durations measured in worker threads are
+handed back and recorded on the event loop) and logs one INFO line per
+leader change, membership change and snapshot, and a WARNING for a slow
+fsync, a slow apply step, and a clock that seems to run behind the
+leader's (the log's time, the largest leader stamp applied, is ahead of
+this node's clock by more than ``max_clock_drift`` of an election timeout:
+no network delay can make a stamp look newer than it is). The driver warns
+about peers the leader has not heard from for an election timeout.
+
 Rules:
 * Batching is the performance model. Callers only append to lists and wake
   the loop; one loop pass proposes every waiting write as ONE entry; the
@@ -67,8 +78,9 @@ from dengine.raft.messages import (
     SnapshotMeta,
 )
 from dengine.raft.rawnode import RawNode
-from dengine.runtime.driver import Driver, DriverOptions
+from dengine.runtime.driver import Driver, DriverOptions, PersistJob
 from dengine.runtime.waiters import Waiter
+from dengine.stats import NodeStats
 from dengine.storage.base import Storage
 from dengine.watch.dispatcher import WatchDispatcher
 
@@ -100,6 +112,10 @@ class NodeOptions:
     # Peer addresses by node id, for leader hints.
     addresses: dict[int, str] = attrs.field(factory=dict)
     watch: WatchSettings = attrs.field(factory=WatchSettings)
+    # [metrics]: record histograms; warn above these durations (seconds).
+    metrics: bool = True
+    slow_fsync: float = 1.0
+    slow_apply: float = 0.1
 
 
 class _ExpiryWaiter:
@@ -150,6 +166,23 @@ class _RevokeWaiter:
 
     def done(self) -> bool:
         return self._done
+
+
+_KIND_WORDS = {
+    "added_learner": "added as a learner",
+    "added_voter": "added as a voter",
+    "promoted": "promoted to voter",
+    "removed": "removed",
+    "updated": "addresses updated",
+}
+
+
+def _timed_write(job: PersistJob, storage: Storage) -> tuple[float | None, float]:
+    """In the persister's worker thread: write ``job``; returns the fsync
+    seconds the storage measured (or None) and the seconds of the whole write."""
+    started = time.perf_counter()
+    synced = job.write_to(storage)
+    return synced, time.perf_counter() - started
 
 
 class Node:
@@ -218,6 +251,18 @@ class Node:
         self.installed_snapshots = 0
         self.rejected_snapshots = 0
         self._nursery: trio.Nursery | None = None
+        #: What this node counts and times (read by dengine.http.metrics).
+        self.stats = NodeStats(timed=options.metrics)
+        #: Commit and applied index when this node started: entries committed
+        #: and applied since then are the difference.
+        self.started_commit = self.raw.core.log.committed
+        self.started_applied = self.kv.applied_index
+        self._known_leader: int | None = None
+        # A clock behind the log's time by more than this (ms) is suspect:
+        # max_clock_drift of an election timeout (what the lease allows for).
+        raft = options.raft
+        self._clock_slack_ms = max(1, round(raft.max_clock_drift * raft.election_tick * options.tick_interval * 1000))
+        self._clock_suspect = False
 
     # ------------------------------------------------------------------
     # State, as the driver last reported it
@@ -347,6 +392,8 @@ class Node:
             self.driver.propose(ExpireKeys(expired), waiter, 0)
         except DengineError as exc:
             waiter.fail(exc)
+        else:
+            self.stats.keys_expired += len(expired)
 
     def _on_lease(self, lease_id: int, ttl_ms: int | None) -> None:
         self.lessor.observe(lease_id, ttl_ms, trio.current_time())
@@ -363,13 +410,15 @@ class Node:
                 self.driver.propose(LeaseRevoke(lease_id), waiter, 16)
             except DengineError as exc:
                 waiter.fail(exc)
+            else:
+                self.stats.leases_expired += 1
 
     def renew_lease(self, lease_id: int, since: float) -> float:
         """Keep a lease alive from ``since`` (trio time, taken before the
         caller confirmed this node's leadership); the TTL in seconds."""
         if not self.lessor.primary or self.current_role is not Role.LEADER:
             raise self.not_leader()
-        return self.lessor.renew(lease_id, since)
+        return self.lessor.renew(lease_id, since, trio.current_time())
 
     def lease_remaining(self, lease_id: int) -> float | None:
         """Seconds before a lease expires, as this leader counts them."""
@@ -395,6 +444,11 @@ class Node:
             self._apply_wakeup.set()
 
     def _on_leader_changed(self, leader: int | None, term: int) -> None:
+        if leader is not None and leader != self._known_leader:
+            # etcd's leader_changes_seen: a leader other than the one last
+            # known ("no leader" in between counts as a change).
+            self.stats.leader_changes += 1
+        self._known_leader = leader
         if (leader, term) != self._leader_seen:
             self._leader_seen = (leader, term)
             me = self.raw.id
@@ -429,7 +483,8 @@ class Node:
             if job is None:
                 continue
             if job.needs_io:
-                await trio.to_thread.run_sync(job.write_to, self.storage)
+                synced, took = await trio.to_thread.run_sync(_timed_write, job, self.storage)
+                self._record_write(job, synced, took)
                 self.persisted_batches += 1
                 if self.storage.needs_preparation:
                     self._prepare_wakeup.set()
@@ -440,6 +495,25 @@ class Node:
             # What the fsync unblocked (a commit, acknowledgements) goes out
             # now, without a hop through the raft loop task.
             self._take_readies()
+
+    def _record_write(self, job: PersistJob, synced: float | None, took: float) -> None:
+        """One durable write's timings (measured in the worker thread):
+        ``took`` the whole append, ``synced`` its fsync as the storage
+        measured it (None: it does not say; the whole append counts)."""
+        stats = self.stats
+        if stats.timed:
+            stats.wal_append.observe(took)
+            if synced is not None:
+                stats.wal_fsync.observe(synced)
+        sync = took if synced is None else synced
+        if sync > self.options.slow_fsync:
+            stats.slow_fsyncs += 1
+            entries = sum(len(step) for step in job.steps if isinstance(step, list))
+            log.warning(
+                "node %d: slow fdatasync: syncing the WAL took %.3f s, expected under %.3g s (metrics.slow_fsync_ms); "
+                "the append of %d entries took %.3f s in all: the disk is too slow or overloaded",
+                self.raw.id, sync, self.options.slow_fsync, entries, took,
+            )
 
     async def preparer(self) -> None:
         """Slow storage work kept off the write path (FileStorage: zero-fill
@@ -461,7 +535,15 @@ class Node:
             while (job := driver.take_apply()) is not None:
                 if job.snapshot is not None:
                     await self._install_snapshot(job.snapshot)
-                results = self._apply_entries(job.entries) if job.entries else []
+                if job.entries:
+                    started = time.perf_counter()
+                    results = self._apply_entries(job.entries)
+                    took = time.perf_counter() - started
+                    if took > self.options.slow_apply:
+                        self._slow_apply(job.entries, took)
+                    self._check_clock()
+                else:
+                    results = []
                 if driver.on_applied(job, results):
                     self.wake()  # the next bounded step may be handed out now
                 self._maybe_ready()
@@ -469,7 +551,36 @@ class Node:
                 if driver.apply_waiting:
                     await trio.lowlevel.checkpoint()
 
+    def _slow_apply(self, entries: tuple[Entry, ...], took: float) -> None:
+        self.stats.slow_applies += 1
+        log.warning(
+            "node %d: applying %d committed entries (index %d to %d) took %.3f s, expected under %.3g s "
+            "(metrics.slow_apply_ms): the state machine is overloaded or the process is starved of CPU",
+            self.raw.id, len(entries), entries[0].index, entries[-1].index, took, self.options.slow_apply,
+        )
+
+    def _check_clock(self) -> None:
+        """Clock-drift suspicion: the log's time (the largest leader stamp
+        applied) ahead of this node's clock by more than the allowed drift
+        of an election timeout. Delays only make a stamp look older, so a
+        stamp from the future means the leader's clock (or an earlier
+        leader's) runs ahead of this one. Logged once per episode."""
+        ahead = self.kv.clock_ms - self.now_ms()
+        if ahead > self._clock_slack_ms:
+            if not self._clock_suspect:
+                self._clock_suspect = True
+                log.warning(
+                    "node %d: clock drift suspected: the leader's time stamps (up to revision %d) are %.3f s ahead "
+                    "of this node's clock, more than raft.max_clock_drift of an election timeout (%.3g s); check "
+                    "NTP on this node and on the leader (node %s): TTLs expire by the leader's clock",
+                    self.raw.id, self.kv.applied_index, ahead / 1000, self._clock_slack_ms / 1000, self.current_leader,
+                )
+        elif self._clock_suspect and ahead <= 0:
+            self._clock_suspect = False
+            log.info("node %d: this node's clock has caught up with the leader's time stamps", self.raw.id)
+
     async def _install_snapshot(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
         image = unwrap_snapshot_data(snapshot.data, source=f"snapshot {snapshot.meta.index} from the leader")
         # Decoding a large image takes long: off the event loop. The store is
         # then replaced in place, so references to it (get_nowait) stay valid.
@@ -482,6 +593,14 @@ class Node:
         self.installed_snapshots += 1
         self.driver.on_snapshot_installed(snapshot.meta)
         self.watch.publish_snapshot(snapshot.meta.index)
+        took = time.perf_counter() - started
+        size = len(snapshot.data)
+        stats = self.stats
+        if stats.timed:
+            stats.snapshot_apply_seconds.observe(took)
+            stats.snapshot_apply_bytes.observe(size)
+        log.info("node %d: installed the leader's snapshot at index %d (term %d, %d bytes) in %.3f s",
+                 self.raw.id, snapshot.meta.index, snapshot.meta.term, size, took)
 
     def _apply_entries(self, entries: Iterable[Entry]) -> list[ApplyResult | None]:
         kv = self.kv
@@ -532,8 +651,14 @@ class Node:
         if kind == "removed" and node == self.raw.id:
             self.mark_removed(entry.index)
         if kind is not None:
+            members = self.member_list()
+            log.info(
+                "node %d: membership change at revision %d: node %d %s; members now %s",
+                self.raw.id, entry.index, node, _KIND_WORDS.get(kind, kind),
+                ", ".join(f"{m.node_id}{' (learner)' if m.is_learner else ''}" for m in members) or "none",
+            )
             self.lifecycle.membership_changed(
-                MembershipChange(revision=entry.index, kind=kind, node_id=node, members=self.member_list())
+                MembershipChange(revision=entry.index, kind=kind, node_id=node, members=members)
             )
 
     def member_list(self) -> tuple[Member, ...]:
@@ -574,14 +699,21 @@ class Node:
             while self.raw.core.log.persisted < meta.index:
                 self._persisted_event = trio.Event()
                 await self._persisted_event.wait()
+            started = time.perf_counter()
             data = await trio.to_thread.run_sync(lambda: wrap_snapshot_data(encode_image(image)))
             snapshot = Snapshot(meta=meta, data=data)
             await trio.to_thread.run_sync(self.storage.save_snapshot, snapshot)
+            took = time.perf_counter() - started
+            stats = self.stats
+            if stats.timed:
+                stats.snapshot_save_seconds.observe(took)
+                stats.snapshot_save_bytes.observe(len(data))
             if meta.index > self.raw.core.log.snapshot_index:
                 self.raw.compact(snapshot)
             await trio.to_thread.run_sync(self.storage.compact, meta.index)
             self.last_snapshot_index = meta.index
-            log.info("node %d: snapshot at index %d", self.raw.id, meta.index)
+            log.info("node %d: snapshot at index %d saved (%d bytes, encoded and written in %.3f s); "
+                     "the log before it is compacted", self.raw.id, meta.index, len(data), took)
         finally:
             self._snapshotting = False
 

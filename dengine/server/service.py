@@ -38,6 +38,11 @@ Rules of this service (docs/protocol.md is the wire contract):
   end with ``UNAVAILABLE`` "server stopping", requests in flight finish and
   their responses are flushed, all under a deadline, then everything is
   cancelled.
+* Accounting (``[metrics] enabled``): every request is counted by op and
+  outcome (``"OK"`` or the error code's name; an op the protocol does not
+  know is ``"invalid"``), and a unary op's time from its worker taking it to
+  its answer being queued goes into that op's histogram; a stream is counted
+  when it ends, with no duration (``ServerStatistics.by_operation``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -55,6 +61,7 @@ import trio
 
 from dengine.api import LeaderInfo, Member, WatchEvent, WatchEventType
 from dengine.embedded import Engine
+from dengine.stats import RequestStatistics, RequestStats
 from dengine.errors import (
     DengineError,
     EngineStopped,
@@ -135,6 +142,19 @@ class ServerStatistics:
     request_errors: int  # requests answered with an error
     streams_open: int
     slow_consumers: int  # streams ended / connections closed because a client did not read
+    #: Requests by (op, outcome) and unary latency by op; None when ``[metrics] enabled`` is off.
+    by_operation: RequestStatistics | None = None
+
+
+#: "OK" or an error code's name, by code: the outcome label of a request.
+_CODE_NAMES: dict[int, str] = {
+    value: name for name, value in vars(ErrorCode).items() if name.isupper() and isinstance(value, int)
+}
+
+
+def _outcome(code: int) -> str:
+    """The label of a request's outcome: ``"OK"`` or the error code's name."""
+    return _CODE_NAMES.get(code, str(code)) if code else "OK"
 
 
 @attrs.define
@@ -149,6 +169,7 @@ class _Counters:
     request_errors: int = 0
     streams_open: int = 0
     slow_consumers: int = 0
+    by_op: RequestStats | None = None
     _event: trio.Event = attrs.field(factory=trio.Event)
 
     def changed(self) -> None:
@@ -156,7 +177,8 @@ class _Counters:
         self._event = trio.Event()
 
     def snapshot(self) -> ServerStatistics:
-        return ServerStatistics(**{f.name: getattr(self, f.name) for f in attrs.fields(ServerStatistics)})
+        fields = {f.name: getattr(self, f.name) for f in attrs.fields(ServerStatistics) if f.name != "by_operation"}
+        return ServerStatistics(**fields, by_operation=self.by_op.snapshot() if self.by_op is not None else None)
 
 
 class _SlowConsumer(Exception):
@@ -181,6 +203,9 @@ class ClientService:
         self._nursery = nursery
         self._client_addresses = client_addresses
         self._counters = _Counters()
+        #: Requests by op and outcome, unary latency (None: [metrics] enabled is off).
+        self.requests: RequestStats | None = RequestStats() if engine.config.metrics.enabled else None
+        self._counters.by_op = self.requests
         self._connections: set[_Connection] = set()
         self._stopping = False
         self._listener_scopes: list[trio.CancelScope] = []
@@ -328,6 +353,7 @@ class _Connection:
         self._stream_tasks: dict[int, trio.CancelScope] = {}
         self._client_cancelled: set[int] = set()
         self._stopping = False
+        self._requests = service.requests
 
     # -- control from the service ------------------------------------------------
 
@@ -409,6 +435,8 @@ class _Connection:
                             self._protocol_error(exc.error)
                             return
                         counters.requests += 1
+                        if self._requests is not None:
+                            self._requests.count("invalid", _outcome(exc.error.code))
                         await self._reply_error(exc.request_id, exc.error)
                         continue
                     counters.requests += 1
@@ -524,26 +552,37 @@ class _Connection:
     async def _start(self, request: Request, requests: trio.Nursery) -> None:
         """Dispatch one request. Switches tasks only when the connection is
         at ``max_inflight`` or its send queue is full."""
+        accounted = self._requests
         if request.op == "cancel":
             target = request.args["request_id"]
             scope = self._stream_tasks.get(target)
             if scope is not None:
                 self._client_cancelled.add(target)
                 scope.cancel()
+            if accounted is not None:
+                accounted.count("cancel", "OK")
             await self._queue(encode_response(request.id, STATUS_OK, {"canceled": scope is not None}))
             return
         if request.id in self._inflight:
+            if accounted is not None:
+                accounted.count(request.op, _outcome(ErrorCode.INVALID_ARGUMENT))
             await self._reply_error(
                 request.id, InvalidArgument(f"request id {request.id} is already in flight on this connection")
             )
             return
         inline = _INLINE.get(request.op)
         if inline is not None:
+            started = time.perf_counter() if accounted is not None else 0.0
             try:
                 result = inline(self, request.args)
             except DengineError as exc:
-                await self._reply_error(request.id, _public(exc))
+                err = _public(exc)
+                if accounted is not None:
+                    accounted.observe(request.op, _outcome(err.code), time.perf_counter() - started)
+                await self._reply_error(request.id, err)
             else:
+                if accounted is not None:
+                    accounted.observe(request.op, "OK", time.perf_counter() - started)
                 await self._queue(encode_response(request.id, STATUS_OK, result))
             return
         while len(self._inflight) >= self.service.options.max_inflight:
@@ -579,11 +618,18 @@ class _Connection:
             if OPS[request.op].stream:
                 await self._serve_stream(request)
             else:
+                accounted = self._requests
+                started = time.perf_counter() if accounted is not None else 0.0
                 try:
                     result = await _UNARY[request.op](self, request.args)
                 except DengineError as exc:
-                    await self._reply_error(request.id, _public(exc))
+                    err = _public(exc)
+                    if accounted is not None:
+                        accounted.observe(request.op, _outcome(err.code), time.perf_counter() - started)
+                    await self._reply_error(request.id, err)
                 else:
+                    if accounted is not None:
+                        accounted.observe(request.op, "OK", time.perf_counter() - started)
                     await self._queue(encode_response(request.id, STATUS_OK, result))
         finally:
             del self._inflight[request.id]
@@ -618,6 +664,8 @@ class _Connection:
                 final = None if request.id in self._client_cancelled else EngineStopped(
                     f"node {self.service._node_id} is stopping"
                 )
+            if self._requests is not None:
+                self._requests.count(request.op, "OK" if final is None else _outcome(final.code))
             if final is None and not scope.cancelled_caught:
                 await self._queue(encode_response(request.id, STATUS_OK, {}))  # the server ended it cleanly
             elif final is not None:

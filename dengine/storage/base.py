@@ -69,10 +69,12 @@ class Storage(abc.ABC):
         was just opened)."""
 
     @abc.abstractmethod
-    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None:
+    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> float | None:
         """Durably append ``entries`` (truncating a conflicting suffix first)
         and/or record ``hard_state``, as ONE atomic batch: after a crash either
-        all of it is there or none of it. Returns only once durable."""
+        all of it is there or none of it. Returns only once durable, with the
+        seconds the backend spent making it durable (its fsync) when it
+        measures them, else None (the runtime times the whole call either way)."""
 
     @abc.abstractmethod
     def truncate_suffix(self, from_index: int) -> None:
@@ -101,6 +103,12 @@ class Storage(abc.ABC):
         the next WAL segment). May run in a worker thread beside the other
         calls; returns at once when there is nothing to do. Never needed for
         durability."""
+
+    def size_on_disk(self) -> dict[str, int]:
+        """Bytes the backend holds on disk, by kind (FileStorage: ``wal``,
+        ``snapshot``); empty for a backend that keeps nothing on disk. Cheap
+        enough to call at every metrics scrape, from the event loop."""
+        return {}
 
     @abc.abstractmethod
     def close(self) -> None:

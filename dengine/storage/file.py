@@ -174,20 +174,21 @@ class FileStorage(Storage):
                 return state
             return self._recover(repair=False).state
 
-    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None:
+    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> float | None:
         entries = list(entries)
         with self._mutex:
             self._check_usable()
             validate_append(entries, last_index=self._last_index(), snapshot_index=self._snap_index())
             if not entries and hard_state is None:
-                return
-            self._write("appending to the WAL", [wal.encode_batch(entries, hard_state)])
+                return None
+            synced = self._write("appending to the WAL", [wal.encode_batch(entries, hard_state)])
             if entries:
                 self._put_terms(entries)
                 seg = self._segments[-1]
                 seg.max_index = max(seg.max_index, entries[-1].index)
             if hard_state is not None:
                 self._hard_state = hard_state
+            return synced
 
     def truncate_suffix(self, from_index: int) -> None:
         with self._mutex:
@@ -277,6 +278,30 @@ class FileStorage(Storage):
     # ----------------------------------------------------------------------
     # Introspection (tests, benchmarks, status)
     # ----------------------------------------------------------------------
+
+    def size_on_disk(self) -> dict[str, int]:
+        """Bytes of the WAL (segments, the preallocated spare included) and
+        of the snapshot files, by a listing of the data directory: no lock
+        is taken, so it never waits for an fsync (a file removed meanwhile
+        is skipped)."""
+        sizes = {"wal": 0, "snapshot": 0}
+        try:
+            with os.scandir(self.path) as it:
+                for entry in it:
+                    name = entry.name
+                    if wal.parse_segment_name(name) is not None or name == SPARE_NAME:
+                        kind = "wal"
+                    elif parse_snapshot_name(name) is not None:
+                        kind = "snapshot"
+                    else:
+                        continue
+                    try:
+                        sizes[kind] += entry.stat().st_size
+                    except OSError:
+                        continue
+        except OSError:
+            return {}
+        return sizes
 
     @property
     def segment_paths(self) -> list[str]:
@@ -506,7 +531,8 @@ class FileStorage(Storage):
             self._failure = str(err)
             raise err from exc
 
-    def _write(self, doing: str, payloads: list[bytes]) -> None:
+    def _write(self, doing: str, payloads: list[bytes]) -> float:
+        """Write and sync ``payloads``; the seconds the fsync took."""
         self._initial = None  # the cached recovery result is stale now
         with self._writing(doing):
             assert self._writer is not None
@@ -515,7 +541,7 @@ class FileStorage(Storage):
                 self._new_segment(seq)
                 # The header rides in the same write + sync as the batch.
                 payloads = [wal.encode_header(seq, self._hard_state), *payloads]
-            self._writer_write(payloads)
+            return self._writer_write(payloads)
 
     def _record_reset(self, meta: SnapshotMeta) -> None:
         self._write("recording a log reset", [wal.encode_reset(meta.index, meta.term)])
@@ -524,9 +550,9 @@ class FileStorage(Storage):
         for seg in self._segments:
             seg.max_index = 0
 
-    def _writer_write(self, payloads: list[bytes]) -> None:
+    def _writer_write(self, payloads: list[bytes]) -> float:
         assert self._writer is not None
-        self._writer.write(payloads)
+        return self._writer.write(payloads)
 
     def _new_segment(self, seq: int) -> None:
         path = os.path.join(self.path, wal.segment_name(seq))

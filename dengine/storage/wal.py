@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -266,15 +267,21 @@ class SegmentWriter:
         """Whether the next write lands in zero-filled, allocated space."""
         return self.size < self.capacity
 
-    def write(self, payloads: Sequence[bytes], *, sync: bool = True) -> None:
+    def write(self, payloads: Sequence[bytes], *, sync: bool = True) -> float:
+        """Write the framed records with one writev, then (``sync``) make
+        them durable; returns the seconds the fsync took (0.0 without one),
+        for the slow-fsync warning and the fsync histogram."""
         buffers: list[bytes] = []
         for payload in payloads:
             buffers.append(frame(payload))
             buffers.append(payload)
         write_all(self.fd, buffers)
         self.size += sum(len(b) for b in buffers)
-        if sync:
-            fsync_file(self.fd)
+        if not sync:
+            return 0.0
+        started = time.perf_counter()
+        fsync_file(self.fd)
+        return time.perf_counter() - started
 
     def close(self) -> None:
         if self.fd >= 0:

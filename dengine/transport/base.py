@@ -13,6 +13,10 @@ Rules every transport keeps:
   order; when the transport closes, that channel ends.
 * ``statistics()`` is a frozen snapshot; ``wait_statistics(pred)`` waits for
   a snapshot that satisfies ``pred`` (tests and diagnostics, never polling).
+* Per peer (``peer_statistics()``, for the metrics): bytes and messages sent
+  to and received from it, recorded once per batch, and the round trip of
+  the leader's heartbeats to it (dengine.stats.PeerStats). A removed peer's
+  figures are forgotten with it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import trio
 
 from dengine.errors import InvalidArgument
 from dengine.raft.messages import MESSAGE_TYPES, Message
+from dengine.stats import PeerStatistics, PeerStats
 
 _MESSAGE_TYPES = frozenset(MESSAGE_TYPES)
 
@@ -100,6 +105,10 @@ class Transport(Protocol):
 
     def update_peers(self, peers: Mapping[int, str]) -> None:
         """Replace the peer set (node id -> address); this node's own id is ignored."""
+        ...
+
+    def peer_statistics(self) -> dict[int, PeerStatistics]:
+        """Traffic with each peer, by node id (a snapshot)."""
         ...
 
 
@@ -276,6 +285,7 @@ class TransportCommon:
     _counters: Counters
     _closed: bool
     _peers: Mapping[int, _Queued]
+    _peer_stats: dict[int, PeerStats]
 
     @property
     def node_id(self) -> int:
@@ -302,6 +312,16 @@ class TransportCommon:
 
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot(sum(len(p.queue) for p in self._peers.values()))
+
+    def peer_stats(self, node_id: int) -> PeerStats:
+        """The live figures of traffic with ``node_id`` (created on first use)."""
+        stats = self._peer_stats.get(node_id)
+        if stats is None:
+            stats = self._peer_stats[node_id] = PeerStats()
+        return stats
+
+    def peer_statistics(self) -> dict[int, PeerStatistics]:
+        return {nid: stats.snapshot() for nid, stats in sorted(self._peer_stats.items())}
 
     async def wait_statistics(self, predicate: Callable[[TransportStatistics], bool]) -> TransportStatistics:
         return await self._counters.wait(self.statistics, predicate)

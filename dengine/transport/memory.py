@@ -34,7 +34,7 @@ import trio
 
 from dengine.codec import decode_message, encode_message
 from dengine.errors import InvalidArgument
-from dengine.raft.messages import Message
+from dengine.raft.messages import Heartbeat, HeartbeatResponse, Message
 from dengine.transport.base import (
     Counters,
     PeerQueue,
@@ -184,6 +184,7 @@ class MemoryTransport(TransportCommon):
         self._known: frozenset[int] | None = None  # None: every id is a peer
         self._peers: dict[int, _Peer] = {}
         self._counters = Counters()
+        self._peer_stats = {}
         self._closed = False
 
     @property
@@ -204,6 +205,8 @@ class MemoryTransport(TransportCommon):
                 del self._peers[nid]
                 peer.scope.cancel()
                 self._counters.dropped_unreachable += peer.queue.clear()
+        for nid in [n for n in self._peer_stats if n not in known]:
+            del self._peer_stats[nid]
         self._counters.changed()
 
     def _queue_for(self, node_id: int) -> PeerQueue | None:
@@ -225,16 +228,22 @@ class MemoryTransport(TransportCommon):
     async def _deliver(self, to: int, batch: list[Message]) -> None:
         network = self._network
         counters = self._counters
+        stats = self.peer_stats(to)
         delivered = lost = size = 0
         for msg in batch:
+            kind = type(msg)
+            if kind is Heartbeat:
+                stats.heartbeat_sent(trio.current_time())
             # Looked up per message: the destination may stop or restart mid-batch.
             dest = network._transports.get(to)
             if dest is None or network._lost(self._node_id, to):
                 lost += 1
                 continue
+            length = 0
             if network._roundtrip:
                 body = encode_message(msg)
-                size += len(body)
+                length = len(body)
+                size += length
                 msg = decode_message(body)
             channel = dest._inbound_send
             try:
@@ -246,11 +255,18 @@ class MemoryTransport(TransportCommon):
                 lost += 1  # the destination stopped (or stopped reading)
                 continue
             dest._counters.frames_received += 1
-            dest._counters.bytes_received += len(body) if network._roundtrip else 0
+            dest._counters.bytes_received += length
             dest._counters.changed()
+            theirs = dest.peer_stats(self._node_id)
+            theirs.received_messages += 1
+            theirs.received_bytes += length
+            if kind is HeartbeatResponse:
+                theirs.heartbeat_answered(trio.current_time())
             delivered += 1
         counters.frames_sent += delivered
         counters.bytes_sent += size
+        stats.sent_messages += delivered
+        stats.sent_bytes += size
         counters.dropped_unreachable += lost
         if delivered:
             counters.batches_sent += 1

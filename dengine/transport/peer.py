@@ -44,7 +44,7 @@ import trio
 from dengine.codec import decode_message, encode_message
 from dengine.config.addresses import format_address, parse_address
 from dengine.errors import DengineError, InvalidArgument, MemberRemoved, ProtocolError
-from dengine.raft.messages import Message
+from dengine.raft.messages import Heartbeat, HeartbeatResponse, Message
 from dengine.transport.base import (
     Counters,
     PeerQueue,
@@ -138,6 +138,7 @@ class PeerTransport(TransportCommon):
         # Inbound connections per remote node id, so removing a peer closes them.
         self._inbound_scopes: dict[int, set[trio.CancelScope]] = {}
         self._counters = Counters()
+        self._peer_stats = {}
         self._closed = False
         #: Node ids that were members and were removed: their handshakes are
         #: refused with MemberRemoved (set from the applied membership).
@@ -196,6 +197,7 @@ class PeerTransport(TransportCommon):
     def _remove_peer(self, peer: _Peer, *, close_inbound: bool) -> None:
         del self._peers[peer.node_id]
         self.client_addresses.pop(peer.node_id, None)
+        self._peer_stats.pop(peer.node_id, None)
         peer.scope.cancel()
         dropped = peer.queue.clear()
         if dropped:
@@ -307,6 +309,7 @@ class PeerTransport(TransportCommon):
                     batch = await peer.queue.get_batch()
             except _NETWORK_ERRORS as exc:
                 self._drop_unreachable(len(batch))
+                self.peer_stats(peer.node_id).lost()
                 logger.warning("node %d: connection to node %d at %s failed: %s",
                                self._node_id, peer.node_id, peer.address, describe_error(exc))
             nursery.cancel_scope.cancel()
@@ -314,7 +317,10 @@ class PeerTransport(TransportCommon):
     async def _write(self, peer: _Peer, stream: trio.abc.Stream, batch: list[Message]) -> None:
         bodies = []
         too_large = 0
+        heartbeat = False
         for msg in batch:
+            if type(msg) is Heartbeat:
+                heartbeat = True
             body = encode_message(msg)
             if len(body) > self._max_frame_size:
                 too_large += 1
@@ -329,12 +335,17 @@ class PeerTransport(TransportCommon):
             self._counters.changed()
         if not bodies:
             return
+        stats = self.peer_stats(peer.node_id)
+        if heartbeat:
+            stats.heartbeat_sent(trio.current_time())
         written = await send_frames(stream, bodies, write_timeout=self._write_timeout)
         c = self._counters
         c.frames_sent += len(bodies)
         c.bytes_sent += written
         c.batches_sent += 1
         c.changed()
+        stats.sent_messages += len(bodies)
+        stats.sent_bytes += written
 
     async def _watch_for_close(self, peer: _Peer, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         try:
@@ -419,6 +430,7 @@ class PeerTransport(TransportCommon):
         inbound = self._inbound_send
         counters = self._counters
         node_id = self._node_id
+        stats = self.peer_stats(peer_id)
         # Whatever the peer pipelined behind its hello.
         data: bytes | bytearray = b""
         while True:
@@ -429,6 +441,8 @@ class PeerTransport(TransportCommon):
                     raise ProtocolError(
                         f"node {peer_id} sent a {type(msg).__name__} from node {msg.frm} to node {msg.to}"
                     )
+                if type(msg) is HeartbeatResponse:
+                    stats.heartbeat_answered(trio.current_time())
                 try:
                     inbound.send_nowait(msg)
                 except trio.WouldBlock:
@@ -436,12 +450,14 @@ class PeerTransport(TransportCommon):
                 counters.frames_received += 1
             if bodies:
                 counters.changed()
+                stats.received_messages += len(bodies)
             data = await stream.receive_some(_RECEIVE_SIZE)
             if not data:
                 decoder.close()  # raises if the peer stopped mid-frame
                 logger.info("node %d: node %d closed its connection", node_id, peer_id)
                 return
             counters.bytes_received += len(data)
+            stats.received_bytes += len(data)
 
 
 @asynccontextmanager
