@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoint = f"127.0.0.1:{client}"
         server = subprocess.Popen(
             [py, "-m", "dengine", "serve", "--log-level", "warning", "--data-dir", os.path.join(tmp, "data"),
-             "--client-address", endpoint, "--peer-address", f"127.0.0.1:{peer}"],
+             "--client-address", endpoint, "--peer-address", f"127.0.0.1:{peer}", "--metrics-address", "off"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
         try:

@@ -165,6 +165,7 @@ def start_dengine_standalone(workdir: str, children: list[Child], connections: i
                 f'[node]\nid = {i + 1}\ndata_dir = "{os.path.join(d, "data")}"\n'
                 f'peer_address = "127.0.0.1:{peer[i]}"\nclient_address = "127.0.0.1:{client[i]}"\n\n'
                 f'[cluster]\nid = "dengine"\n\n[cluster.initial]\n{initial}\n\n[cluster.client_addresses]\n{client_map}\n'
+                '\n[server]\nmetrics_address = "off"\n'
             )
         children.append(Child([sys.executable, "-m", "dengine", "--log-level", "warning", "serve", "--config", toml],
                               os.path.join(d, "server.log"), json_io=False))

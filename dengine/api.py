@@ -32,6 +32,8 @@ __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
     "MAX_TTL_SECONDS",
     "Compare",
+    "FollowerProgress",
+    "Health",
     "KeyValue",
     "LeaderInfo",
     "Lease",
@@ -496,6 +498,34 @@ class Status:
     applied_index: int
     members: tuple[Member, ...]
     last_snapshot_index: int
+
+
+@attrs.frozen(slots=True)
+class Health:
+    """Whether one node is fit to serve, by etcd's ``/health`` rule: a
+    follower (or learner) knows a leader it heard from within an election
+    timeout; a leader heard from a quorum of voters within one. ``reason``
+    says why not, in plain words (empty when healthy)."""
+
+    healthy: bool
+    reason: str = ""
+
+
+@attrs.frozen(slots=True)
+class FollowerProgress:
+    """The leader's view of one other member: the last index known to be in
+    its log (``match_index``), the next one to send, ``lag`` = the leader's
+    last index minus ``match_index``, the replication ``state`` ("probe",
+    "replicate" or "snapshot"), and whether the leader heard from it within
+    an election timeout (``recently_active``)."""
+
+    node_id: int
+    match_index: int
+    next_index: int
+    lag: int
+    state: str
+    is_learner: bool
+    recently_active: bool
 
 
 # --------------------------------------------------------------------------

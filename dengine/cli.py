@@ -3,7 +3,8 @@
     dengine serve [flags]            run one node as a server (clients on 127.0.0.1:9081)
     dengine run [flags]              run one embedded engine node until Ctrl-C
     dengine get KEY | put KEY VALUE | del KEY | cas KEY NEW | scan PREFIX
-    dengine watch KEY | members | status | leader
+    dengine watch KEY | members | status [--all | --cluster] | leader
+    dengine health [--cluster]       is each endpoint (member) serving linearizable reads?
     dengine member list|add|promote|remove|update    membership (docs/operations.md)
     dengine snapshot save FILE | restore FILE         backups
     dengine lease grant TTL | keep-alive ID | revoke ID | ttl ID | list
@@ -15,11 +16,13 @@ Conventions follow etcdctl: ``dengine COMMAND --help`` for every command;
 ``--endpoints`` (or ``DENGINE_ENDPOINTS``) names the servers; ``-w
 simple|json|table`` picks the output; keys and values are UTF-8 text, or
 hex with ``--hex``. The common flags (``--endpoints``, ``--timeout``,
-``-w``, ``--log-level``, ...) may come before or after the command. Errors
-go to stderr in plain words. Exit codes:
+``-w``, ``--log-level``, ``--log-format``, ...) may come before or after the
+command. Errors go to stderr in plain words; log records go to stderr as
+text, or as one JSON object per line with ``--log-format json``. Exit codes:
 
 * 0 ok
-* 1 a dengine error (unreachable cluster, timeout, refused, ...)
+* 1 a dengine error (unreachable cluster, timeout, refused, ...); ``health``:
+  an endpoint is unhealthy; ``status --all|--cluster``: one did not answer
 * 2 bad usage (unknown flag, invalid argument or configuration)
 * 3 a negative answer: ``get`` of a missing key, ``del`` of a missing key,
   ``cas`` that did not swap, a ``txn`` whose compares failed, a ``lease``
@@ -38,8 +41,11 @@ trio-native, through the trio client (``dengine.open_client``).
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +65,8 @@ EXIT_NEGATIVE = 3
 EXIT_REMOVED = 4
 EXIT_INTERRUPTED = 130
 
-_CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "leader", "member",
-                    "snapshot", "lease", "txn", "lock", "elect")
+_CLIENT_COMMANDS = ("get", "put", "del", "cas", "scan", "watch", "members", "status", "health", "leader",
+                    "member", "snapshot", "lease", "txn", "lock", "elect")
 # The client commands that run on trio (dengine.concurrency is trio-native).
 _TRIO_COMMANDS = ("lock", "elect")
 _LEASE_COMMANDS = ("grant", "keep-alive", "revoke", "ttl", "list")
@@ -69,6 +75,12 @@ _CLIENT_FLAGS = {
     "endpoints": "--endpoints", "timeout": "--timeout", "write_out": "--write-out", "hex": "--hex",
     "cacert": "--cacert", "cert": "--cert", "keyfile": "--key",
 }
+_LOG_FORMATS = ("text", "json")
+_TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What `dengine health` reads (linearizably) on each endpoint. Nothing
+# writes it: a read of a missing key is as good a probe as any, and costs
+# no log entry.
+_HEALTH_KEY = b"/dengine/health"
 
 
 # --------------------------------------------------------------------------
@@ -103,6 +115,9 @@ def _log_flag(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a flag given before the command is not reset by the command's parser.
     p.add_argument("--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"],
                    help="log verbosity (env DENGINE_LOG_LEVEL; default info)")
+    p.add_argument("--log-format", default=argparse.SUPPRESS, choices=_LOG_FORMATS,
+                   help="log records as text lines or as JSON, one object per line: time, level, logger, "
+                   "message, exception (env DENGINE_LOG_FORMAT; default text)")
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
@@ -166,6 +181,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="data directory (node.data_dir)")
     serve.add_argument("--peer-address", help="host:port for Raft peers (node.peer_address)")
     serve.add_argument("--client-address", help="host:port for clients (node.client_address; default 127.0.0.1:9081)")
+    serve.add_argument("--metrics-address", help="host:port for HTTP: /metrics, /health, /status.json and the cluster "
+                       "page (server.metrics_address; default 127.0.0.1:9082; 'off' turns it off)")
     serve.add_argument("--initial-cluster", help="id=host:port,... peer addresses of the members (cluster.initial)")
     serve.add_argument("--client-addresses",
                        help="id=host:port,... client addresses of the members, for leader hints "
@@ -232,9 +249,25 @@ def _build_parser() -> argparse.ArgumentParser:
     _sub(sub, "members", "list the cluster members",
          "Print every member, one line each: id, peer address, client address, voter or learner, "
          "whether it is the leader. An unknown field is an empty column.")
-    status = _sub(sub, "status", "show the status of each endpoint",
-                  "Print each endpoint's node id, role, term, leader, commit and applied index.")
-    status.add_argument("--all", action="store_true", help="ask every endpoint (default: the first that answers)")
+    status = _sub(sub, "status", "show the status of each endpoint, or of every member",
+                  "Print each endpoint's node id, role, term, leader, commit and applied index. With --cluster, "
+                  "like `etcdctl endpoint status --cluster`: ask every member (found in the member list) at its "
+                  "client address, one row each (endpoint, id, version, db size, role, leader, is learner, raft "
+                  "term, raft index, raft applied index, errors); exit 1 if a member did not answer.")
+    which_status = status.add_mutually_exclusive_group()
+    which_status.add_argument("--all", action="store_true",
+                              help="ask every endpoint (default: the first that answers)")
+    which_status.add_argument("--cluster", action="store_true",
+                              help="ask every member of the cluster at its client address")
+    health = _sub(sub, "health", "check that each endpoint, or every member, is healthy",
+                  "Like `etcdctl endpoint health`: an endpoint is healthy when it serves a linearizable read "
+                  f"(of the reserved key {_HEALTH_KEY.decode()}) within --timeout; that needs the node up, a leader "
+                  "that a majority of voters still follows, and the node caught up with the leader's commit "
+                  "index. No entry is written. Checks every --endpoints endpoint, or with --cluster every "
+                  "member at its client address, at the same time. Prints `ENDPOINT is healthy: ...: took = "
+                  "T` (stdout) or `ENDPOINT is unhealthy: ...` (stderr); exit 1 if any is unhealthy.")
+    health.add_argument("--cluster", action="store_true",
+                        help="check every member of the cluster at its client address")
     _sub(sub, "leader", "show the current leader", "Print the leader's id, term and client address.")
 
     member = _sub(sub, "member", "list, add, promote, remove or update cluster members",
@@ -371,6 +404,78 @@ def _client_defaults(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------
+# Logging: text or JSON lines on stderr
+# --------------------------------------------------------------------------
+
+# The attributes every LogRecord has; the others were given with extra=.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def _rfc3339(created: float) -> str:
+    """``created`` (seconds since the epoch) as RFC 3339 UTC, milliseconds:
+    2024-05-01T12:00:00.123Z."""
+    seconds = int(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``time`` (RFC 3339, UTC),
+    ``level``, ``logger``, ``message``; ``exception`` (the traceback text)
+    when the record carries one, ``stack`` with stack_info; and the fields
+    given with ``extra=``, under their own names (values JSON cannot hold
+    are written as their str())."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {"time": _rfc3339(record.created), "level": record.levelname,
+                               "logger": record.name, "message": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and key not in obj and not key.startswith("_"):
+                obj[key] = value
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            obj["exception"] = record.exc_text
+        if record.stack_info:
+            obj["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(obj, default=str)
+
+
+def _log_settings(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The level (None: not given) and format the flags or the environment ask for."""
+    level = getattr(args, "log_level", None) or os.environ.get("DENGINE_LOG_LEVEL") or None
+    fmt = getattr(args, "log_format", None) or os.environ.get("DENGINE_LOG_FORMAT") or "text"
+    if fmt not in _LOG_FORMATS:
+        raise UsageError(f"DENGINE_LOG_FORMAT must be one of {', '.join(_LOG_FORMATS)}, got {fmt!r}")
+    return level, fmt
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    if fmt == "json":
+        logging.captureWarnings(True)  # warnings.warn() lines would not be JSON
+
+
+def _logs_json() -> bool:
+    """Whether the root logger writes JSON (so errors should be records too)."""
+    return any(isinstance(h.formatter, _JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def _client_logging(args: argparse.Namespace, *, quiet: bool) -> None:
+    """Client commands log nothing of their own; the library's records
+    (warnings by default: what Python shows unconfigured) are shown as
+    --log-level / --log-format ask. ``quiet`` (lock, elect: they say what
+    matters in their own words): dengine's records below ERROR only with
+    --log-level."""
+    level, fmt = _log_settings(args)
+    if level or fmt == "json":
+        _configure_logging(level or "warning", fmt)
+    if quiet and not level:
+        logging.getLogger("dengine").setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------
 # Text, hex, output
 # --------------------------------------------------------------------------
 
@@ -467,6 +572,7 @@ def _client_command(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.command in _TRIO_COMMANDS:
         return _trio_command(args, out)
+    _client_logging(args, quiet=False)
     with connect(args.endpoints, timeout=args.timeout, cluster_id=args.cluster_id,
                  ssl_context=_ssl_context(args)) as client:
         return _HANDLERS[args.command](client, args, out)
@@ -946,6 +1052,8 @@ def _members(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int
 
 
 def _status(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    if args.cluster:
+        return _cluster_status(client, args, out)
     rows: list[list[Any]] = []
     objs: list[dict[str, Any]] = []
     failed = False
@@ -975,6 +1083,142 @@ def _status(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
               + ("no leader" if r[4] is None else f"leader {r[4]}") + f" commit {r[5]} applied {r[6]}" for r in rows]
     out.emit(objs if args.all else objs[0], simple, (header, rows))
     return EXIT_ERROR if failed else EXIT_OK
+
+
+# What `status --cluster` cannot show yet: the status op (docs/protocol.md,
+# "Status map") carries neither the server's version nor the size of its
+# data directory, so these columns are "-" (null in JSON) rather than a
+# guess; the CLI's own version would be wrong exactly when it matters, in
+# the middle of a rolling upgrade.
+_UNKNOWN = "-"
+
+
+def _cluster_status(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    """``status --cluster``: every member (from the member list of any
+    endpoint), asked at its client address, in turn, like ``etcdctl endpoint
+    status --cluster``. A member that cannot be asked is a row with what
+    the member list says (endpoint, id, is learner) and the error."""
+    objs: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
+    for m in client.members():
+        obj: dict[str, Any] = {
+            "endpoint": m.client_address, "node_id": m.node_id, "version": None, "db_size": None,
+            "role": None, "leader_id": None, "is_learner": m.is_learner, "term": None, "commit_index": None,
+            "applied_index": None, "last_snapshot_index": None, "errors": [],
+        }
+        st, error = _member_status(client, m)
+        if st is None:
+            obj["errors"].append(error)
+            # What the member list says is kept (id, learner); what only the member knows is empty.
+            rows.append([m.client_address or _UNKNOWN, m.node_id, _UNKNOWN, _UNKNOWN, "", "",
+                         str(m.is_learner).lower(), "", "", "", error])
+        else:
+            own = next((x for x in st.members if x.node_id == st.node_id), m)
+            obj.update(role=st.role, leader_id=st.leader_id, is_learner=own.is_learner, term=st.term,
+                       commit_index=st.commit_index, applied_index=st.applied_index,
+                       last_snapshot_index=st.last_snapshot_index)
+            rows.append([m.client_address, st.node_id, _UNKNOWN, _UNKNOWN, st.role,
+                         "" if st.leader_id is None else st.leader_id, str(own.is_learner).lower(), st.term,
+                         st.commit_index, st.applied_index, ""])
+        objs.append(obj)
+    header = ["endpoint", "id", "version", "db size", "role", "leader", "is learner", "raft term", "raft index",
+              "raft applied index", "errors"]
+    # etcdctl's simple output: every column, empty ones too, comma-separated.
+    out.emit(objs, [", ".join(str(c) for c in r) for r in rows], (header, rows))
+    failed = sum(1 for o in objs if o["errors"])
+    if failed:
+        print(f"dengine: {failed} of {len(objs)} members did not answer", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _member_status(client: BlockingClient, m: Member) -> tuple[Status | None, str]:
+    """Member ``m``'s status, asked at its client address; else why not."""
+    if m.client_address is None:
+        return None, (f"no client address is recorded for member {m.node_id} "
+                      f"(dengine member update {m.node_id} --client-address H:P)")
+    try:
+        st = client.status(endpoint=m.client_address)
+    except DengineError as exc:
+        return None, str(exc)
+    if st.node_id != m.node_id:
+        return None, f"{m.client_address} answered as node {st.node_id}, not as member {m.node_id}"
+    return st, ""
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}ms" if seconds < 1 else f"{seconds:.3f}s"
+
+
+def _check_health(endpoint: str, args: argparse.Namespace, ssl_context: Any) -> dict[str, Any]:
+    """One endpoint's health: a linearizable read of _HEALTH_KEY through a
+    client of that endpoint alone (so the read is served there, not by
+    another member), within --timeout, connection included."""
+    from dengine.client.blocking import connect
+
+    start = time.monotonic()
+    try:
+        with connect([endpoint], timeout=args.timeout, cluster_id=args.cluster_id,
+                     ssl_context=ssl_context) as client:
+            client.get(_HEALTH_KEY, consistency="linearizable")
+    except (DengineError, OSError) as exc:
+        return {"endpoint": endpoint, "health": False, "took": _took(time.monotonic() - start), "error": str(exc)}
+    return {"endpoint": endpoint, "health": True, "took": _took(time.monotonic() - start), "error": None}
+
+
+def _health(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
+    """``health [--cluster]``, like ``etcdctl endpoint health``: every
+    endpoint (or member) checked at the same time, each within --timeout."""
+    import threading
+
+    from dengine.client._core import parse_endpoints
+
+    ssl_context = _ssl_context(args)
+    given = parse_endpoints(args.endpoints)
+    missing: list[dict[str, Any]] = []
+    if args.cluster:
+        # Members' client addresses are host:port; speak TLS to them if the
+        # endpoints asked for it with https://.
+        scheme = "https://" if ssl_context is None and any(e.tls for e in given) else ""
+        endpoints = []
+        for m in client.members():
+            if m.client_address is None:  # it cannot be checked, so it is not known to be healthy
+                missing.append({"endpoint": f"member {m.node_id}", "health": False, "took": _took(0),
+                                "error": f"no client address is recorded for member {m.node_id}"})
+            else:
+                endpoints.append(scheme + m.client_address)
+    else:
+        endpoints = [e.address if e.tls is None else ("https://" if e.tls else "http://") + e.address
+                     for e in given]
+    results: list[dict[str, Any]] = [{} for _ in endpoints]
+
+    def check(i: int) -> None:
+        results[i] = _check_health(endpoints[i], args, ssl_context)
+
+    threads = [threading.Thread(target=check, args=(i,), daemon=True) for i in range(len(endpoints))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()  # each check ends within --timeout (the client's own deadline)
+    results += missing
+    if out.fmt == "simple":
+        for r in results:
+            if r["health"]:
+                print(f"{r['endpoint']} is healthy: served a linearizable read: took = {r['took']}")
+            else:
+                print(f"{r['endpoint']} is unhealthy: failed to serve a linearizable read: {r['error']}",
+                      file=sys.stderr)
+        sys.stdout.flush()
+    else:
+        out.emit(results, [], (["endpoint", "health", "took", "error"],
+                               [[r["endpoint"], str(r["health"]).lower(), r["took"], r["error"] or ""]
+                                for r in results]))
+    unhealthy = sum(1 for r in results if not r["health"])
+    if unhealthy:
+        print(f"dengine: unhealthy cluster: {unhealthy} of {len(results)} "
+              f"{'members' if args.cluster else 'endpoints'} unhealthy", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def _leader(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
@@ -1068,8 +1312,8 @@ def _snapshot(client: BlockingClient, args: argparse.Namespace, out: _Out) -> in
 
 _HANDLERS: dict[str, Callable[[BlockingClient, argparse.Namespace, _Out], int]] = {
     "get": _get, "put": _put, "del": _del, "cas": _cas, "scan": _scan, "watch": _watch,
-    "members": _members, "status": _status, "leader": _leader, "member": _member, "snapshot": _snapshot,
-    "lease": _lease, "txn": _txn,
+    "members": _members, "status": _status, "health": _health, "leader": _leader, "member": _member,
+    "snapshot": _snapshot, "lease": _lease, "txn": _txn,
 }
 
 
@@ -1112,18 +1356,11 @@ def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None
 
 
 def _trio_command(args: argparse.Namespace, out: _Out) -> int:
-    import logging
-
     import trio
 
     # The library's own warnings (a lost lease, a failed release) are
     # reported by the command in its own words; --log-level shows them too.
-    level = getattr(args, "log_level", None) or os.environ.get("DENGINE_LOG_LEVEL")
-    if level:
-        logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    else:
-        logging.getLogger("dengine").setLevel(logging.ERROR)
+    _client_logging(args, quiet=True)
     name = _arg_bytes(args.name, args.hex, "name")
     if not name.startswith(b"/") or not name.strip(b"/"):
         raise InvalidArgument(f"a {args.command} name is a key prefix that starts with '/' and names something, "
@@ -1354,7 +1591,9 @@ def _serve_config(args: argparse.Namespace) -> Config:
             cluster["id"] = args.cluster_id
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from None
-    cfg = attrs.evolve(cfg, node=attrs.evolve(cfg.node, **node), cluster=attrs.evolve(cfg.cluster, **cluster))
+    server = {} if getattr(args, "metrics_address", None) is None else {"metrics_address": args.metrics_address}
+    cfg = attrs.evolve(cfg, node=attrs.evolve(cfg.node, **node), cluster=attrs.evolve(cfg.cluster, **cluster),
+                       server=attrs.evolve(cfg.server, **server))
     if cfg.node.peer_address is None:
         # A server always listens for peers (the default address when none is
         # given), so a single node can be grown into a cluster later.
@@ -1363,7 +1602,6 @@ def _serve_config(args: argparse.Namespace) -> Config:
 
 
 async def _run(cfg: Config, self_check: bool) -> int:
-    import logging
     import signal
 
     import trio
@@ -1398,11 +1636,11 @@ async def _run(cfg: Config, self_check: bool) -> int:
 
 async def _serve(cfg: Config, join: str | None = None, given_id: int | None = None,
                  promote: bool = True) -> int:
-    import logging
     import signal
 
     import trio
 
+    from dengine.http import open_http_server
     from dengine.server import open_server
 
     log = logging.getLogger("dengine.cli")
@@ -1416,7 +1654,9 @@ async def _serve(cfg: Config, join: str | None = None, given_id: int | None = No
         client_address = None if cfg.client_address.endswith(":0") else cfg.client_address
         cfg = await prepare_join(cfg, endpoints, node_id=given_id, client_address=client_address)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_server(cfg) as server:
+        # HTTP is bound first (an address in use is reported before the engine starts).
+        async with open_http_server(None, cfg.metrics_address) as http, open_server(cfg) as server:
+            http.attach(server)
             peers = cfg.peer_address + (" (single node)" if cfg.is_single_node else "")
             log.info("node %d listening: clients on %s, peers on %s, cluster %r, data dir %s",
                      cfg.node_id, ", ".join(server.client_addresses), peers, cfg.cluster_id,
@@ -1454,17 +1694,14 @@ async def _serve(cfg: Config, join: str | None = None, given_id: int | None = No
 
 
 def _server_command(args: argparse.Namespace) -> int:
-    import logging
-
     import trio
 
+    level, fmt = _log_settings(args)
+    _configure_logging(level or "info", fmt)
     given = [flag for dest, flag in _CLIENT_FLAGS.items() if hasattr(args, dest)]
     if given:
         raise UsageError(f"{', '.join(given)} {'is a flag' if len(given) == 1 else 'are flags'} of the client "
                          f"commands; `dengine {args.command}` does not take {'it' if len(given) == 1 else 'them'}")
-    level = getattr(args, "log_level", None) or os.environ.get("DENGINE_LOG_LEVEL") or "info"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "run":
         if hasattr(args, "cluster_id"):
             raise UsageError("--cluster-id is not a flag of `dengine run`; use --config or DENGINE_CLUSTER__ID")
@@ -1483,7 +1720,7 @@ def _server_command(args: argparse.Namespace) -> int:
 
 # The common flags that take a value (they may come before the command).
 _VALUE_FLAGS = ("--endpoints", "--cluster-id", "--timeout", "-w", "--write-out", "--cacert", "--cert", "--key",
-                "--log-level")
+                "--log-level", "--log-format")
 
 
 def _command_word(argv: list[str]) -> str | None:
@@ -1528,16 +1765,39 @@ def main(argv: list[str] | None = None) -> int:
             return _server_command(args)
         return _client_command(args)
     except (ConfigError, UsageError) as exc:
-        print(f"dengine: {exc}", file=sys.stderr)
+        _say(args, str(exc))
         return EXIT_USAGE
     except DengineError as exc:
-        print(f"dengine: error {exc.code}: {exc}", file=sys.stderr)
+        _say(args, f"error {exc.code}: {exc}")
         return EXIT_ERROR
     except OSError as exc:
-        print(f"dengine: {exc}", file=sys.stderr)
+        _say(args, str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception:
+        if not _server_logs_json(args):
+            raise
+        # With JSON logs, even a crash is one record (its traceback in "exception").
+        logging.getLogger("dengine.cli").critical("dengine %s stopped on an unexpected error", args.command,
+                                                  exc_info=True)
+        return EXIT_ERROR
+
+
+def _server_logs_json(args: argparse.Namespace) -> bool:
+    """``run`` / ``serve`` logging JSON: then everything they say on stderr
+    is a record, so that every line of a server's log stays JSON. (The
+    client commands' messages are their output, not log records.)"""
+    return args.command in ("run", "serve") and _logs_json()
+
+
+def _say(args: argparse.Namespace, error: str) -> None:
+    """The error that ends the command: a plain line on stderr, or an ERROR
+    record when a server logs JSON."""
+    if _server_logs_json(args):
+        logging.getLogger("dengine.cli").error(error)
+    else:
+        print(f"dengine: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,8 @@ import trio
 
 from dengine.api import (
     Compare,
+    FollowerProgress,
+    Health,
     KeyValue,
     LeaderInfo,
     Lease,
@@ -52,6 +54,7 @@ from dengine.api import (
 )
 from dengine.config import Config
 from dengine.errors import (
+    ClusterError,
     DengineError,
     EngineStopped,
     InvalidArgument,
@@ -61,6 +64,8 @@ from dengine.errors import (
     MembershipChangeRefused,
     NotLeader,
     ProposalDropped,
+    ResourceExhausted,
+    StorageError,
     Timeout,
     Unavailable,
 )
@@ -71,9 +76,11 @@ from dengine.kv.members import encode_member_context
 from dengine.kv.snapshot import encode_image
 from dengine.lifecycle import Subscription
 from dengine.raft.messages import ConfChange, ConfChangeType, Role
+from dengine.raft.quorum import has_quorum
 from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
 from dengine.backup import write_backup
 from dengine.storage.backup import check_cluster_id
+from dengine.stats import HistogramData, PeerStatistics
 from dengine.storage.file import FileStorage
 from dengine.transport.base import single_leaf
 from dengine.watch.dispatcher import DispatcherStatistics, Watch
@@ -97,6 +104,9 @@ def node_options(config: Config) -> NodeOptions:
         proposal_batch_max=raft.proposal_batch_max,
         addresses=dict(config.initial_cluster),
         watch=raft.watch,
+        metrics=config.metrics.enabled,
+        slow_fsync=config.metrics.slow_fsync_ms / 1000,
+        slow_apply=config.metrics.slow_apply_ms / 1000,
     )
 
 
@@ -269,9 +279,19 @@ class EmbeddedClient:
     async def _write(self, command: Any, timeout: float | None) -> Any:
         limit = self._engine._timeout(timeout)
         node = self._node
-        waiter = node.propose(command)
+        try:
+            waiter = node.propose(command)
+        except ResourceExhausted:
+            node.stats.proposals_failed += 1
+            raise
         node.expire(waiter, trio.current_time() + limit, _WRITE_TIMEOUT, limit)
-        return await waiter.wait()
+        try:
+            return await waiter.wait()
+        except (ClusterError, StorageError):
+            # Timed out, leader changed, dropped, stopped: not a command's own
+            # refusal (those are UsageErrors, e.g. LeaseNotFound).
+            node.stats.proposals_failed += 1
+            raise
 
     # -- reads ----------------------------------------------------------
 
@@ -390,14 +410,18 @@ class EmbeddedClient:
         node = self._node
         node.check_open()
         if level is ReadConsistency.EVENTUAL:
+            node.stats.reads_eventual += 1
             return
         limit = engine._timeout(timeout)
         deadline = trio.current_time() + limit
         index: int | None = None
         if level is ReadConsistency.LEASE:
+            node.stats.reads_lease += 1
             if node.current_role is not Role.LEADER:
                 raise node.not_leader()
             index = node.lease_read_index()
+        else:
+            node.stats.reads_linearizable += 1
         if index is None:
             # Linearizable, or a lease not (yet) established: ReadIndex.
             index = await engine._read_index_with_retry(deadline, limit)
@@ -405,6 +429,54 @@ class EmbeddedClient:
         if waiter is not None:
             node.expire(waiter, deadline, _READ_TIMEOUT, limit)
             await waiter.wait()
+
+@attrs.frozen
+class EngineStatistics:
+    """One node, now (:meth:`Engine.statistics`; the metric each field
+    becomes is in docs/operations.md, "Metrics").
+
+    Positions: ``term``, ``leader_id`` (None: no leader known),
+    ``commit_index``, ``applied_index``. Counters since this node started:
+    ``entries_committed`` / ``entries_applied`` (Raft entries; one entry
+    carries every write of a batch), ``proposals_failed`` (writes this node
+    took that did not apply, or refused for lack of room), ``leader_changes``,
+    ``reads`` by consistency, ``keys_expired`` / ``leases_expired`` (TTL
+    deletions and lease revokes this node proposed as leader),
+    ``slow_applies`` / ``slow_fsyncs`` (the WARNINGs). ``proposals_pending``:
+    writes waiting here. ``follower_lag``: on the leader, entries each other
+    member is behind (empty elsewhere). The histograms are None when
+    ``[metrics] enabled`` is off (``timed`` False). ``peers``: traffic by
+    peer id; ``storage_bytes``: bytes on disk by kind (empty on a backend
+    with no files)."""
+
+    node_id: int
+    term: int
+    leader_id: int | None
+    is_leader: bool
+    commit_index: int
+    applied_index: int
+    entries_committed: int
+    entries_applied: int
+    proposals_pending: int
+    proposals_failed: int
+    leader_changes: int
+    follower_lag: dict[int, int]
+    reads: dict[str, int]
+    keys_expired: int
+    leases_expired: int
+    slow_applies: int
+    slow_fsyncs: int
+    timed: bool
+    wal_fsync_seconds: HistogramData | None
+    wal_append_seconds: HistogramData | None
+    snapshot_save_seconds: HistogramData | None
+    snapshot_apply_seconds: HistogramData | None
+    snapshot_save_bytes: HistogramData | None
+    snapshot_apply_bytes: HistogramData | None
+    peers: dict[int, PeerStatistics]
+    watch: DispatcherStatistics
+    storage_bytes: dict[str, int]
+
 
 def _lease_not_found(lease_id: int) -> LeaseNotFound:
     return LeaseNotFound(f"lease {lease_id} does not exist (it expired, was revoked or never granted)")
@@ -425,6 +497,8 @@ class Engine:
         raft = config.raft
         #: The shortest lease granted: 1.5 election timeouts, as in etcd.
         self.min_lease_ttl_ms = math.ceil(1.5 * raft.election_ticks * raft.tick_interval_ms)
+        # The peer transport (None for a single node without one): per-peer traffic for statistics().
+        self._transport: Any = None
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -504,6 +578,47 @@ class Engine:
     def watch_statistics(self) -> DispatcherStatistics:
         """Counters of this node's watch dispatcher: events, lag, cancellations."""
         return self._node.watch.statistics()
+
+    def statistics(self) -> EngineStatistics:
+        """What this node counts and times, now (what ``/metrics`` exports:
+        see docs/operations.md, "Metrics"). Cheap enough for every scrape;
+        it lists the data directory once for the bytes on disk."""
+        node = self._node
+        core = node.raw.core
+        stats = node.stats
+        timed = stats.timed
+        pending = node.driver.pending()
+        transport = self._transport
+        peers = transport.peer_statistics() if transport is not None else {}
+        return EngineStatistics(
+            node_id=node.raw.id,
+            term=core.term,
+            leader_id=core.lead,
+            is_leader=core.role is Role.LEADER,
+            commit_index=core.log.committed,
+            applied_index=node.kv.applied_index,
+            entries_committed=max(0, core.log.committed - node.started_commit),
+            entries_applied=max(0, node.kv.applied_index - node.started_applied),
+            proposals_pending=pending["proposals"] + pending["proposal_waiters"],
+            proposals_failed=stats.proposals_failed,
+            leader_changes=stats.leader_changes,
+            follower_lag={p.node_id: p.lag for p in self.follower_progress()},
+            reads=stats.reads(),
+            keys_expired=stats.keys_expired,
+            leases_expired=stats.leases_expired,
+            slow_applies=stats.slow_applies,
+            slow_fsyncs=stats.slow_fsyncs,
+            timed=timed,
+            wal_fsync_seconds=stats.wal_fsync.snapshot() if timed else None,
+            wal_append_seconds=stats.wal_append.snapshot() if timed else None,
+            snapshot_save_seconds=stats.snapshot_save_seconds.snapshot() if timed else None,
+            snapshot_apply_seconds=stats.snapshot_apply_seconds.snapshot() if timed else None,
+            snapshot_save_bytes=stats.snapshot_save_bytes.snapshot() if timed else None,
+            snapshot_apply_bytes=stats.snapshot_apply_bytes.snapshot() if timed else None,
+            peers=peers,
+            watch=node.watch.statistics(),
+            storage_bytes=node.storage.size_on_disk(),
+        )
 
     # -- membership -----------------------------------------------------------
 
@@ -738,6 +853,52 @@ class Engine:
             last_snapshot_index=node.last_snapshot_index,
         )
 
+    def health(self) -> Health:
+        """This node's health by etcd's ``/health`` rule (see
+        :class:`~dengine.api.Health`); what ``/health`` of
+        :mod:`dengine.http` answers."""
+        node = self._node
+        if node.lifecycle.removed.is_set():
+            return Health(False, "this node was removed from the cluster")
+        if node.lifecycle.stopping.is_set():
+            return Health(False, "this node is stopping")
+        core = node.raw.core
+        timeout = core.config.election_tick * self.config.raft.tick_interval_ms / 1000
+        if core.role is Role.LEADER:
+            voters = core.conf.voters
+            heard = core.recently_active() & voters
+            if not has_quorum(voters, heard):
+                return Health(False, f"leader without a quorum: heard from {len(heard)} of {len(voters)} voters "
+                                     f"in the last {timeout:g} s")
+            return Health(True)
+        if core.lead is None:
+            return Health(False, f"no leader (this node is a {core.role.value})")
+        if core.election_elapsed >= core.config.election_tick:
+            return Health(False, f"no word from leader {core.lead} in the last {timeout:g} s")
+        return Health(True)
+
+    def follower_progress(self) -> tuple[FollowerProgress, ...]:
+        """On the leader, its view of every other member, by node id; empty
+        on any other node."""
+        core = self._node.raw.core
+        if core.role is not Role.LEADER:
+            return ()
+        last = core.log.last_index()
+        active = core.recently_active()
+        return tuple(
+            FollowerProgress(
+                node_id=peer,
+                match_index=pr.match,
+                next_index=pr.next,
+                lag=max(0, last - pr.match),
+                state=pr.state.value,
+                is_learner=pr.is_learner,
+                recently_active=peer in active,
+            )
+            for peer, pr in sorted(core.prs.items())
+            if peer != core.id
+        )
+
     async def transfer_leadership(self, target: int | None = None, *, timeout: float | None = None) -> int:
         """Hand leadership to ``target`` (default: the most caught-up voter);
         returns the new leader's id."""
@@ -895,6 +1056,7 @@ async def open_engine(
             node = await stack.enter_async_context(open_node(node_options(cfg), store, outbox, inbound))
             stack.callback(followers.cancel_scope.cancel)
             engine = Engine(cfg, node)
+            engine._transport = transport
             engine.peer_client_addresses = learned
             engine.client_address = client_address
             if transport is not None:
@@ -962,7 +1124,7 @@ async def run_engine(config: Config | str, *, task_status: Any = trio.TASK_STATU
         await trio.sleep_forever()
 
 
-__all__ = ["EmbeddedClient", "Engine", "open_engine", "restore_snapshot", "run_engine"]
+__all__ = ["EmbeddedClient", "Engine", "EngineStatistics", "open_engine", "restore_snapshot", "run_engine"]
 
 
 def restore_snapshot(

@@ -4,7 +4,7 @@ Rules of this module:
 
 * :class:`Config` is frozen and made of frozen sections -- ``node``,
   ``cluster``, ``raft`` (with ``raft.watch``), ``storage``, ``transport``,
-  ``server`` (dengine.config.settings) -- so ``attrs.evolve`` works at every
+  ``server``, ``metrics`` (dengine.config.settings) -- so ``attrs.evolve`` works at every
   level. The common node settings may also be given flat: ``Config(node_id=1,
   data_dir=..., peer_address=..., client_address=..., initial_cluster=...,
   cluster_id=...)``; a flat keyword is applied on top of the section given
@@ -29,7 +29,9 @@ from dengine.config.loading import build, env_values, merge, read_toml_file, val
 from dengine.config.settings import (
     DEFAULT_DATA_DIR,
     DEFAULT_PEER_ADDRESS,
+    OFF,
     ClusterSettings,
+    MetricsSettings,
     NodeSettings,
     RaftSettings,
     ServerSettings,
@@ -68,6 +70,7 @@ class Config:
     storage: StorageSettings = section_field(StorageSettings, "The write-ahead log.")
     transport: TransportSettings = section_field(TransportSettings, "Framing and connection set-up.")
     server: ServerSettings = section_field(ServerSettings, "The client endpoint and TLS.")
+    metrics: MetricsSettings = section_field(MetricsSettings, "Metrics recording and slow-operation warnings.")
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class Config:
         storage: StorageSettings | None = None,
         transport: TransportSettings | None = None,
         server: ServerSettings | None = None,
+        metrics: MetricsSettings | None = None,
         node_id: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         peer_address: str | None = None,
@@ -107,6 +111,7 @@ class Config:
             storage=storage if storage is not None else StorageSettings(),
             transport=transport if transport is not None else TransportSettings(),
             server=server if server is not None else ServerSettings(),
+            metrics=metrics if metrics is not None else MetricsSettings(),
         )
         problems = self.validate()
         if problems:
@@ -193,6 +198,13 @@ class Config:
     @property
     def client_address(self) -> str:
         return self.node.client_address
+
+    @property
+    def metrics_address(self) -> str | None:
+        """Where ``dengine serve`` answers HTTP (``server.metrics_address``),
+        or None when it is ``off``."""
+        address = self.server.metrics_address
+        return None if address == OFF else address
 
     @property
     def cluster_id(self) -> str:

@@ -65,7 +65,7 @@ def _from_toml_value(meta: Meta, value: Any) -> Any:
     elif kind == "bool":
         if isinstance(value, bool):
             return value
-    elif kind in ("str", "path", "address"):
+    elif kind in ("str", "path", "address", "listen"):
         if isinstance(value, str):
             return value
     elif kind == "consistency":
@@ -120,7 +120,7 @@ def _from_env_value(meta: Meta, text: str) -> Any:
         raise ValueError("true or false (or 1/0, yes/no, on/off)")
     if kind == "path":
         return stripped or None  # empty unsets the file
-    if kind == "address":
+    if kind in ("address", "listen"):
         return stripped
     if kind == "str":
         return text

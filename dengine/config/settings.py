@@ -30,13 +30,16 @@ __all__ = [
     "DEFAULT_CLIENT_ADDRESS",
     "DEFAULT_CLUSTER_ID",
     "DEFAULT_DATA_DIR",
+    "DEFAULT_METRICS_ADDRESS",
     "DEFAULT_PEER_ADDRESS",
     "ENV_PREFIX",
     "INT_MAX",
     "KIND_WORDS",
     "MEMBER_MAPS",
+    "OFF",
     "ClusterSettings",
     "Meta",
+    "MetricsSettings",
     "NodeSettings",
     "RaftSettings",
     "ServerSettings",
@@ -56,6 +59,11 @@ DEFAULT_DATA_DIR: Final = "./dengine-data"
 DEFAULT_CLIENT_ADDRESS: Final = "127.0.0.1:9081"
 #: Peer address used when none is given and ``cluster.initial`` has none for this node.
 DEFAULT_PEER_ADDRESS: Final = "127.0.0.1:7001"
+#: Where ``dengine serve`` serves /metrics, /health, /status.json and the
+#: cluster page when nothing else is given (``server.metrics_address``).
+DEFAULT_METRICS_ADDRESS: Final = "127.0.0.1:9082"
+#: The value of an optional listening address that turns the listener off.
+OFF: Final = "off"
 #: Cluster id used when none is given.
 DEFAULT_CLUSTER_ID: Final = "dengine"
 #: Prefix of every environment variable read by :meth:`Config.from_env`.
@@ -73,7 +81,7 @@ MEMBER_MAPS: Final = frozenset({"initial", "client_addresses"})
 class Meta:
     """What the loaders and validator know about one setting."""
 
-    kind: str  # int float bool str path address members consistency section
+    kind: str  # int float bool str path address listen members consistency section
     doc: str
     minimum: int | None = None
     section: type | None = None
@@ -113,6 +121,13 @@ def _to_members(value: object) -> object:
     return value
 
 
+def _to_listen(value: object) -> object:
+    """An optional listening address: ``""`` and ``"OFF"`` both mean ``"off"``."""
+    if isinstance(value, str) and value.strip().lower() in ("", OFF):
+        return OFF
+    return value
+
+
 def _to_fspath(value: object) -> object:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
@@ -126,6 +141,7 @@ _CONVERTERS: dict[str, Any] = {
     "members": _to_members,
     "str": _to_fspath,
     "path": _to_fspath,
+    "listen": _to_listen,
 }
 
 
@@ -346,7 +362,7 @@ class TransportSettings:
 
 @attrs.frozen
 class ServerSettings:
-    """``[server]``: the client endpoint of a standalone server, and TLS."""
+    """``[server]``: the client endpoint of a standalone server, TLS, and its HTTP face."""
 
     max_connections: int = _setting(
         10000, "int", "Most client connections served at once; more are refused.", minimum=1
@@ -367,6 +383,40 @@ class ServerSettings:
     peer_tls: bool = _setting(
         False, "bool", "Use TLS between peers too (needs `tls_cert`, `tls_key` and `tls_ca`)."
     )
+    metrics_address: str = _setting(
+        DEFAULT_METRICS_ADDRESS,
+        "listen",
+        "host:port where `dengine serve` answers HTTP: /metrics, /health, /livez, /readyz, /status.json and "
+        "the live cluster page at /. `off` (or an empty string) turns it off; port 0 picks a free port. "
+        "The embedded engine serves nothing unless the application calls `dengine.http.open_http_server`.",
+    )
+
+
+@attrs.frozen
+class MetricsSettings:
+    """``[metrics]``: what a node measures about itself (docs/operations.md, "Metrics")."""
+
+    enabled: bool = _setting(
+        True,
+        "bool",
+        "Record the histograms (WAL fsync and append, snapshots, peer round trips, client request latency) "
+        "and count client requests by operation and code. Off: those metrics are exported without samples; "
+        "gauges and the other counters are exported either way, and the slow-operation warnings still fire.",
+    )
+    slow_fsync_ms: int = _setting(
+        1000,
+        "int",
+        "Log a WARNING when one WAL write and its fdatasync take longer than this (etcd's \"slow fdatasync\" "
+        "is at 1 s).",
+        minimum=1,
+    )
+    slow_apply_ms: int = _setting(
+        100,
+        "int",
+        "Log a WARNING (and count `dengine_server_slow_apply_total`) when applying one step of committed entries "
+        "to the state machine takes longer than this (etcd warns at 100 ms).",
+        minimum=1,
+    )
 
 
 KIND_WORDS = {
@@ -377,6 +427,7 @@ KIND_WORDS = {
     "str": "a string",
     "path": "a file path",
     "address": "a 'host:port' string",
+    "listen": "a 'host:port' string or 'off'",
     "consistency": "one of 'linearizable', 'lease', 'eventual'",
     "members": "a table of node id = 'host:port' or a string 'id=host:port,...'",
 }

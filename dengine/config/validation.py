@@ -20,7 +20,7 @@ from typing import Any
 
 from dengine.api import ReadConsistency
 from dengine.config.addresses import WILDCARD_HOSTS, is_wildcard, split_address
-from dengine.config.settings import DEFAULT_PEER_ADDRESS, INT_MAX, Meta, dotted_path, schema_fields
+from dengine.config.settings import DEFAULT_PEER_ADDRESS, INT_MAX, OFF, Meta, dotted_path, schema_fields
 from dengine.raft.core import RaftConfig
 
 __all__ = ["validate"]
@@ -100,6 +100,12 @@ def _check_leaf(name: str, meta: Meta, value: Any) -> str | None:
         result = split_address(value)
         if isinstance(result, str):
             return f"{name} must be 'host:port': {result} (got {value!r})."
+    elif kind == "listen":
+        if value == OFF:
+            return None
+        result = split_address(value)
+        if isinstance(result, str):
+            return f"{name} must be 'host:port' or '{OFF}': {result} (got {value!r})."
     elif kind == "consistency":
         if not isinstance(value, ReadConsistency):
             allowed = ", ".join(repr(m.value) for m in ReadConsistency)
@@ -164,6 +170,15 @@ def _check_together(good: Mapping[str, Any]) -> list[str]:
         client = g["node.client_address"]
         if peer == client and split_address(client)[1] != 0:
             problems.append(f"node.client_address and the peer address are both {client!r}; they must differ.")
+        if have("server.metrics_address"):
+            metrics = g["server.metrics_address"]
+            if metrics != OFF and split_address(metrics)[1] != 0:
+                for other, what in ((client, "node.client_address"), (peer, "the peer address")):
+                    if metrics == other:
+                        problems.append(
+                            f"server.metrics_address and {what} are both {metrics!r}; they must differ "
+                            f"(or set server.metrics_address = '{OFF}')."
+                        )
     if have("raft.election_ticks", "raft.heartbeat_ticks"):
         if g["raft.election_ticks"] <= g["raft.heartbeat_ticks"]:
             problems.append(

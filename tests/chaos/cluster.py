@@ -89,7 +89,7 @@ class ChaosCluster:
     def argv(self, i: int) -> list[str]:
         clients = ",".join(f"{j}={self.endpoint(j)}" for j in self.ids)
         return [
-            sys.executable, "-m", "dengine", "serve", "--id", str(i),
+            sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--id", str(i),
             "--data-dir", str(self.workdir / f"n{i}"),
             "--peer-address", f"127.0.0.1:{self.peer_ports[i]}",
             "--client-address", self.endpoint(i),

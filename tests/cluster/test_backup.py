@@ -46,7 +46,8 @@ class Cluster:
         return self.tmp / f"{self.name}{i}"
 
     async def start(self, i: int, cluster_id: str) -> None:
-        argv = [sys.executable, "-m", "dengine", "serve", "--id", str(i), "--data-dir", str(self.data_dir(i)),
+        argv = [sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--id", str(i),
+                "--data-dir", str(self.data_dir(i)),
                 "--peer-address", self.peers[i], "--client-address", self.clients[i],
                 "--initial-cluster", self.initial(), "--cluster-id", cluster_id]
         log = self.logs[i] = open(self.tmp / f"{self.name}{i}.log", "ab")  # noqa: SIM115 - closed in stop_all()
@@ -130,7 +131,7 @@ async def test_a_backup_under_writes_restores_to_a_new_cluster_with_the_data_at_
                 new_id = json.loads(out)["cluster_id"]
             assert new_id == f"{CLUSTER}-restored-{revision}"
             # Under the old cluster id, a restored directory refuses to start.
-            code, _, err = await _cli("serve", "--id", "1", "--data-dir", str(target.data_dir(1)),
+            code, _, err = await _cli("serve", "--metrics-address", "off", "--id", "1", "--data-dir", str(target.data_dir(1)),
                                       "--peer-address", target.peers[1], "--client-address", target.clients[1],
                                       "--initial-cluster", target.initial(), "--cluster-id", CLUSTER)
             assert code == 2 and f"belongs to cluster {new_id!r}" in err, err

@@ -39,7 +39,8 @@ class Nodes:
 
     async def start(self, k: int, *extra: str) -> None:
         """Start the k-th process (0-based): its own data dir, peer and client address."""
-        argv = [sys.executable, "-m", "dengine", "--log-level", "info", "serve", "--data-dir", str(self.tmp / f"d{k}"),
+        argv = [sys.executable, "-m", "dengine", "--log-level", "info", "serve", "--metrics-address", "off",
+                "--data-dir", str(self.tmp / f"d{k}"),
                 "--peer-address", self.peers[k], "--client-address", self.clients[k], "--cluster-id", CLUSTER, *extra]
         log = self.logs[k] = open(self.tmp / f"d{k}.log", "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "DENGINE_RAFT__TICK_INTERVAL_MS": "20"}

@@ -40,7 +40,7 @@ class Processes:
         members = ",".join(f"{i}={a}" for i, a in self.peers.items())
         clients = ",".join(f"{i}={a}" for i, a in self.clients.items())
         return [
-            sys.executable, "-m", "dengine", "serve", "--id", str(node_id),
+            sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--id", str(node_id),
             "--data-dir", str(self.tmp / f"n{node_id}"), "--peer-address", self.peers[node_id],
             "--client-address", self.clients[node_id], "--initial-cluster", members,
             "--client-addresses", clients, "--cluster-id", "proc-test",

@@ -49,7 +49,7 @@ class Server:
         peer, client = free_ports(2)
         self.endpoint = f"127.0.0.1:{client}"
         self.log = tmp / "server.log"
-        argv = [sys.executable, "-m", "dengine", "serve", "--id", "1", "--data-dir", str(tmp / "data"),
+        argv = [sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--id", "1", "--data-dir", str(tmp / "data"),
                 "--client-address", self.endpoint, "--peer-address", f"127.0.0.1:{peer}", "--cluster-id", CLUSTER,
                 "--log-level", "warning"]
         env = {**os.environ, "DENGINE_RAFT__TICK_INTERVAL_MS": "20"}

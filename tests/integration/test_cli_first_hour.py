@@ -66,7 +66,7 @@ class Servers:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, node_id: int, *extra: str) -> None:
-        argv = [sys.executable, "-m", "dengine", "serve", "--id", str(node_id),
+        argv = [sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--id", str(node_id),
                 "--data-dir", str(self.tmp / f"n{node_id}"), "--client-address", self.clients[node_id],
                 "--peer-address", self.peers[node_id], "--cluster-id", CLUSTER, *extra]
         if len(self.peers) > 1:

@@ -284,7 +284,7 @@ class ServeProcess:
 
     async def start(self) -> None:
         argv = [
-            sys.executable, "-m", "dengine", "--log-level", "warning", "serve", "--id", "1",
+            sys.executable, "-m", "dengine", "--log-level", "warning", "serve", "--metrics-address", "off", "--id", "1",
             "--data-dir", str(self.tmp / "n1"), "--peer-address", self.peer,
             "--client-address", self.endpoint, "--initial-cluster", f"1={self.peer}", "--cluster-id", CLUSTER,
         ]

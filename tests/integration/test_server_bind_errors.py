@@ -53,7 +53,8 @@ def test_the_cli_says_which_address_and_creates_nothing(tmp_path: pathlib.Path) 
     sock, address = _busy()
     with sock:
         done = subprocess.run(
-            [sys.executable, "-m", "dengine", "serve", "--data-dir", str(tmp_path / "d"), "--client-address", address],
+            [sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--data-dir", str(tmp_path / "d"),
+             "--client-address", address],
             capture_output=True, text=True, timeout=60, check=False,
         )
     assert done.returncode != 0

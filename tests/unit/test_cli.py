@@ -46,7 +46,7 @@ def test_serve_flags_build_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("DENGINE_RAFT__TICK_INTERVAL_MS", "25")
     args = _build_parser().parse_args([
         "serve", "--id", "2", "--data-dir", str(tmp_path / "n2"), "--peer-address", "127.0.0.1:7002",
-        "--client-address", "127.0.0.1:9082", "--cluster-id", "prod",
+        "--client-address", "127.0.0.1:9082", "--metrics-address", "127.0.0.1:9182", "--cluster-id", "prod",
         "--initial-cluster", "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
         "--client-addresses", "1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083",
     ])
@@ -56,8 +56,11 @@ def test_serve_flags_build_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert cfg.initial_cluster[3] == "127.0.0.1:7003"
     assert cfg.cluster.client_addresses[1] == "127.0.0.1:9081"
     assert cfg.raft.tick_interval_ms == 25.0
+    assert cfg.metrics_address == "127.0.0.1:9182"
     defaults = _serve_config(_build_parser().parse_args(["serve"]))
     assert (defaults.client_address, defaults.data_dir) == ("127.0.0.1:9081", "./dengine-data")
+    assert defaults.metrics_address == "127.0.0.1:9082"
+    assert _serve_config(_build_parser().parse_args(["serve", "--metrics-address", "off"])).metrics_address is None
 
 
 def test_serve_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,9 +23,11 @@ from dengine.api import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, ReadConsis
 from dengine.config import (
     DEFAULT_CLIENT_ADDRESS,
     DEFAULT_DATA_DIR,
+    DEFAULT_METRICS_ADDRESS,
     DEFAULT_PEER_ADDRESS,
     ClusterSettings,
     Config,
+    MetricsSettings,
     NodeSettings,
     RaftSettings,
     ServerSettings,
@@ -133,6 +135,12 @@ tls_cert = "{tls["cert.pem"]}"
 tls_key = "{tls["key.pem"]}"
 tls_ca = "{tls["ca.pem"]}"
 peer_tls = true
+metrics_address = "10.0.0.2:9183"
+
+[metrics]
+enabled = false
+slow_fsync_ms = 250
+slow_apply_ms = 40
 """
 
 
@@ -170,6 +178,8 @@ def test_defaults_are_valid_and_documented_values() -> None:
     assert config.transport.max_frame_size == 16 * 1024 * 1024
     assert config.server.max_connections == 10000
     assert (config.server.tls_cert, config.server.peer_tls) == (None, False)
+    assert config.server.metrics_address == DEFAULT_METRICS_ADDRESS == "127.0.0.1:9082"
+    assert config.metrics_address == "127.0.0.1:9082"
 
 
 def test_default_raft_config_is_a_valid_single_voter() -> None:
@@ -386,7 +396,9 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         tls_key=tls_files["key.pem"],
         tls_ca=tls_files["ca.pem"],
         peer_tls=True,
+        metrics_address="10.0.0.2:9183",
     )
+    assert full.metrics == MetricsSettings(enabled=False, slow_fsync_ms=250, slow_apply_ms=40)
 
 
 def test_the_full_file_leaves_no_setting_at_its_default(full: Config) -> None:
@@ -420,10 +432,12 @@ def test_every_public_name_is_importable_from_the_package() -> None:
         "DEFAULT_CLIENT_ADDRESS",
         "DEFAULT_CLUSTER_ID",
         "DEFAULT_DATA_DIR",
+        "DEFAULT_METRICS_ADDRESS",
         "DEFAULT_PEER_ADDRESS",
         "ENV_PREFIX",
         "ClusterSettings",
         "Config",
+        "MetricsSettings",
         "NodeSettings",
         "RaftSettings",
         "ServerSettings",
@@ -563,6 +577,9 @@ def test_a_removed_setting_names_its_replacement() -> None:
         ("DENGINE_STORAGE__PREALLOCATE", "false", lambda c: c.storage.preallocate is False),
         ("DENGINE_TRANSPORT__MAX_FRAME_SIZE", "8388608", lambda c: c.transport.max_frame_size == 8 << 20),
         ("DENGINE_SERVER__MAX_CONNECTIONS", "10", lambda c: c.server.max_connections == 10),
+        ("DENGINE_SERVER__METRICS_ADDRESS", " 0.0.0.0:9100 ", lambda c: c.metrics_address == "0.0.0.0:9100"),  # listen
+        ("DENGINE_SERVER__METRICS_ADDRESS", "off", lambda c: c.metrics_address is None),
+        ("DENGINE_SERVER__METRICS_ADDRESS", "", lambda c: c.server.metrics_address == "off"),
     ],
 )
 def test_env_override_of_each_type(var: str, text: str, read: Any) -> None:
@@ -746,7 +763,20 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"server": ServerSettings(tls_cert="/no/such/cert.pem", tls_key="/no/such/key.pem")}, "server.tls_cert names a file that does not exist ('/no/such/cert.pem')."),
     ({"server": ServerSettings(tls_ca="")}, "server.tls_ca must be a file path"),
     ({"server": StorageSettings()}, "server must be a ServerSettings"),
+    ({"server": ServerSettings(metrics_address="9082")}, "server.metrics_address must be 'host:port' or 'off': no port was found"),
+    ({"server": ServerSettings(metrics_address=9082)}, "server.metrics_address must be 'host:port' or 'off'"),  # type: ignore[arg-type]
+    ({"server": ServerSettings(metrics_address="127.0.0.1:9081")}, "server.metrics_address and node.client_address are both '127.0.0.1:9081'"),
+    ({"server": ServerSettings(metrics_address=DEFAULT_PEER_ADDRESS)}, "server.metrics_address and the peer address are both"),
+    ({"client_address": "127.0.0.1:9082"}, "server.metrics_address and node.client_address are both '127.0.0.1:9082'"),
 ]
+
+
+def test_metrics_address_off_and_port_zero() -> None:
+    assert Config(server=ServerSettings(metrics_address="OFF")).metrics_address is None
+    assert Config(client_address="127.0.0.1:9082", server=ServerSettings(metrics_address="off")).metrics_address is None
+    both_zero = Config(client_address="127.0.0.1:0", server=ServerSettings(metrics_address="127.0.0.1:0"))
+    assert both_zero.metrics_address == "127.0.0.1:0"
+    assert 'metrics_address = "off"' in Config(server=ServerSettings(metrics_address="")).to_toml()
 
 
 @pytest.mark.parametrize(("kwargs", "sentence"), BAD_VALUES)

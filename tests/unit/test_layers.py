@@ -21,6 +21,8 @@ PKG = ROOT / "dengine"
 RANKS: list[tuple[str, int, str]] = [
     ("dengine.errors", 0, "errors"),
     ("dengine.api", 1, "api"),
+    # Counters and fixed-bucket histograms the engine records into: pure, beside the value types.
+    ("dengine.stats", 1, "stats"),
     ("dengine.raft", 2, "raft"),
     ("dengine.kv", 2, "kv"),
     ("dengine.watch.registry", 2, "watch.registry"),
@@ -45,11 +47,13 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.testing", 8, "testing"),
     # Session / Lock / Election: recipes over any client.
     ("dengine.concurrency", 9, "concurrency"),
+    # Faces of a server: /metrics, /health, /status.json and the live page.
+    ("dengine.http", 9, "http"),
     ("dengine.cli", 10, "cli"),
     ("dengine.__main__", 10, "cli"),
 ]
 
-PURE_PREFIXES = ("dengine.raft", "dengine.kv", "dengine.watch.registry", "dengine.renewal")
+PURE_PREFIXES = ("dengine.raft", "dengine.kv", "dengine.watch.registry", "dengine.renewal", "dengine.stats")
 FORBIDDEN_IN_PURE = {"trio", "socket", "time", "threading", "os", "asyncio", "selectors", "subprocess", "datetime"}
 # The client talks to a server over the wire; it never imports the engine.
 CLIENT_FORBIDDEN = ("dengine.runtime", "dengine.embedded", "dengine.server", "dengine.lifecycle", "dengine.storage")

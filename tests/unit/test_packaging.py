@@ -21,6 +21,9 @@ def test_the_wheel_ships_py_typed(tmp_path: pathlib.Path) -> None:
     (wheel,) = tmp_path.glob("dengine-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "dengine/py.typed" in names
+    # The cluster page of dengine.http is served from the package.
+    for page in ("index.html", "page.js", "page.css"):
+        assert f"dengine/http/page/{page}" in names
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
     assert "Author: The dengine developers" in meta or "Author-email" in meta or "The dengine developers" in meta
     assert "Classifier: Typing :: Typed" in meta
