@@ -605,6 +605,7 @@ async def test_locks_and_leases_soak(procs: Processes, contenders: int) -> None:
     await coordination_run(procs, seed=_seed(), rounds=5, contenders=contenders, deadline=300)
 
 
+@pytest.mark.slow  # the default run covers it in-process: tests/conformance/test_coordination.py, test_concurrency.py
 @pytest.mark.parametrize("recipe", ["lock", "election"])
 async def test_contenders_queued_by_one_raft_entry_never_hold_together(procs: Processes, recipe: str) -> None:
     """Lock and Election order their queue by create_revision, and commands

@@ -39,7 +39,9 @@ async def test_writes_through_leader_reads_everywhere(tmp_path: pathlib.Path, tc
 @pytest.mark.parametrize("tcp", TRANSPORTS)
 async def test_killing_the_leader_elects_a_new_one(tmp_path: pathlib.Path, tcp: bool) -> None:
     with trio.fail_after(40):
-        async with open_cluster(tmp_path, tcp=tcp, raft={"transfer_leadership_on_stop": False}) as cluster:
+        # 30 ticks of 10 ms: a busy test machine does not move the leader before the kill.
+        async with open_cluster(tmp_path, tcp=tcp, raft={"transfer_leadership_on_stop": False,
+                                                        "election_ticks": 30}) as cluster:
             leader = await cluster.wait_leader()
             old_id, old_term = leader.status().node_id, leader.current_term()
             for i in range(20):

@@ -167,7 +167,8 @@ def test_the_rules_file_is_a_prometheus_rules_file() -> None:
             assert expr.count(open_) == expr.count(close), f"{rule['alert']}: unbalanced {open_}{close}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool is not installed: apt-get install -y prometheus (.ci/run does)")
 def test_promtool_accepts_the_rules_file() -> None:  # pragma: no cover - only where promtool is
     run = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
