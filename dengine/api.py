@@ -488,7 +488,10 @@ class MembershipChange:
 
 @attrs.frozen(slots=True)
 class Status:
-    """A snapshot of one node's view of itself and the cluster."""
+    """A snapshot of one node's view of itself and the cluster. ``version``
+    is the node's dengine version and ``db_size`` the bytes its data
+    directory holds (WAL and snapshots); None where unknown (a server that
+    predates them)."""
 
     node_id: int
     role: str
@@ -498,6 +501,8 @@ class Status:
     applied_index: int
     members: tuple[Member, ...]
     last_snapshot_index: int
+    version: str | None = None
+    db_size: int | None = None
 
 
 @attrs.frozen(slots=True)

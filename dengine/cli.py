@@ -1085,12 +1085,19 @@ def _status(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-# What `status --cluster` cannot show yet: the status op (docs/protocol.md,
-# "Status map") carries neither the server's version nor the size of its
-# data directory, so these columns are "-" (null in JSON) rather than a
-# guess; the CLI's own version would be wrong exactly when it matters, in
-# the middle of a rolling upgrade.
+# What a member cannot tell (it does not answer, or predates the status
+# map's `version` and `db_size`): "-" (null in JSON) rather than a guess;
+# the CLI's own version would be wrong exactly when it matters, in the
+# middle of a rolling upgrade.
 _UNKNOWN = "-"
+
+
+def _human_bytes(n: int) -> str:
+    """etcdctl's style: 20 kB, 1.2 MB."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}".replace(".0 ", " ")
+    return f"{n} B"
 
 
 def _cluster_status(client: BlockingClient, args: argparse.Namespace, out: _Out) -> int:
@@ -1116,8 +1123,9 @@ def _cluster_status(client: BlockingClient, args: argparse.Namespace, out: _Out)
             own = next((x for x in st.members if x.node_id == st.node_id), m)
             obj.update(role=st.role, leader_id=st.leader_id, is_learner=own.is_learner, term=st.term,
                        commit_index=st.commit_index, applied_index=st.applied_index,
-                       last_snapshot_index=st.last_snapshot_index)
-            rows.append([m.client_address, st.node_id, _UNKNOWN, _UNKNOWN, st.role,
+                       last_snapshot_index=st.last_snapshot_index, version=st.version, db_size=st.db_size)
+            rows.append([m.client_address, st.node_id, st.version or _UNKNOWN,
+                         _UNKNOWN if st.db_size is None else _human_bytes(st.db_size), st.role,
                          "" if st.leader_id is None else st.leader_id, str(own.is_learner).lower(), st.term,
                          st.commit_index, st.applied_index, ""])
         objs.append(obj)

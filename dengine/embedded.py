@@ -478,6 +478,12 @@ class EngineStatistics:
     storage_bytes: dict[str, int]
 
 
+def _version() -> str:
+    import dengine
+
+    return dengine.__version__
+
+
 def _lease_not_found(lease_id: int) -> LeaseNotFound:
     return LeaseNotFound(f"lease {lease_id} does not exist (it expired, was revoked or never granted)")
 
@@ -851,6 +857,8 @@ class Engine:
             applied_index=node.kv.applied_index,
             members=members,
             last_snapshot_index=node.last_snapshot_index,
+            version=_version(),
+            db_size=sum(node.storage.size_on_disk().values()),
         )
 
     def health(self) -> Health:

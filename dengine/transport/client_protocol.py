@@ -487,6 +487,8 @@ def encode_status(status: Status) -> dict[str, Any]:
         "applied_index": status.applied_index,
         "last_snapshot_index": status.last_snapshot_index,
         "members": [encode_member(m) for m in status.members],
+        "version": status.version,
+        "db_size": status.db_size,
     }
 
 
@@ -500,6 +502,9 @@ def decode_status(body: Mapping[str, Any]) -> Status:
         applied_index=_field(body, "applied_index", _uint),
         members=_member_list(body),
         last_snapshot_index=_field(body, "last_snapshot_index", _uint),
+        # Absent from a server that predates them.
+        version=_field(body, "version", _str_or_nil),
+        db_size=_field(body, "db_size", _uint_or_nil),
     )
 
 

@@ -2,7 +2,7 @@
 ``dengine serve`` processes (docs/cli.md, "Every member" and "Logs"):
 
 * ``status --cluster -w table`` lists every member with its own view, one
-  leader; ``-w json`` says version and DB size are unknown (null);
+  leader, each member's version and the size of its data directory;
 * ``health --cluster`` is healthy, then, with one member stopped, says it is
   unhealthy and exits 1, while ``status --cluster`` shows its error;
 * ``serve --log-format json``: every stderr line is a JSON object, from
@@ -75,13 +75,15 @@ def test_status_cluster_lists_every_member_from_one_endpoint(three: Servers) -> 
     assert [r["role"] for r in rows].count("leader") == 1
     leader = next(r["id"] for r in rows if r["role"] == "leader")
     assert {r["leader"] for r in rows} == {leader}
-    assert {(r["version"], r["db size"], r["is learner"], r["errors"]) for r in rows} == {("-", "-", "false", "")}
+    assert {(r["version"], r["is learner"], r["errors"]) for r in rows} == {(dengine.__version__, "false", "")}
+    assert all(re.fullmatch(r"\d+(\.\d)? (B|kB|MB|GB)", r["db size"]) for r in rows), rows
     assert all(int(r["raft applied index"]) <= int(r["raft index"]) for r in rows)
 
     objs = json.loads(_cli("status", "--cluster", "-w", "json", env=_env(three, 2)).stdout)
     assert [o["node_id"] for o in objs] == [1, 2, 3]
-    assert {(o["version"], o["db_size"], o["leader_id"], tuple(o["errors"])) for o in objs} == {
-        (None, None, int(leader), ())}
+    assert {(o["version"], o["leader_id"], tuple(o["errors"])) for o in objs} == {
+        (dengine.__version__, int(leader), ())}
+    assert all(isinstance(o["db_size"], int) and o["db_size"] > 0 for o in objs), objs
 
 
 def test_health_cluster_is_healthy(three: Servers) -> None:
