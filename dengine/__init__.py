@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from dengine.server import Server, open_server, serve
     from dengine.watch import Watch, WatchStatistics
 
-__version__ = "0.1.0.dev0"
+from dengine._version import __version__
 
 # name -> the module it lives in, imported on first use.
 _LAZY: dict[str, str] = {

@@ -52,6 +52,7 @@ from dengine.api import (
     validate_ttl,
     validate_value,
 )
+from dengine._version import __version__
 from dengine.config import Config
 from dengine.errors import (
     ClusterError,
@@ -478,12 +479,6 @@ class EngineStatistics:
     storage_bytes: dict[str, int]
 
 
-def _version() -> str:
-    import dengine
-
-    return dengine.__version__
-
-
 def _lease_not_found(lease_id: int) -> LeaseNotFound:
     return LeaseNotFound(f"lease {lease_id} does not exist (it expired, was revoked or never granted)")
 
@@ -500,6 +495,7 @@ class Engine:
         self.peer_client_addresses: dict[int, str] = {}
         #: Where this node serves clients (``dengine serve`` sets it), if anywhere.
         self.client_address: str | None = None
+        self._add_lock = trio.Lock()
         raft = config.raft
         #: The shortest lease granted: 1.5 election timeouts, as in etcd.
         self.min_lease_ttl_ms = math.ceil(1.5 * raft.election_ticks * raft.tick_interval_ms)
@@ -678,21 +674,31 @@ class Engine:
         node = self._node
         if node.current_role is not Role.LEADER:
             raise node.not_leader()
-        members = self.members()
-        for m in members:
-            if m.peer_address == peer_address:
-                raise InvalidArgument(f"peer address {peer_address} is already node {m.node_id}'s")
-        used = max([node.kv.members.max_id, *(m.node_id for m in members), *self.config.cluster.initial])
-        if node_id is None:
-            node_id = used + 1
-        else:
-            node_id = validate_node_id(node_id)
-            if any(m.node_id == node_id for m in members):
-                raise InvalidArgument(f"node {node_id} is already a member")
-            if node_id <= node.kv.members.max_id:
-                raise InvalidArgument(f"node id {node_id} belonged to a removed member; ids are never reused")
-        context = encode_member_context(peer_address, client_address)
-        await self._change(ConfChange(ConfChangeType.ADD_LEARNER, node_id, context), deadline, limit)
+        # One add at a time: the checks and the id below read the applied
+        # membership, which a concurrent add would change under them (two
+        # joins at once picked the same id).
+        with trio.move_on_at(deadline) as waited:
+            await self._add_lock.acquire()
+        if waited.cancelled_caught:
+            raise Timeout(f"another member was being added for all of {limit:g} s; try again")
+        try:
+            members = self.members()
+            for m in members:
+                if m.peer_address == peer_address:
+                    raise InvalidArgument(f"peer address {peer_address} is already node {m.node_id}'s")
+            used = max([node.kv.members.max_id, *(m.node_id for m in members), *self.config.cluster.initial])
+            if node_id is None:
+                node_id = used + 1
+            else:
+                node_id = validate_node_id(node_id)
+                if any(m.node_id == node_id for m in members):
+                    raise InvalidArgument(f"node {node_id} is already a member")
+                if node_id <= node.kv.members.max_id:
+                    raise InvalidArgument(f"node id {node_id} belonged to a removed member; ids are never reused")
+            context = encode_member_context(peer_address, client_address)
+            await self._change(ConfChange(ConfChangeType.ADD_LEARNER, node_id, context), deadline, limit)
+        finally:
+            self._add_lock.release()
         if not learner:
             await self._promote_when_caught_up(node_id, deadline, limit)
         return self._member(node_id)
@@ -857,7 +863,7 @@ class Engine:
             applied_index=node.kv.applied_index,
             members=members,
             last_snapshot_index=node.last_snapshot_index,
-            version=_version(),
+            version=__version__,
             db_size=sum(node.storage.size_on_disk().values()),
         )
 

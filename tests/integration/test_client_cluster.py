@@ -40,7 +40,9 @@ class ServerCluster:
         cfg = Config(node_id=node_id, data_dir=str(self.tmp / f"n{node_id}"), peer_address=self.peers[node_id],
                      client_address=self.clients[node_id], initial_cluster=self.peers, cluster_id="test")
         cfg = attrs.evolve(cfg, cluster=attrs.evolve(cfg.cluster, client_addresses=self.clients))
-        return attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, tick_interval_ms=10, election_ticks=10))
+        # 10 ms ticks, 20-tick elections: three servers in one busy test
+        # process must not lose their leader to a 100 ms stall.
+        return attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, tick_interval_ms=10, election_ticks=20))
 
     async def start(self, node_id: int) -> None:
         done = self.done[node_id] = trio.Event()

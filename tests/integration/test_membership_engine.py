@@ -192,3 +192,22 @@ async def test_remote_clients_change_and_watch_membership(tmp_path: pathlib.Path
             for seen in (seen_blocking, seen_trio):
                 assert [(c.kind, c.node_id) for c in seen] == [("added_learner", 2), ("updated", 2), ("removed", 2)]
                 assert seen[1].members[1].client_address == "127.0.0.1:9998"
+
+
+async def test_concurrent_adds_get_distinct_ids(tmp_path: pathlib.Path) -> None:
+    """Two joins at once: each add reads the membership only after the other
+    applied, so the second does not pick the first one's id (it used to, and
+    was refused with 'node 4 is already a learner')."""
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.wait_leader()
+            added: list[dengine.Member] = []
+
+            async def add(port: int) -> None:
+                added.append(await leader.add_member(f"127.0.0.1:{port}"))
+
+            async with trio.open_nursery() as nursery:
+                for port in (7301, 7302, 7303):
+                    nursery.start_soon(add, port)
+            assert sorted(m.node_id for m in added) == [4, 5, 6]
+            assert {m.peer_address for m in added} == {"127.0.0.1:7301", "127.0.0.1:7302", "127.0.0.1:7303"}

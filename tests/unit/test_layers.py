@@ -20,6 +20,7 @@ PKG = ROOT / "dengine"
 # (prefix, rank, group). Longest prefix wins.
 RANKS: list[tuple[str, int, str]] = [
     ("dengine.errors", 0, "errors"),
+    ("dengine._version", 0, "version"),
     ("dengine.api", 1, "api"),
     # Counters and fixed-bucket histograms the engine records into: pure, beside the value types.
     ("dengine.stats", 1, "stats"),
