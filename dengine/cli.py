@@ -1348,21 +1348,6 @@ class _Signals:
             self.handler(signum)
 
 
-def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception in ``group`` other than trio.Cancelled (None: several)."""
-    import trio
-
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 def _trio_command(args: argparse.Namespace, out: _Out) -> int:
     import trio
 
@@ -1380,10 +1365,12 @@ def _trio_command(args: argparse.Namespace, out: _Out) -> int:
             raise InvalidArgument("elect --listen observes the election and takes no VALUE")
         if not args.listen and args.value is None:
             raise InvalidArgument("give the VALUE to campaign with, or --listen to observe the election")
+    from dengine.transport.base import single_leaf
+
     try:
         return trio.run(_trio_main, args, out, name)
     except BaseExceptionGroup as group:
-        leaf = _one_error(group)
+        leaf = single_leaf(group)
         if leaf is None:
             raise
         raise leaf from None
