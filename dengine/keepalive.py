@@ -30,7 +30,7 @@ import trio
 
 from dengine.api import Lease
 from dengine.errors import ClusterError, DengineError, LeaseNotFound
-from dengine.renewal import DRIFT_MARGIN, Renewal
+from dengine.renewal import DRIFT_MARGIN, RenewedLease
 
 __all__ = ["DRIFT_MARGIN", "KeptLease", "LeaseClient", "open_kept_lease"]
 
@@ -48,29 +48,15 @@ class LeaseClient(Protocol):
     async def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None: ...
 
 
-class KeptLease:
+class KeptLease(RenewedLease):
     """A lease kept alive by :func:`open_kept_lease`."""
 
     def __init__(self, lease: Lease, sent: float) -> None:
-        #: The lease's id: pass it as ``put(..., lease=lease.id)``.
-        self.id = lease.id
-        #: The TTL it was granted with, in seconds.
-        self.ttl = lease.ttl
+        super().__init__(lease.id, lease.ttl, sent)
         #: Set when the lease could not be renewed in time (or is gone).
         self.lost = trio.Event()
-        self._renewal = Renewal(lease.ttl, sent)
         # Cancel scopes to cancel when the lease is lost (Lock.hold(cancel_on_loss=True)).
         self._guards: set[trio.CancelScope] = set()
-
-    @property
-    def deadline(self) -> float:
-        """trio time until which the lease surely lives (as last renewed)."""
-        return self._renewal.deadline
-
-    @property
-    def renewals(self) -> int:
-        """Renewals that succeeded."""
-        return self._renewal.renewals
 
     def guard(self, scope: trio.CancelScope) -> None:
         """Cancel ``scope`` when the lease is lost (at once if it is)."""

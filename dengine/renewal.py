@@ -20,7 +20,7 @@ seconds of one monotonic clock), driven by the trio keeper of
 
 from __future__ import annotations
 
-__all__ = ["DRIFT_MARGIN", "RETRY_MIN", "Renewal"]
+__all__ = ["DRIFT_MARGIN", "RETRY_MIN", "Renewal", "RenewedLease"]
 
 #: The part of a lease's TTL a holder gives up for clock-rate drift.
 DRIFT_MARGIN = 0.1
@@ -68,3 +68,27 @@ class Renewal:
     def gone(self) -> None:
         """The leader said the lease does not exist any more."""
         self.lost = True
+
+
+class RenewedLease:
+    """What a kept lease shows its holder, whichever keeper renews it (the
+    trio task of dengine.keepalive or the blocking client's thread): ``id``,
+    ``ttl``, ``deadline`` and ``renewals``. Subclasses add ``lost``."""
+
+    def __init__(self, lease_id: int, ttl: float, sent: float) -> None:
+        #: The lease's id: pass it as ``put(..., lease=lease.id)``.
+        self.id = lease_id
+        #: The TTL it was granted with, in seconds.
+        self.ttl = ttl
+        self._renewal = Renewal(ttl, sent)
+
+    @property
+    def deadline(self) -> float:
+        """Until when the lease surely lives (as last renewed), on the
+        keeper's clock (trio's, or ``time.monotonic()``)."""
+        return self._renewal.deadline
+
+    @property
+    def renewals(self) -> int:
+        """Renewals that succeeded."""
+        return self._renewal.renewals

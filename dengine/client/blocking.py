@@ -80,7 +80,7 @@ from dengine.client._core import (
     calls,
 )
 from dengine.errors import ClusterError, DengineError, LeaseNotFound, Timeout, Unavailable
-from dengine.renewal import Renewal
+from dengine.renewal import RenewedLease
 
 if TYPE_CHECKING:
     import ssl
@@ -96,24 +96,14 @@ _WRITE_TIMEOUT = 10.0
 _STREAM_BUFFER = 4096
 
 
-class BlockingKeptLease:
+class BlockingKeptLease(RenewedLease):
     """A lease kept alive by :meth:`BlockingClient.open_lease`: ``id``,
     ``ttl``, ``lost`` (a ``threading.Event``), ``deadline`` (a
     ``time.monotonic()`` until which it surely lives) and ``renewals``."""
 
     def __init__(self, lease: Lease, sent: float) -> None:
-        self.id = lease.id
-        self.ttl = lease.ttl
+        super().__init__(lease.id, lease.ttl, sent)
         self.lost = threading.Event()
-        self._renewal = Renewal(lease.ttl, sent)
-
-    @property
-    def deadline(self) -> float:
-        return self._renewal.deadline
-
-    @property
-    def renewals(self) -> int:
-        return self._renewal.renewals
 
     def __repr__(self) -> str:
         return f"BlockingKeptLease(id={self.id}, ttl={self.ttl:g}, {'lost' if self.lost.is_set() else 'kept'})"
