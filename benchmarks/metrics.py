@@ -34,7 +34,8 @@ import time
 from typing import Any
 
 from benchmarks.peers.etcd import Started
-from benchmarks.procs import Child, free_ports, stop_all
+from benchmarks.procs import Child, stop_all
+from benchmarks.suite import start_dengine_embedded
 
 GOAL = 3.0  # per cent
 
@@ -45,26 +46,7 @@ def progress(msg: str) -> None:
 
 def start_cluster(workdir: str, children: list[Child], metrics: str) -> Started:
     """Three engine processes with ``--metrics on|off``; the leader drives the load."""
-    ports = free_ports(3)
-    cluster = ",".join(f"{i + 1}=127.0.0.1:{ports[i]}" for i in range(3))
-    procs = []
-    for i in range(1, 4):
-        child = Child.python(
-            "benchmarks.node_proc",
-            ["--id", str(i), "--dir", os.path.join(workdir, f"n{i}"), "--cluster", cluster, "--metrics", metrics],
-            os.path.join(workdir, f"n{i}.log"),
-        )
-        children.append(child)
-        procs.append(child)
-    for child in procs:
-        child.recv(90)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for child in procs:
-            if child.ask({"cmd": "status"}, 10).get("leader"):
-                return Started(child, children, {"leader_pid": child.pid})
-        time.sleep(0.1)
-    raise RuntimeError("no dengine node became leader within 30 s")
+    return start_dengine_embedded(workdir, children, 3, 0, extra_args=["--metrics", metrics])
 
 
 def one_run(started: Started, metrics: str, seconds: float, scrape: float) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import report
@@ -109,8 +109,10 @@ def machine_facts(d: str, seconds: float) -> dict[str, Any]:
 # -- systems ----------------------------------------------------------------
 
 
-def start_dengine_embedded(workdir: str, children: list[Child], nodes: int, tick_ms: float) -> Started:
-    extra = ["--tick-ms", str(tick_ms)] if tick_ms else []
+def start_dengine_embedded(workdir: str, children: list[Child], nodes: int, tick_ms: float,
+                           extra_args: Sequence[str] = ()) -> Started:
+    """Engine processes (benchmarks.node_proc); ``extra_args`` go to each."""
+    extra = [*(["--tick-ms", str(tick_ms)] if tick_ms else []), *extra_args]
     if nodes == 1:
         child = Child.python("benchmarks.node_proc", ["--dir", os.path.join(workdir, "n1"), *extra],
                              os.path.join(workdir, "n1.log"))
