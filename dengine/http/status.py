@@ -42,6 +42,7 @@ from dengine.embedded import Engine
 from dengine.errors import DengineError
 from dengine.server import Server
 from dengine.stats import HistogramData
+from dengine.transport.client_protocol import encode_member
 
 __all__ = ["HISTORY", "Sample", "StatusView", "quantile"]
 
@@ -109,15 +110,6 @@ def _rate(a: Sample, b: Sample, field: str) -> float | None:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
-
-
-def _member(m: Member) -> dict[str, Any]:
-    return {
-        "node_id": m.node_id,
-        "peer_address": m.peer_address,
-        "client_address": m.client_address,
-        "is_learner": m.is_learner,
-    }
 
 
 def _status_fields(st: Status) -> dict[str, Any]:
@@ -277,7 +269,7 @@ class StatusView:
             "ready": engine.ready_notify().is_set(),
             "health": {"health": "true" if health.healthy else "false", "reason": health.reason},
             "client_address": engine.client_address,
-            "members": [_member(m) for m in st.members],
+            "members": [encode_member(m) for m in st.members],
             "followers": [attrs.asdict(f) for f in followers],
             **self._recent(),
             "history": self.history(),
@@ -328,7 +320,7 @@ class StatusView:
         progress = {f.node_id: f for f in engine.follower_progress()}
         rows: list[dict[str, Any]] = []
         for m in sorted(st.members, key=lambda m: m.node_id):
-            row: dict[str, Any] = {**_member(m), "self": m.node_id == st.node_id}
+            row: dict[str, Any] = {**encode_member(m), "self": m.node_id == st.node_id}
             if m.node_id == st.node_id:
                 row.update(_status_fields(st), reachable=True, error=None,
                            healthy=health.healthy, health=health.reason or "healthy")
