@@ -183,6 +183,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-address", help="host:port for clients (node.client_address; default 127.0.0.1:9081)")
     serve.add_argument("--metrics-address", help="host:port for HTTP: /metrics, /health, /status.json and the cluster "
                        "page (server.metrics_address; default 127.0.0.1:9082; 'off' turns it off)")
+    serve.add_argument("--etcd-address", help="host:port for etcd's v3 gRPC API: etcdctl and etcd clients "
+                       "(server.etcd_address; default off; needs pip install 'dengine[etcd]')")
+    serve.add_argument("--etcd-gateway-address", help="host:port for etcd's JSON gateway: POST /v3/kv/range, ... "
+                       "(server.etcd_gateway_address; default off; needs pip install 'dengine[etcd]')")
     serve.add_argument("--initial-cluster", help="id=host:port,... peer addresses of the members (cluster.initial)")
     serve.add_argument("--client-addresses",
                        help="id=host:port,... client addresses of the members, for leader hints "
@@ -1586,7 +1590,8 @@ def _serve_config(args: argparse.Namespace) -> Config:
             cluster["id"] = args.cluster_id
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from None
-    server = {} if getattr(args, "metrics_address", None) is None else {"metrics_address": args.metrics_address}
+    server = {name: getattr(args, name) for name in ("metrics_address", "etcd_address", "etcd_gateway_address")
+              if getattr(args, name, None) is not None}
     cfg = attrs.evolve(cfg, node=attrs.evolve(cfg.node, **node), cluster=attrs.evolve(cfg.cluster, **cluster),
                        server=attrs.evolve(cfg.server, **server))
     if cfg.node.peer_address is None:
@@ -1656,6 +1661,9 @@ async def _serve(cfg: Config, join: str | None = None, given_id: int | None = No
             log.info("node %d listening: clients on %s, peers on %s, cluster %r, data dir %s",
                      cfg.node_id, ", ".join(server.client_addresses), peers, cfg.cluster_id,
                      os.path.abspath(cfg.data_dir))
+            if server.etcd is not None:
+                log.info("node %d serves etcd's v3 API: gRPC on %s, JSON gateway on %s", cfg.node_id,
+                         server.etcd.grpc_address or "off", server.etcd.gateway_address or "off")
             async with trio.open_nursery() as nursery:
 
                 async def announce_ready() -> None:

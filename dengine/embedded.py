@@ -381,9 +381,12 @@ class EmbeddedClient:
         prefix: bool = False,
         prev_kv: bool = False,
         start_revision: int | None = None,
+        range_end: bytes | None = None,
     ) -> AsyncIterator[Watch]:
         """Watch ``key`` (or, with ``prefix=True``, every key under a prefix
-        that starts and ends with ``/``) on this node; works on any node.
+        that starts and ends with ``/``; or with ``range_end``, every key
+        ``k`` with ``key <= k < range_end``, ``range_end=b"\\0"`` meaning no
+        end, as in etcd) on this node; works on any node.
 
         Yields a :class:`~dengine.watch.Watch`: iterate it for PUT, DELETE,
         PROGRESS and a final CANCELED event. ``prev_kv=True`` fills
@@ -393,13 +396,17 @@ class EmbeddedClient:
         watch is registered when the block is entered and removed when it is
         left. See docs/watch.md."""
         max_key = self._engine.config.raft.max_key_size
-        if prefix:
+        if range_end is not None:
+            validate_range(key, None, max_key)  # bytes, size; the registry checks the order
+            validate_range(range_end, None, max_key)
+        elif prefix:
             validate_prefix(key, max_key)
         else:
             validate_key(key, max_key)
         node = self._node
         node.check_open()
-        watch = node.watch.open_watch(key, prefix=prefix, prev_kv=prev_kv, start_revision=start_revision)
+        watch = node.watch.open_watch(key, prefix=prefix, prev_kv=prev_kv, start_revision=start_revision,
+                                      end=range_end)
         try:
             yield watch
         finally:
@@ -495,6 +502,8 @@ class Engine:
         self.peer_client_addresses: dict[int, str] = {}
         #: Where this node serves clients (``dengine serve`` sets it), if anywhere.
         self.client_address: str | None = None
+        #: Where this node serves etcd's API, by face ("grpc", "gateway"): URLs (dengine.etcd sets it).
+        self.etcd_urls: dict[str, list[str]] = {}
         self._add_lock = trio.Lock()
         raft = config.raft
         #: The shortest lease granted: 1.5 election timeouts, as in etcd.

@@ -207,6 +207,20 @@ class Config:
         return None if address == OFF else address
 
     @property
+    def etcd_address(self) -> str | None:
+        """Where ``dengine serve`` answers etcd's gRPC API
+        (``server.etcd_address``), or None when it is ``off``."""
+        address = self.server.etcd_address
+        return None if address == OFF else address
+
+    @property
+    def etcd_gateway_address(self) -> str | None:
+        """Where ``dengine serve`` answers etcd's JSON gateway
+        (``server.etcd_gateway_address``), or None when it is ``off``."""
+        address = self.server.etcd_gateway_address
+        return None if address == OFF else address
+
+    @property
     def cluster_id(self) -> str:
         return self.cluster.id
 

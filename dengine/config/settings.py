@@ -390,6 +390,20 @@ class ServerSettings:
         "the live cluster page at /. `off` (or an empty string) turns it off; port 0 picks a free port. "
         "The embedded engine serves nothing unless the application calls `dengine.http.open_http_server`.",
     )
+    etcd_address: str = _setting(
+        OFF,
+        "listen",
+        "host:port where `dengine serve` answers etcd's v3 gRPC API (etcdctl, Go clientv3, jetcd, aetcd); "
+        "needs `pip install 'dengine[etcd]'`. `off` (the default) turns it off; port 0 picks a free port. "
+        "See docs/etcd-compatibility.md.",
+    )
+    etcd_gateway_address: str = _setting(
+        OFF,
+        "listen",
+        "host:port where `dengine serve` answers etcd's JSON gateway (HTTP/1.1 POST /v3/kv/range, /v3/watch, "
+        "...: Patroni, etcd3gw, curl); needs the protobuf runtime (`pip install 'dengine[etcd]'`), not grpcio. "
+        "`off` (the default) turns it off; port 0 picks a free port.",
+    )
 
 
 @attrs.frozen

@@ -170,15 +170,18 @@ def _check_together(good: Mapping[str, Any]) -> list[str]:
         client = g["node.client_address"]
         if peer == client and split_address(client)[1] != 0:
             problems.append(f"node.client_address and the peer address are both {client!r}; they must differ.")
-        if have("server.metrics_address"):
-            metrics = g["server.metrics_address"]
-            if metrics != OFF and split_address(metrics)[1] != 0:
-                for other, what in ((client, "node.client_address"), (peer, "the peer address")):
-                    if metrics == other:
-                        problems.append(
-                            f"server.metrics_address and {what} are both {metrics!r}; they must differ "
-                            f"(or set server.metrics_address = '{OFF}')."
-                        )
+        taken = [(client, "node.client_address"), (peer, "the peer address")]
+        for name in ("server.metrics_address", "server.etcd_address", "server.etcd_gateway_address"):
+            if not have(name):
+                continue
+            address = g[name]
+            if address == OFF or split_address(address)[1] == 0:
+                continue
+            for other, what in taken:
+                if address == other:
+                    problems.append(f"{name} and {what} are both {address!r}; they must differ "
+                                    f"(or set {name} = '{OFF}').")
+            taken.append((address, name))
     if have("raft.election_ticks", "raft.heartbeat_ticks"):
         if g["raft.election_ticks"] <= g["raft.heartbeat_ticks"]:
             problems.append(

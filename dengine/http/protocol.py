@@ -4,6 +4,10 @@ Rules of this module (RFC 9112, kept to what a status endpoint needs):
 
 * Only ``GET`` and ``HEAD`` are served; any other method is answered 405
   with ``Allow: GET, HEAD``. ``HEAD`` gets the same head as ``GET`` and no body.
+  (The etcd gateway, :mod:`dengine.etcd.gateway`, parses with
+  ``methods=("GET", "POST")`` and ``body=True``: a body is then taken when
+  announced by one ``Content-Length``; ``Transfer-Encoding`` is refused
+  with 411, and the connection may be kept alive.)
 * A request is its head alone: a request line and header lines, ending at
   the first empty line. Lines end with CRLF (a bare LF is accepted, as RFC
   9112 §2.2 allows). The head may be at most ``max_head_bytes`` long (431
@@ -49,12 +53,21 @@ REASONS: Final = {
     200: "OK",
     204: "No Content",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 
@@ -85,6 +98,8 @@ class Request:
     query: str
     version: str
     headers: tuple[tuple[str, str], ...]
+    #: The body's length (``Content-Length``); 0 when there is none.
+    content_length: int = 0
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (any case), the first if repeated."""
@@ -101,9 +116,11 @@ def find_head_end(buffer: bytes | bytearray) -> int | None:
     return min(ends) if ends else None
 
 
-def parse_request(head: bytes) -> Request:
+def parse_request(head: bytes, *, methods: tuple[str, ...] = _METHODS, body: bool = False) -> Request:
     """Parse a complete request head (as delimited by :func:`find_head_end`).
-    Raises :class:`RequestError` for anything this server refuses."""
+    ``methods``: those served (405 for others); ``body``: whether a request
+    may carry a body (see the module rules). Raises :class:`RequestError`
+    for anything this server refuses."""
     lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
     while lines and lines[-1] == b"":
         lines.pop()
@@ -138,15 +155,28 @@ def parse_request(head: bytes) -> Request:
     if version == "HTTP/1.1" and len(hosts) != 1:
         raise RequestError(400, "an HTTP/1.1 request needs exactly one Host header")
     if any(k == "transfer-encoding" for k, _ in request_headers):
+        if body:
+            raise RequestError(411, "send the request body with a Content-Length, not Transfer-Encoding")
         raise RequestError(400, "this server takes no request body (Transfer-Encoding)")
     lengths = {v for k, v in request_headers if k == "content-length"}
-    if lengths - {"0"}:
+    length = 0
+    if body:
+        if len(lengths) > 1:
+            raise RequestError(400, "the request has several different Content-Length headers")
+        if lengths:
+            text = lengths.pop()
+            if not text.isdigit() or len(text) > 12:
+                raise RequestError(400, f"Content-Length must be a number of bytes, got {text!r:.20}")
+            length = int(text)
+    elif lengths - {"0"}:
         raise RequestError(400, "this server takes no request body (Content-Length)")
     method = raw_method.decode("ascii")
-    if method not in _METHODS:
-        raise RequestError(405, f"{method} is not allowed here; use GET", allow=True)
+    if method not in methods:
+        raise RequestError(405, f"{method} is not allowed here; use {' or '.join(m for m in methods if m != 'HEAD')}",
+                           allow=True)
     path, _, query = raw_target.decode("ascii").partition("?")
-    return Request(method=method, path=path, query=query, version=version, headers=request_headers)
+    return Request(method=method, path=path, query=query, version=version, headers=request_headers,
+                   content_length=length)
 
 
 def render_response(
@@ -156,14 +186,16 @@ def render_response(
     *,
     head_only: bool = False,
     headers: Iterable[tuple[str, str]] = (),
+    keep_alive: bool = False,
 ) -> bytes:
-    """The bytes of a complete response (``Connection: close``); with
-    ``head_only`` (a HEAD request) the body is left out but its length kept."""
+    """The bytes of a complete response (``Connection: close`` unless
+    ``keep_alive``); with ``head_only`` (a HEAD request) the body is left
+    out but its length kept."""
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
-        "Connection: close",
+        "Connection: keep-alive" if keep_alive else "Connection: close",
         "X-Content-Type-Options: nosniff",
         *(f"{name}: {value}" for name, value in headers),
     ]

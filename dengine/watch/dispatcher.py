@@ -188,6 +188,11 @@ class Watch:
         return self._spec.prefix
 
     @property
+    def buffered(self) -> int:
+        """Events waiting in this watch's buffer (``receive`` returns them without waiting)."""
+        return len(self._buf)
+
+    @property
     def start_revision(self) -> int:
         """The first revision this watch can deliver: its ``start_revision``,
         or for a live watch the applied index at registration + 1."""
@@ -387,10 +392,12 @@ class WatchDispatcher:
     # ------------------------------------------------------------------
 
     def open_watch(
-        self, key: bytes, *, prefix: bool = False, prev_kv: bool = False, start_revision: int | None = None
+        self, key: bytes, *, prefix: bool = False, prev_kv: bool = False, start_revision: int | None = None,
+        end: bytes | None = None,
     ) -> Watch:
-        """Register a watch and, with ``start_revision``, replay the retained
-        events from there, in one step. Raises InvalidArgument,
+        """Register a watch (``end``: on the range ``[key, end)``, see
+        :mod:`dengine.watch.registry`) and, with ``start_revision``, replay
+        the retained events from there, in one step. Raises InvalidArgument,
         ResourceExhausted, or the stop error after ``close``."""
         if self._closed is not None:
             raise EngineStopped(str(self._closed))
@@ -399,7 +406,7 @@ class WatchDispatcher:
         ):
             raise InvalidArgument(f"start_revision must be a positive integer, got {start_revision!r}")
         wid = self._next_id
-        spec = self._registry.register(wid, key, prefix, prev_kv)
+        spec = self._registry.register(wid, key, prefix, prev_kv, end)
         self._next_id += 1
         min_rev = self._published + 1 if start_revision is None else start_revision
         watch = Watch(self, spec, self._buffer_size, min_rev)
@@ -418,7 +425,7 @@ class WatchDispatcher:
         for ev in reversed(self._history):
             if ev.revision < start:
                 break
-            if (ev.key.startswith(key) if spec.prefix else ev.key == key):
+            if spec.matches(ev.key):
                 found.append(ev)
         if not found:
             return
@@ -448,6 +455,26 @@ class WatchDispatcher:
 
     def watcher_count(self) -> int:
         return len(self._watchers)
+
+    def changes_since(self, revision: int) -> list[WatchEvent] | None:
+        """Every change this node applied with a revision >= ``revision``,
+        oldest first (the retained history, then what waits to be
+        dispatched), or None when the history no longer reaches back that
+        far. The etcd face answers reads at an older revision with it."""
+        if revision < self._floor:
+            return None
+        out = [ev for ev in self._history if ev.revision >= revision]
+        for item in self._queue:
+            if not isinstance(item, _Batch):
+                return None
+            out.extend(ev for ev in item.events if ev.revision >= revision)
+        return out
+
+    @property
+    def first_retained_revision(self) -> int:
+        """The oldest ``start_revision`` a new watch can replay from; an older
+        one is CANCELED with COMPACTED (etcd's ``compact_revision``)."""
+        return self._floor
 
     # ------------------------------------------------------------------
     # The dispatcher task
