@@ -41,6 +41,8 @@ _ENUMS: Final[dict[str, dict[str, list[tuple[str, int]]]]] = {
         "Compare.CompareResult": [("EQUAL", 0), ("GREATER", 1), ("LESS", 2), ("NOT_EQUAL", 3)],
         "Compare.CompareTarget": [("VERSION", 0), ("CREATE", 1), ("MOD", 2), ("VALUE", 3), ("LEASE", 4)],
         "WatchCreateRequest.FilterType": [("NOPUT", 0), ("NODELETE", 1)],
+        "AlarmType": [("NONE", 0), ("NOSPACE", 1), ("CORRUPT", 2)],
+        "AlarmRequest.AlarmAction": [("GET", 0), ("ACTIVATE", 1), ("DEACTIVATE", 2)],
     },
 }
 
@@ -232,6 +234,56 @@ _MESSAGES: Final[dict[str, dict[str, list[tuple[str, int, str, str]]]]] = {
             ("clientURLs", 4, "string", "repeated"),
             ("isLearner", 5, "bool", ""),
         ],
+        "MemberAddRequest": [
+            ("peerURLs", 1, "string", "repeated"),
+            ("isLearner", 2, "bool", ""),
+        ],
+        "MemberAddResponse": [
+            ("header", 1, ".etcdserverpb.ResponseHeader", ""),
+            ("member", 2, ".etcdserverpb.Member", ""),
+            ("members", 3, ".etcdserverpb.Member", "repeated"),
+        ],
+        "MemberRemoveRequest": [
+            ("ID", 1, "uint64", ""),
+        ],
+        "MemberRemoveResponse": [
+            ("header", 1, ".etcdserverpb.ResponseHeader", ""),
+            ("members", 2, ".etcdserverpb.Member", "repeated"),
+        ],
+        "MemberUpdateRequest": [
+            ("ID", 1, "uint64", ""),
+            ("peerURLs", 2, "string", "repeated"),
+        ],
+        "MemberUpdateResponse": [
+            ("header", 1, ".etcdserverpb.ResponseHeader", ""),
+            ("members", 2, ".etcdserverpb.Member", "repeated"),
+        ],
+        "MemberPromoteRequest": [
+            ("ID", 1, "uint64", ""),
+        ],
+        "MemberPromoteResponse": [
+            ("header", 1, ".etcdserverpb.ResponseHeader", ""),
+            ("members", 2, ".etcdserverpb.Member", "repeated"),
+        ],
+        "AlarmRequest": [
+            ("action", 1, "enum:.etcdserverpb.AlarmRequest.AlarmAction", ""),
+            ("memberID", 2, "uint64", ""),
+            ("alarm", 3, "enum:.etcdserverpb.AlarmType", ""),
+        ],
+        "AlarmMember": [
+            ("memberID", 1, "uint64", ""),
+            ("alarm", 2, "enum:.etcdserverpb.AlarmType", ""),
+        ],
+        "AlarmResponse": [
+            ("header", 1, ".etcdserverpb.ResponseHeader", ""),
+            ("alarms", 2, ".etcdserverpb.AlarmMember", "repeated"),
+        ],
+        "MoveLeaderRequest": [
+            ("targetID", 1, "uint64", ""),
+        ],
+        "MoveLeaderResponse": [
+            ("header", 1, ".etcdserverpb.ResponseHeader", ""),
+        ],
         "MemberListRequest": [
             ("linearizable", 1, "bool", ""),
         ],
@@ -284,8 +336,11 @@ def _file(package: str, deps: list[str]) -> descriptor_pb2.FileDescriptorProto:
                     msg.oneof_decl.add(name=group)
                 field.oneof_index = oneofs[group]
     for qualified, values in _ENUMS[package].items():
-        owner, enum_name = qualified.split(".")
-        enum = by_name[owner].enum_type.add(name=enum_name)
+        if "." in qualified:
+            owner, enum_name = qualified.split(".")
+            enum = by_name[owner].enum_type.add(name=enum_name)
+        else:  # a top-level enum
+            enum = f.enum_type.add(name=qualified)
         for vname, number in values:
             enum.value.add(name=vname, number=number)
     return f

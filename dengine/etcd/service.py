@@ -47,7 +47,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from dengine.api import Compare, KeyValue, Op, ScanResult, TxnResult, WatchEvent, WatchEventType, prefix_end
+from dengine.api import Compare, KeyValue, Member, Op, ScanResult, TxnResult, WatchEvent, WatchEventType, prefix_end
 from dengine.embedded import Engine
 from dengine.errors import (
     DengineError,
@@ -55,6 +55,7 @@ from dengine.errors import (
     ErrorCode,
     InvalidArgument,
     LeaseNotFound,
+    MembershipChangeRefused,
     NotLeader,
     ResourceExhausted,
     Timeout,
@@ -138,6 +139,8 @@ def etcd_error(exc: BaseException) -> EtcdError:
         if "larger than the limit" in text:
             return EtcdError("INVALID_ARGUMENT", f"etcdserver: request is too large ({text})")
         return EtcdError("INVALID_ARGUMENT", f"etcdserver: {text}")
+    if isinstance(exc, MembershipChangeRefused):
+        return EtcdError("FAILED_PRECONDITION", f"etcdserver: {exc}")
     if isinstance(exc, UsageError):
         return EtcdError("INVALID_ARGUMENT", f"etcdserver: {exc}")
     if isinstance(exc, DengineError):
@@ -182,29 +185,30 @@ RPCS: Final[dict[str, Rpc]] = {
                                            gateway=("/lease/leases", "/kv/lease/leases")),
     "/etcdserverpb.Cluster/MemberList": Rpc("member_list", "MemberListRequest", "MemberListResponse",
                                             gateway=("/cluster/member/list",)),
+    "/etcdserverpb.Cluster/MemberAdd": Rpc("member_add", "MemberAddRequest", "MemberAddResponse",
+                                           gateway=("/cluster/member/add",)),
+    "/etcdserverpb.Cluster/MemberRemove": Rpc("member_remove", "MemberRemoveRequest", "MemberRemoveResponse",
+                                              gateway=("/cluster/member/remove",)),
+    "/etcdserverpb.Cluster/MemberUpdate": Rpc("member_update", "MemberUpdateRequest", "MemberUpdateResponse",
+                                              gateway=("/cluster/member/update",)),
+    "/etcdserverpb.Cluster/MemberPromote": Rpc("member_promote", "MemberPromoteRequest", "MemberPromoteResponse",
+                                               gateway=("/cluster/member/promote",)),
     "/etcdserverpb.Maintenance/Status": Rpc("status", "StatusRequest", "StatusResponse",
                                             gateway=("/maintenance/status",)),
+    "/etcdserverpb.Maintenance/Alarm": Rpc("alarm", "AlarmRequest", "AlarmResponse",
+                                           gateway=("/maintenance/alarm",)),
+    "/etcdserverpb.Maintenance/MoveLeader": Rpc("move_leader", "MoveLeaderRequest", "MoveLeaderResponse",
+                                                gateway=("/maintenance/transfer-leadership",)),
 }
 
 #: etcd RPCs dengine does not serve, by gRPC path -> what to say (gateway path in brackets).
 NOT_SERVED: Final[dict[str, tuple[str, str]]] = {
-    "/etcdserverpb.Cluster/MemberAdd": ("/cluster/member/add", "adding members through the etcd API "
-                                        "(use `dengine member add`)"),
-    "/etcdserverpb.Cluster/MemberRemove": ("/cluster/member/remove", "removing members through the etcd API "
-                                           "(use `dengine member remove`)"),
-    "/etcdserverpb.Cluster/MemberUpdate": ("/cluster/member/update", "updating members through the etcd API "
-                                           "(use `dengine member update`)"),
-    "/etcdserverpb.Cluster/MemberPromote": ("/cluster/member/promote", "promoting members through the etcd API "
-                                            "(use `dengine member promote`)"),
-    "/etcdserverpb.Maintenance/Alarm": ("/maintenance/alarm", "alarms"),
     "/etcdserverpb.Maintenance/Defragment": ("/maintenance/defragment", "defragment (dengine's storage "
                                              "needs none)"),
     "/etcdserverpb.Maintenance/Hash": ("/maintenance/hash", "hash"),
     "/etcdserverpb.Maintenance/HashKV": ("/maintenance/hashkv", "hashkv"),
     "/etcdserverpb.Maintenance/Snapshot": ("/maintenance/snapshot", "snapshot through the etcd API "
                                            "(use `dengine snapshot save`)"),
-    "/etcdserverpb.Maintenance/MoveLeader": ("/maintenance/transfer-leadership", "move-leader through the etcd "
-                                             "API (use `dengine leader transfer`)"),
     "/etcdserverpb.Maintenance/Downgrade": ("/maintenance/downgrade", "downgrade"),
     "/v3lockpb.Lock/Lock": ("/lock/lock", "the v3lock service (clients' lock recipes over KV, Lease and "
                             "Watch work)"),
@@ -252,6 +256,24 @@ def key_range(key: bytes, range_end: bytes) -> KeyRange:
     if range_end == b"\0":
         return KeyRange(key, None, False)
     return KeyRange(key, range_end, False, empty=range_end <= key)
+
+
+def _peer_address(urls: Sequence[str]) -> str:
+    """The ``host:port`` of a member's one peer URL (``http://host:port``)."""
+    if len(urls) != 1:
+        raise EtcdError("INVALID_ARGUMENT", f"dengine: a member has exactly one peer URL, got {len(urls)}")
+    url = urls[0]
+    scheme, sep, rest = url.partition("://")
+    address = rest if sep else url
+    if sep and scheme not in ("http", "https") or not address or "/" in address.rstrip("/"):
+        raise EtcdError("INVALID_ARGUMENT", f"dengine: a peer URL is http://host:port, got {url!r}")
+    return address.rstrip("/")
+
+
+def _member_id(value: int) -> int:
+    if value <= 0:
+        raise EtcdError("NOT_FOUND", "etcdserver: member not found")
+    return value
 
 
 def _kv(kv: KeyValue, keys_only: bool = False) -> Any:
@@ -434,12 +456,13 @@ class EtcdService:
                                  [o for p in plans_fail for o in p.ops])
         plans = plans_ok if result.succeeded else plans_fail
         header = self.header(result.revision)
+        op_header = M["ResponseHeader"](revision=result.revision)  # etcd's op responses carry only the revision
         responses = []
         at = 0
         for plan in plans:
             part = result.responses[at: at + len(plan.ops)]
             at += len(plan.ops)
-            responses.append(plan.build(part, header))
+            responses.append(plan.build(part, op_header))
         return M["TxnResponse"](header=header, succeeded=result.succeeded, responses=responses)
 
     async def compact(self, req: Any) -> Any:
@@ -496,18 +519,48 @@ class EtcdService:
     # -- Cluster and Maintenance -----------------------------------------------
 
     async def member_list(self, req: Any) -> Any:
+        return M["MemberListResponse"](header=self.header(), members=self._members())
+
+    def _member(self, m: Member) -> Any:
         scheme = "https" if self.engine.config.server.peer_tls else "http"
-        members = []
-        for m in self.engine.members():
-            if m.node_id == self.member_id:
-                urls = list(self.etcd_urls)
-            elif self._member_etcd_urls is not None:
-                urls = list(self._member_etcd_urls(m.node_id))
-            else:
-                urls = []
-            members.append(M["Member"](ID=m.node_id, name=f"node-{m.node_id}", peerURLs=[f"{scheme}://{m.peer_address}"],
-                                       clientURLs=urls, isLearner=m.is_learner))
-        return M["MemberListResponse"](header=self.header(), members=members)
+        if m.node_id == self.member_id:
+            urls = list(self.etcd_urls)
+        elif self._member_etcd_urls is not None:
+            urls = list(self._member_etcd_urls(m.node_id))
+        else:
+            urls = []
+        return M["Member"](ID=m.node_id, name=f"node-{m.node_id}", peerURLs=[f"{scheme}://{m.peer_address}"],
+                           clientURLs=urls, isLearner=m.is_learner)
+
+    def _members(self) -> list[Any]:
+        return [self._member(m) for m in self.engine.members()]
+
+    async def member_add(self, req: Any) -> Any:
+        added = await self._leader("add_member", _peer_address(req.peerURLs), learner=req.isLearner)
+        return M["MemberAddResponse"](header=self.header(), member=self._member(added), members=self._members())
+
+    async def member_remove(self, req: Any) -> Any:
+        await self._leader("remove_member", _member_id(req.ID))
+        return M["MemberRemoveResponse"](header=self.header(), members=self._members())
+
+    async def member_update(self, req: Any) -> Any:
+        await self._leader("update_member", _member_id(req.ID), peer_address=_peer_address(req.peerURLs))
+        return M["MemberUpdateResponse"](header=self.header(), members=self._members())
+
+    async def member_promote(self, req: Any) -> Any:
+        await self._leader("promote_member", _member_id(req.ID))
+        return M["MemberPromoteResponse"](header=self.header(), members=self._members())
+
+    async def alarm(self, req: Any) -> Any:
+        if req.action != 0:
+            raise unimplemented("raising or clearing alarms (dengine raises none)")
+        return M["AlarmResponse"](header=self.header())
+
+    async def move_leader(self, req: Any) -> Any:
+        if not self.engine.is_leader():
+            raise EtcdError("FAILED_PRECONDITION", "etcdserver: not leader")
+        await self.engine.transfer_leadership(_member_id(req.targetID))
+        return M["MoveLeaderResponse"](header=self.header())
 
     async def status(self, req: Any) -> Any:
         engine = self.engine
