@@ -11,6 +11,8 @@ is stopped by PID in a finally block, all on 127.0.0.1):
 * dengine-standalone-3 three ``dengine serve`` processes, load from a client
                        process with ``--connections`` connections (when the
                        standalone server and client exist in this tree)
+* dengine-etcdapi-3    three ``dengine serve --etcd-address`` processes, load from
+                       the same aetcd process as etcd-3 through etcd's gRPC API
 * etcd-3               etcd 3.4, three members, load from a Python process (aetcd)
 * pysyncobj-journal-3  PySyncObj ReplDict with its journal file, load in the leader
 * pysyncobj-memory-3   the same with PySyncObj's in-memory journal
@@ -45,13 +47,14 @@ from benchmarks.histogram import Histogram
 from benchmarks.peers import etcd as etcd_peer
 from benchmarks.peers import syncobj as syncobj_peer
 from benchmarks.peers.etcd import Started
-from benchmarks.procs import Child, free_ports, stop_all
+from benchmarks.procs import Child, free_ports, stop_all, wait_port
 from benchmarks.workload import SCENARIOS, VALUE
 
 SYSTEMS = [
     "dengine-embedded-1",
     "dengine-embedded-3",
     "dengine-standalone-3",
+    "dengine-etcdapi-3",
     "etcd-3",
     "pysyncobj-journal-3",
     "pysyncobj-memory-3",
@@ -153,9 +156,12 @@ def standalone_missing() -> str | None:
     return None
 
 
-def start_dengine_standalone(workdir: str, children: list[Child], connections: int) -> Started:
-    ports = free_ports(6)
-    peer, client = ports[:3], ports[3:]
+def start_dengine_standalone(workdir: str, children: list[Child], connections: int, etcd_api: bool = False) -> Started:
+    """Three ``dengine serve`` processes; the load from dengine's own client,
+    or with ``etcd_api`` from the aetcd process of etcd-3 through dengine's
+    etcd gRPC API."""
+    ports = free_ports(9)
+    peer, client, etcd = ports[:3], ports[3:6], ports[6:]
     initial = "\n".join(f'{i + 1} = "127.0.0.1:{peer[i]}"' for i in range(3))
     client_map = "\n".join(f'{i + 1} = "127.0.0.1:{client[i]}"' for i in range(3))
     for i in range(3):
@@ -168,9 +174,16 @@ def start_dengine_standalone(workdir: str, children: list[Child], connections: i
                 f'peer_address = "127.0.0.1:{peer[i]}"\nclient_address = "127.0.0.1:{client[i]}"\n\n'
                 f'[cluster]\nid = "dengine"\n\n[cluster.initial]\n{initial}\n\n[cluster.client_addresses]\n{client_map}\n'
                 '\n[server]\nmetrics_address = "off"\n'
+                + (f'etcd_address = "127.0.0.1:{etcd[i]}"\n' if etcd_api else "")
             )
         children.append(Child([sys.executable, "-m", "dengine", "--log-level", "warning", "serve", "--config", toml],
                               os.path.join(d, "server.log"), json_io=False))
+    if etcd_api:
+        for p in etcd:
+            if not wait_port(p, 60):
+                raise RuntimeError(f"dengine's etcd API did not listen on 127.0.0.1:{p} within 60 s")
+        return etcd_peer.start_load(workdir, children, [f"127.0.0.1:{p}" for p in etcd], connections,
+                                    {"server": "dengine serve --etcd-address"})
     endpoints = ",".join(f"127.0.0.1:{p}" for p in client)
     driver = Child.python("benchmarks.standalone_load", ["--endpoints", endpoints, "--connections", str(connections)],
                           os.path.join(workdir, "standalone-load.log"))
@@ -300,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "dengine-standalone-3":
                 why = standalone_missing()
                 start = lambda d, c: start_dengine_standalone(d, c, ns.connections)  # noqa: E731
+            elif name == "dengine-etcdapi-3":
+                why = standalone_missing() or etcd_peer.missing()
+                start = lambda d, c: start_dengine_standalone(d, c, ns.connections, etcd_api=True)  # noqa: E731
             elif name == "etcd-3":
                 why = etcd_peer.missing()
                 start = lambda d, c: etcd_peer.start(d, c, ns.connections)  # noqa: E731

@@ -75,24 +75,34 @@ def start(workdir: str, children: list[Child], connections: int) -> Started:
     for p in client_ports:
         if not wait_port(p, 30):
             raise RuntimeError(f"etcd did not listen on 127.0.0.1:{p} within 30 s\n{children[-1].log_tail()}")
-    leader_ep = None
-    deadline = time.monotonic() + 30
-    while leader_ep is None and time.monotonic() < deadline:
+    return start_load(workdir, children, endpoints, connections, {"version": version()})
+
+
+def leader_endpoint(endpoints: list[str], timeout: float = 30) -> str:
+    """The endpoint of the member that leads, by etcd's Status RPC (``etcdctl endpoint status``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         out = _etcdctl(endpoints, "endpoint", "status", "-w", "json")
         if out.returncode == 0:
             for st in json.loads(out.stdout):
-                if st["Status"]["leader"] == st["Status"]["header"]["member_id"]:
-                    leader_ep = st["Endpoint"]
-        if leader_ep is None:
-            time.sleep(0.2)
-    if leader_ep is None:
-        raise RuntimeError("etcd elected no leader within 30 s")
+                status = st["Status"]
+                if status.get("leader") and status["leader"] == status["header"].get("member_id"):
+                    return str(st["Endpoint"])
+        time.sleep(0.2)
+    raise RuntimeError(f"no leader answered etcd's Status RPC at {', '.join(endpoints)} within {timeout:g} s")
+
+
+def start_load(workdir: str, children: list[Child], endpoints: list[str], connections: int,
+               info: dict[str, Any]) -> Started:
+    """The aetcd load process, connected to the leader among ``endpoints``
+    (an etcd cluster, or dengine's etcd API: the same client either way)."""
+    leader_ep = leader_endpoint(endpoints)
     driver = Child.python("benchmarks.peers.etcd_load",
                           ["--endpoint", leader_ep, "--connections", str(connections)],
                           os.path.join(workdir, "etcd-load.log"))
     children.append(driver)
     driver.recv(60)  # ready
-    return Started(driver, children, {"endpoints": endpoints, "leader": leader_ep, "version": version(),
+    return Started(driver, children, {"endpoints": endpoints, "leader": leader_ep, **info,
                                       "client": "aetcd (asyncio gRPC)", "connections": connections})
 
 
