@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar, Protocol, overload
 
 import attrs
 
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_KEY_SIZE",
     "DEFAULT_MAX_VALUE_SIZE",
     "MAX_TTL_SECONDS",
+    "MAX_TXN_DEPTH",
     "Compare",
     "FollowerProgress",
     "Health",
@@ -171,6 +172,13 @@ class WatchEvent:
     create_revision: int = 0
     version: int = 0
     lease: int = 0
+    #: With ``prev_value``: the key's create_revision, mod revision, version
+    #: and lease before the change (etcd's ``prev_kv``); 0 otherwise. Only
+    #: on the node's own watches (the client protocol does not carry them).
+    prev_create_revision: int = 0
+    prev_revision: int = 0
+    prev_version: int = 0
+    prev_lease: int = 0
 
     @property
     def mod_revision(self) -> int:
@@ -319,8 +327,46 @@ class _CompareBuilder:
         raise InvalidArgument(f"Compare.{self.target}(key) must be compared with ==, !=, < or >")
 
 
-#: The kinds of :class:`Op`, as named on the wire.
-OP_KINDS = ("put", "delete", "delete_range", "get", "scan")
+#: The kinds of :class:`Op`, as named on the wire. Append only: the Raft
+#: log stores a kind as its index here.
+OP_KINDS = ("put", "delete", "delete_range", "get", "scan", "txn")
+
+#: Most levels of transactions nested in a transaction (etcd's
+#: ``RequestOp.request_txn``): a txn op in a txn op ... at most this deep.
+MAX_TXN_DEPTH = 8
+
+
+class _TxnBuilder(Protocol):
+    def __call__(self, compare: Any = (), success: Any = (), failure: Any = ()) -> Op: ...
+
+
+class _NestedTxn:
+    """``Op.txn(compare, success, failure)`` builds a nested transaction op;
+    ``op.txn`` is the body of one, ``(compares, success ops, failure ops)``
+    (None for the other kinds). One name, as etcd's ``request_txn``: read
+    on the class it is the constructor, on an instance the field."""
+
+    __slots__ = ()
+
+    @overload
+    def __get__(self, instance: None, owner: type[Op]) -> _TxnBuilder: ...
+
+    @overload
+    def __get__(
+        self, instance: Op, owner: type[Op] | None = None
+    ) -> tuple[tuple[Compare, ...], tuple[Op, ...], tuple[Op, ...]] | None: ...
+
+    def __get__(self, instance: Op | None, owner: type[Op] | None = None) -> Any:
+        if instance is None:
+            return _build_txn_op
+        return instance._txn
+
+
+def _build_txn_op(compare: Any = (), success: Any = (), failure: Any = ()) -> Op:
+    # Types, keys and the write-once rule now; sizes and counts when a
+    # client checks the whole transaction. Its body is one level down.
+    limits = _Limits(_NO_SIZE_LIMIT, _NO_SIZE_LIMIT, _NO_SIZE_LIMIT, MAX_TXN_DEPTH)
+    return Op("txn", b"", txn=_check_txn_body(compare, success, failure, limits, 1, ""))
 
 
 @attrs.frozen(slots=True)
@@ -332,11 +378,14 @@ class Op:
         Op.delete_prefix(b"/jobs/")
         Op.get(b"/k")
         Op.scan(b"/jobs/", limit=10)        # or Op.scan_range(start, end)
+        Op.txn(compare, success, failure)   # a transaction nested in this one
 
     In a :class:`TxnResult` a put answers its revision, a delete the number
     of keys it removed, a get a :class:`KeyValue` or None, a scan a
-    :class:`ScanResult`. ``ttl_ms`` is for puts made by
-    ``compare_and_swap(..., ttl=)``."""
+    :class:`ScanResult`, a nested txn a :class:`TxnResult` (at the outer
+    transaction's revision). ``ttl_ms`` is for puts made by
+    ``compare_and_swap(..., ttl=)``. ``op.txn`` is a nested transaction's
+    ``(compares, success ops, failure ops)``, None for the other kinds."""
 
     kind: str
     key: bytes
@@ -345,6 +394,11 @@ class Op:
     lease: int = 0
     limit: int | None = None
     ttl_ms: int | None = None
+    # Stored as ``_txn``, built and read as ``txn`` (``Op(..., txn=body)``,
+    # ``op.txn``): the class attribute ``txn`` is the constructor.
+    _txn: tuple[tuple[Compare, ...], tuple[Op, ...], tuple[Op, ...]] | None = None
+
+    txn: ClassVar[_NestedTxn] = _NestedTxn()
 
     @staticmethod
     def put(key: bytes, value: bytes, *, lease: int = 0) -> Op:
@@ -385,6 +439,11 @@ class Op:
 
     @property
     def writes(self) -> bool:
+        """Whether running it may change a key (a nested txn: if an op of
+        either of its branches may)."""
+        if self.kind == "txn":
+            body = self._txn
+            return body is not None and any(op.writes for op in (*body[1], *body[2]))
         return self.kind in ("put", "delete", "delete_range")
 
 
@@ -393,7 +452,8 @@ class TxnResult:
     """A transaction's outcome: whether every compare held (``succeeded``:
     the ``success`` ops ran, else the ``failure`` ops), the ``revision`` it
     was applied at (its writes all carry it), and one response per op run,
-    in order (see :class:`Op`)."""
+    in order (see :class:`Op`). A nested txn op's response is a TxnResult
+    of its own, with the same ``revision``."""
 
     succeeded: bool
     revision: int
@@ -404,15 +464,36 @@ class TxnResult:
 DEFAULT_MAX_TXN_OPS = 128
 
 
+@attrs.frozen(slots=True)
+class _Limits:
+    max_ops: int
+    max_key_size: int
+    max_value_size: int
+    max_depth: int
+
+
 def validate_txn(
     compare: object, success: object, failure: object, *, max_ops: int = DEFAULT_MAX_TXN_OPS,
     max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
 ) -> tuple[tuple[Compare, ...], tuple[Op, ...], tuple[Op, ...]]:
     """Check a transaction's three lists: each holds at most ``max_ops``
     items of the right type, keys and values are within the limits, and no
-    branch writes the same key twice (as etcd refuses)."""
+    branch writes the same key twice (as etcd refuses). Transactions nested
+    in it (``Op.txn``) are checked the same way, each list on its own, at
+    most :data:`MAX_TXN_DEPTH` levels deep."""
+    return _check_txn_body(compare, success, failure, _Limits(max_ops, max_key_size, max_value_size, MAX_TXN_DEPTH),
+                           0, "")
+
+
+def _check_txn_body(
+    compare: object, success: object, failure: object, limits: _Limits, depth: int, where: str,
+) -> tuple[tuple[Compare, ...], tuple[Op, ...], tuple[Op, ...]]:
+    # ``depth``: how many txn ops enclose this body (0: the transaction
+    # itself); ``where``: the path to it in messages ("success[2].").
+    max_ops = limits.max_ops
     out: list[tuple[Any, ...]] = []
     for name, items, kind in (("compare", compare, Compare), ("success", success, Op), ("failure", failure, Op)):
+        name = where + name
         if items is None:
             items = ()
         if isinstance(items, (bytes, str)) or not isinstance(items, (list, tuple)):
@@ -420,27 +501,46 @@ def validate_txn(
         if len(items) > max_ops:
             raise InvalidArgument(
                 f"txn {name} holds {len(items)} items, more than the limit of {max_ops} (raft.max_txn_ops)")
+        checked: list[Any] = []
         for i, item in enumerate(items):
             if type(item) is not kind:
                 raise InvalidArgument(f"txn {name}[{i}] must be a dengine.{kind.__name__}, got {_type_name(item)}")
             if isinstance(item, Op):
-                _check_op(item, max_key_size, max_value_size)
+                if item.kind == "txn":
+                    item = _check_nested_txn(item, limits, depth + 1, f"{name}[{i}].")
+                else:
+                    _check_op(item, limits.max_key_size, limits.max_value_size)
             else:
-                validate_key(item.key, max_key_size)
+                validate_key(item.key, limits.max_key_size)
+            checked.append(item)
         if kind is Op:
             written: set[bytes] = set()
-            for item in items:
+            for item in checked:
                 if item.kind in ("put", "delete"):
                     if item.key in written:
                         raise InvalidArgument(f"txn {name} writes the key {item.key!r:.60} more than once")
                     written.add(item.key)
-        out.append(tuple(items))
+        out.append(tuple(checked))
     return out[0], out[1], out[2]
 
 
+def _check_nested_txn(op: Op, limits: _Limits, depth: int, where: str) -> Op:
+    if depth > limits.max_depth:
+        raise InvalidArgument(f"txn nesting is deeper than the limit of {limits.max_depth}")
+    if op.key or op.value or op.end is not None or op.lease or op.limit is not None or op.ttl_ms is not None:
+        raise InvalidArgument(f"txn {where[:-1]} is a nested txn: it takes no key, value, end, lease, limit or ttl")
+    body = op.txn
+    if not isinstance(body, (tuple, list)) or len(body) != 3:
+        raise InvalidArgument(f"txn {where[:-1]} must hold (compare, success, failure), got {_type_name(body)}")
+    checked = _check_txn_body(*body, limits, depth, where)
+    return op if checked == body else attrs.evolve(op, txn=checked)
+
+
 def _check_op(op: Op, max_key_size: int, max_value_size: int) -> None:
-    if op.kind not in OP_KINDS:
+    if op.kind not in OP_KINDS or op.kind == "txn":
         raise InvalidArgument(f"unknown txn op {op.kind!r}; known: {', '.join(OP_KINDS)}")
+    if op.txn is not None:
+        raise InvalidArgument(f"a {op.kind} op carries no nested txn")
     if op.kind in ("put", "delete", "get"):
         validate_key(op.key, max_key_size)
     else:
@@ -491,7 +591,8 @@ class Status:
     """A snapshot of one node's view of itself and the cluster. ``version``
     is the node's dengine version and ``db_size`` the bytes its data
     directory holds (WAL and snapshots); None where unknown (a server that
-    predates them)."""
+    predates them). ``etcd_urls``: where the node serves etcd's API, by
+    face (``"grpc"``, ``"gateway"``); None when it serves none."""
 
     node_id: int
     role: str
@@ -503,6 +604,7 @@ class Status:
     last_snapshot_index: int
     version: str | None = None
     db_size: int | None = None
+    etcd_urls: dict[str, list[str]] | None = None
 
 
 @attrs.frozen(slots=True)

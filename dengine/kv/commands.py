@@ -23,6 +23,11 @@ Rules of this module:
                      dengine.api.COMPARE_TARGETS and COMPARE_OPS)
         op           [kind, key, value, end | nil, lease, limit | nil, ttl_ms | nil]
                      (kind indexes into dengine.api.OP_KINDS)
+        nested txn   [kind, key, value, end | nil, lease, limit | nil, ttl_ms | nil,
+                      [[compare, ...], [op, ...], [op, ...]]]
+                     (kind "txn" only, and only it has the 8th field, so
+                     logs written before nested txns decode unchanged; at
+                     most dengine.api.MAX_TXN_DEPTH levels deep)
 
   Tags and the version never change meaning; new commands get new tags.
 * Encoding checks *types* (so anything encoded decodes again on every replica
@@ -40,7 +45,7 @@ from typing import Any, Iterable, Union
 import attrs
 import msgpack
 
-from dengine.api import COMPARE_OPS, COMPARE_TARGETS, OP_KINDS, Compare, Op
+from dengine.api import COMPARE_OPS, COMPARE_TARGETS, MAX_TXN_DEPTH, OP_KINDS, Compare, Op
 from dengine.errors import InvalidArgument, MalformedMessage
 
 __all__ = [
@@ -71,6 +76,7 @@ _TAG_REVOKE = 5
 _TAG_TXN = 6
 
 _INT64_MAX = 2**63 - 1
+_KIND_TXN = OP_KINDS.index("txn")
 
 
 @attrs.frozen(slots=True)
@@ -223,8 +229,7 @@ def _wire(cmd: object) -> list[Any]:
         return [_TAG_REVOKE, cmd.lease_id]
     if kind is Txn:
         assert isinstance(cmd, Txn)
-        return [_TAG_TXN, [_compare_wire(c) for c in cmd.compare], [_op_wire(o) for o in cmd.success],
-                [_op_wire(o) for o in cmd.failure]]
+        return [_TAG_TXN, *_txn_body_wire(cmd.compare, cmd.success, cmd.failure, 0)]
     raise InvalidArgument(f"not a KV command: {kind.__name__}")
 
 
@@ -235,9 +240,22 @@ def _compare_wire(c: object) -> list[Any]:
     return [COMPARE_TARGETS.index(c.target), c.key, COMPARE_OPS.index(c.op), c.operand]
 
 
-def _op_wire(o: object) -> list[Any]:
+def _txn_body_wire(compare: object, success: object, failure: object, depth: int) -> list[list[Any]]:
+    # ``depth``: how many txn ops enclose this body (0: the Txn command).
+    for name, items in (("compares", compare), ("success ops", success), ("failure ops", failure)):
+        if type(items) not in (tuple, list):
+            raise InvalidArgument(f"txn {name} must be a tuple, got {type(items).__name__}")
+    assert isinstance(compare, (tuple, list)) and isinstance(success, (tuple, list))
+    assert isinstance(failure, (tuple, list))
+    return [[_compare_wire(c) for c in compare], [_op_wire(o, depth) for o in success],
+            [_op_wire(o, depth) for o in failure]]
+
+
+def _op_wire(o: object, depth: int) -> list[Any]:
     if type(o) is not Op:
         raise InvalidArgument(f"a txn op must be a dengine.Op, got {type(o).__name__}")
+    if o.kind not in OP_KINDS:
+        raise InvalidArgument(f"unknown txn op {o.kind!r}; known: {', '.join(OP_KINDS)}")
     _check_bytes("op key", o.key)
     _check_bytes("op value", o.value)
     if o.end is not None:
@@ -245,7 +263,18 @@ def _op_wire(o: object) -> list[Any]:
     _check_int("op lease", o.lease)
     _check_int("op limit", o.limit, optional=True)
     _check_int("op ttl_ms", o.ttl_ms, optional=True)
-    return [OP_KINDS.index(o.kind), o.key, o.value, o.end, o.lease, o.limit, o.ttl_ms]
+    wire = [OP_KINDS.index(o.kind), o.key, o.value, o.end, o.lease, o.limit, o.ttl_ms]
+    body = o.txn
+    if o.kind != "txn":
+        if body is not None:
+            raise InvalidArgument(f"a {o.kind} op carries no nested txn")
+        return wire
+    if depth >= MAX_TXN_DEPTH:
+        raise InvalidArgument(f"txn nesting is deeper than the limit of {MAX_TXN_DEPTH}")
+    if not isinstance(body, (tuple, list)) or len(body) != 3:
+        raise InvalidArgument("a nested txn op must hold a (compares, success ops, failure ops) tuple")
+    wire.append(_txn_body_wire(body[0], body[1], body[2], depth + 1))
+    return wire
 
 
 def command_size(cmd: Command) -> int:
@@ -259,9 +288,16 @@ def command_size(cmd: Command) -> int:
     if isinstance(cmd, ExpireKeys):
         return sum(len(k) + 8 for k, _ in cmd.keys)
     if isinstance(cmd, Txn):
-        return 16 + sum(len(c.key) + 16 + (len(c.operand) if isinstance(c.operand, bytes) else 0)
-                        for c in cmd.compare) + sum(len(o.key) + len(o.value) + 16 for o in cmd.success + cmd.failure)
+        return _txn_size(cmd.compare, cmd.success, cmd.failure)
     return 64
+
+
+def _txn_size(compare: tuple[Compare, ...], success: tuple[Op, ...], failure: tuple[Op, ...]) -> int:
+    size = 16 + sum(len(c.key) + 16 + (len(c.operand) if isinstance(c.operand, bytes) else 0) for c in compare)
+    for o in (*success, *failure):
+        body = o.txn
+        size += len(o.key) + len(o.value) + 16 + (_txn_size(*body) if body is not None else 0)
+    return size
 
 
 def encode_batch(commands: Iterable[Command], now_ms: int) -> bytes:
@@ -329,13 +365,19 @@ def _from_wire(raw: object) -> Command:
 
 
 def _txn_from_wire(compare: object, success: object, failure: object) -> Txn:
-    if type(compare) is not list or type(success) is not list or type(failure) is not list:
-        raise MalformedMessage("txn body must be three arrays: compares, success ops, failure ops")
     try:
-        return Txn(tuple(_compare_from_wire(c) for c in compare), tuple(_op_from_wire(o) for o in success),
-                   tuple(_op_from_wire(o) for o in failure))
+        return Txn(*_txn_body_from_wire(compare, success, failure, 0))
     except (InvalidArgument, TypeError, ValueError) as exc:
         raise MalformedMessage(f"txn has an invalid part: {exc}") from None
+
+
+def _txn_body_from_wire(
+    compare: object, success: object, failure: object, depth: int,
+) -> tuple[tuple[Compare, ...], tuple[Op, ...], tuple[Op, ...]]:
+    if type(compare) is not list or type(success) is not list or type(failure) is not list:
+        raise MalformedMessage("txn body must be three arrays: compares, success ops, failure ops")
+    return (tuple(_compare_from_wire(c) for c in compare), tuple(_op_from_wire(o, depth) for o in success),
+            tuple(_op_from_wire(o, depth) for o in failure))
 
 
 def _compare_from_wire(raw: object) -> Compare:
@@ -347,14 +389,25 @@ def _compare_from_wire(raw: object) -> Compare:
     return Compare(key, COMPARE_TARGETS[target], COMPARE_OPS[op], operand)
 
 
-def _op_from_wire(raw: object) -> Op:
-    if type(raw) is not list or len(raw) != 7 or not _is_int(raw[0]) or raw[0] >= len(OP_KINDS):
+def _op_from_wire(raw: object, depth: int) -> Op:
+    if type(raw) is not list or not _is_int(raw[0] if raw else None) or raw[0] >= len(OP_KINDS):
         raise MalformedMessage("a txn op must be [kind, key, value, end, lease, limit, ttl_ms]")
-    _, key, value, end, lease, limit, ttl = raw
+    nested = raw[0] == _KIND_TXN
+    if len(raw) != (8 if nested else 7):
+        raise MalformedMessage("a txn op must be [kind, key, value, end, lease, limit, ttl_ms], "
+                               "and a nested txn op [..., ttl_ms, [compares, success, failure]]")
+    key, value, end, lease, limit, ttl = raw[1:7]
     if (type(key) is not bytes or type(value) is not bytes or not (end is None or type(end) is bytes)
             or not _is_int(lease) or not _is_opt_int(limit) or not _is_opt_int(ttl)):
         raise MalformedMessage("a txn op has fields of the wrong type")
-    return Op(OP_KINDS[raw[0]], key, value, end, lease, limit, ttl)
+    body = None
+    if nested:
+        if depth >= MAX_TXN_DEPTH:
+            raise MalformedMessage(f"txn nesting is deeper than the limit of {MAX_TXN_DEPTH}")
+        if type(raw[7]) is not list or len(raw[7]) != 3:
+            raise MalformedMessage("a nested txn op's body must be [compares, success ops, failure ops]")
+        body = _txn_body_from_wire(raw[7][0], raw[7][1], raw[7][2], depth + 1)
+    return Op(OP_KINDS[raw[0]], key, value, end, lease, limit, ttl, txn=body)
 
 
 def _expire_from_wire(flat: object) -> ExpireKeys:

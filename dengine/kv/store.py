@@ -45,9 +45,12 @@ the log):
   LeaseNotFound and changes nothing. ``lease_observer`` (if set) is told of
   every grant and revoke, for the leader's lessor.
 * Transactions: a Txn evaluates its compares against the state before it,
-  checks every op of the branch it takes (sizes, leases) and only then runs
-  them in order, so it changes all or nothing; every change carries the
-  entry's revision.
+  checks every op of the branch it takes (sizes, leases) -- and of *both*
+  branches of every txn nested in it, since which one runs is not known yet
+  -- and only then runs them in order, so it changes all or nothing; every
+  change carries the entry's revision. A nested txn op evaluates its own
+  compares when its turn comes (after the earlier ops of its branch) and
+  answers a TxnResult at the same revision.
 * Keys are kept in a dict plus a sorted list, so a prefix scan costs
   O(log n + matches); inserting or removing a key shifts the list (a memmove).
 """
@@ -65,6 +68,8 @@ from dengine.api import (
     DEFAULT_MAX_KEY_SIZE,
     DEFAULT_MAX_VALUE_SIZE,
     MAX_TTL_SECONDS,
+    MAX_TXN_DEPTH,
+    Compare,
     KeyValue,
     Op,
     ScanResult,
@@ -315,6 +320,8 @@ class KVStore:
             version = self._versions[key] = 1
         else:
             version = self._versions[key] = self._versions[key] + 1
+            if events is not None:  # what the key was, for watchers that want prev_kv
+                prev_rev, prev_lease = self._revisions[key], self._key_lease.get(key, 0)
         values[key] = value
         self._revisions[key] = index
         if ttl_ms is not None:
@@ -324,7 +331,12 @@ class KVStore:
         if lease or self._key_lease:
             self._attach(key, lease)
         if events is not None:
-            events.append(WatchEvent(_PUT, key, value, prev, index, 0, self._created[key], version, lease))
+            created = self._created[key]
+            if prev is None:
+                events.append(WatchEvent(_PUT, key, value, None, index, 0, created, version, lease))
+            else:
+                events.append(WatchEvent(_PUT, key, value, prev, index, 0, created, version, lease,
+                                         created, prev_rev, version - 1, prev_lease))
 
     def _attach(self, key: bytes, lease: int) -> None:
         old = self._key_lease.get(key, 0)
@@ -339,18 +351,20 @@ class KVStore:
 
     def _remove(self, key: bytes, index: int, events: list[WatchEvent] | None) -> None:
         prev = self._values.pop(key)
-        del self._revisions[key]
-        del self._created[key]
-        del self._versions[key]
+        prev_rev = self._revisions.pop(key)
+        prev_created = self._created.pop(key)
+        prev_version = self._versions.pop(key)
         keys = self._keys
         del keys[bisect_left(keys, key)]
         self._ttl.clear(key)
+        lease = 0
         if self._key_lease:
             lease = self._key_lease.pop(key, 0)
             if lease:
                 self._lease_keys[lease].discard(key)
         if events is not None:
-            events.append(WatchEvent(_DELETE, key, b"", prev, index))
+            events.append(WatchEvent(_DELETE, key, b"", prev, index, 0, 0, 0, 0,
+                                     prev_created, prev_rev, prev_version, lease))
 
     def _live(self, key: bytes) -> bytes | None:
         """The key's value in log time (None if absent or expired)."""
@@ -429,18 +443,34 @@ class KVStore:
     # --- transactions -------------------------------------------------------
 
     def _txn(self, cmd: Txn, index: int, events: list[WatchEvent] | None) -> TxnResult:
+        succeeded = self._holds(cmd.compare)
+        ops = cmd.success if succeeded else cmd.failure
+        self._check_ops(ops, 0)  # all or nothing: check every op before running any
+        return TxnResult(succeeded, index, [self._run_op(op, index, events) for op in ops])
+
+    def _holds(self, compare: tuple[Compare, ...]) -> bool:
         kv = self._kv_at
         cutoff = self._clock
-        succeeded = all(c.holds(kv(c.key, cutoff)) for c in cmd.compare)
-        ops = cmd.success if succeeded else cmd.failure
-        for op in ops:  # all or nothing: check every op before running any
-            if op.kind == "put":
+        return all(c.holds(kv(c.key, cutoff)) for c in compare)
+
+    def _check_ops(self, ops: tuple[Op, ...], depth: int) -> None:
+        for op in ops:
+            kind = op.kind
+            if kind == "put":
                 self._check_write(op.key, op.value, op.ttl_ms, op.lease)
-            elif op.kind in ("delete", "get"):
+            elif kind in ("delete", "get"):
                 validate_key(op.key, self.max_key_size)
+            elif kind == "txn":
+                # Either branch may run: its compares see writes not made yet.
+                body = op.txn
+                if body is None:
+                    raise InvalidArgument("a nested txn op has no body")
+                if depth >= MAX_TXN_DEPTH:
+                    raise InvalidArgument(f"txn nesting is deeper than the limit of {MAX_TXN_DEPTH}")
+                self._check_ops(body[1], depth + 1)
+                self._check_ops(body[2], depth + 1)
             else:
                 validate_range(op.key, op.end, self.max_key_size)
-        return TxnResult(succeeded, index, [self._run_op(op, index, events) for op in ops])
 
     def _run_op(self, op: Op, index: int, events: list[WatchEvent] | None) -> object:
         kind = op.kind
@@ -459,6 +489,12 @@ class KVStore:
             return len(doomed)
         if kind == "get":
             return self._kv_at(op.key, self._clock)
+        if kind == "txn":
+            body = op.txn
+            assert body is not None  # _check_ops saw to it
+            succeeded = self._holds(body[0])
+            ops = body[1] if succeeded else body[2]
+            return TxnResult(succeeded, index, [self._run_op(o, index, events) for o in ops])
         entries, count = self.scan_kvs(op.key, op.end, self._clock, op.limit, count=True)
         return ScanResult(entries=entries, revision=index, more=count > len(entries), count=count)
 

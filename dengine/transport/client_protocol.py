@@ -46,6 +46,7 @@ import attrs
 from dengine.api import (
     COMPARE_OPS,
     COMPARE_TARGETS,
+    MAX_TXN_DEPTH,
     OP_KINDS,
     Compare,
     KeyValue,
@@ -489,6 +490,7 @@ def encode_status(status: Status) -> dict[str, Any]:
         "members": [encode_member(m) for m in status.members],
         "version": status.version,
         "db_size": status.db_size,
+        "etcd_urls": status.etcd_urls,
     }
 
 
@@ -505,7 +507,19 @@ def decode_status(body: Mapping[str, Any]) -> Status:
         # Absent from a server that predates them.
         version=_field(body, "version", _str_or_nil),
         db_size=_field(body, "db_size", _uint_or_nil),
+        etcd_urls=_etcd_urls(body.get("etcd_urls")),
     )
+
+
+def _etcd_urls(value: Any) -> dict[str, list[str]] | None:
+    """A status's ``etcd_urls``: nil (or absent) or a map of face name -> URLs."""
+    if value is None:
+        return None
+    if type(value) is not dict or not all(
+        type(k) is str and type(v) is list and all(type(u) is str for u in v) for k, v in value.items()
+    ):
+        raise MalformedMessage(f"field 'etcd_urls' must be a map of strings to arrays of strings, got {_show(value)}")
+    return {k: list(v) for k, v in value.items()}
 
 
 def decode_members(body: Mapping[str, Any]) -> list[Member]:
@@ -622,18 +636,23 @@ def decode_scan(body: Mapping[str, Any]) -> ScanResult:
 
 def encode_txn_request(compare: Any, success: Any, failure: Any) -> dict[str, Any]:
     """The ``txn`` arguments: compares as ``{"target", "key", "op",
-    "value"}``, ops as ``{"op", "key", ...}`` (docs/protocol.md)."""
+    "value"}``, ops as ``{"op", "key", ...}``, a nested transaction as
+    ``{"op": "txn", "compare", "success", "failure"}`` (docs/protocol.md)."""
     def op_map(o: Op) -> dict[str, Any]:
-        body: dict[str, Any] = {"op": o.kind, "key": o.key}
+        if o.kind == "txn":
+            body = o.txn
+            assert body is not None, "a nested txn op without a body"
+            return {"op": "txn", **encode_txn_request(*body)}
+        out: dict[str, Any] = {"op": o.kind, "key": o.key}
         if o.kind == "put":
-            body["value"] = o.value
+            out["value"] = o.value
             if o.lease:
-                body["lease"] = o.lease
+                out["lease"] = o.lease
         if o.kind in ("delete_range", "scan"):
-            body["end"] = o.end
+            out["end"] = o.end
         if o.limit is not None:
-            body["limit"] = o.limit
-        return body
+            out["limit"] = o.limit
+        return out
     return {"compare": [{"target": c.target, "key": c.key, "op": c.op, "value": c.operand} for c in compare],
             "success": [op_map(o) for o in success], "failure": [op_map(o) for o in failure]}
 
@@ -652,10 +671,20 @@ def _only(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> None:
 
 def decode_txn_request(args: Mapping[str, Any]) -> tuple[list[Compare], list[Op], list[Op]]:
     """The compares and ops of ``txn`` arguments, checked (MalformedMessage
-    for a wrong shape, InvalidArgument for a bad value)."""
+    for a wrong shape, InvalidArgument for a bad value), nested
+    transactions included (at most :data:`~dengine.api.MAX_TXN_DEPTH` deep)."""
+    return _decode_txn_body(args, 0, "")
+
+
+def _decode_txn_body(args: Mapping[str, Any], depth: int, where: str) -> tuple[list[Compare], list[Op], list[Op]]:
+    # ``depth``: how many txn ops enclose this body; ``where``: its path ("success[1].").
+    lists: list[list[Any]] = []
+    for field in ("compare", "success", "failure"):
+        raw = args.get(field)
+        lists.append([] if raw is None else _list(raw, where + field))
     compares: list[Compare] = []
-    for i, raw in enumerate(args.get("compare") or []):
-        name = f"compare[{i}]"
+    for i, raw in enumerate(lists[0]):
+        name = f"{where}compare[{i}]"
         c = _map(raw, name)
         _only(c, name, ("target", "key", "op", "value"))
         target = _field(c, "target", _str)
@@ -667,13 +696,20 @@ def decode_txn_request(args: Mapping[str, Any]) -> tuple[list[Compare], list[Op]
         operand: Any = c.get("value")
         compares.append(Compare(_field(c, "key", _bin), target, op, operand))
     branches: list[list[Op]] = []
-    for branch in ("success", "failure"):
+    for branch, items in (("success", lists[1]), ("failure", lists[2])):
         ops: list[Op] = []
-        for i, raw in enumerate(args.get(branch) or []):
-            name = f"{branch}[{i}]"
+        for i, raw in enumerate(items):
+            name = f"{where}{branch}[{i}]"
             o = _map(raw, name)
-            _only(o, name, ("op", "key", "value", "end", "lease", "limit"))
             kind = _field(o, "op", _str)
+            if kind == "txn":
+                _only(o, name, ("op", "compare", "success", "failure"))
+                if depth >= MAX_TXN_DEPTH:
+                    raise InvalidArgument(f"txn nesting is deeper than the limit of {MAX_TXN_DEPTH}")
+                nested = _decode_txn_body(o, depth + 1, name + ".")
+                ops.append(Op("txn", b"", txn=(tuple(nested[0]), tuple(nested[1]), tuple(nested[2]))))
+                continue
+            _only(o, name, ("op", "key", "value", "end", "lease", "limit"))
             if kind not in OP_KINDS:
                 raise InvalidArgument(f"{name}: unknown op {kind!r}; known: {', '.join(OP_KINDS)}")
             ops.append(Op(kind, _field(o, "key", _bin), value=_field(o, "value", _bin_or_nil) or b"",
@@ -686,7 +722,8 @@ def decode_txn_request(args: Mapping[str, Any]) -> tuple[list[Compare], list[Op]
 def encode_txn_result(result: TxnResult, ops: Any) -> dict[str, Any]:
     """A ``txn`` answer: one response map per op run (``ops``: the branch
     that ran), in order: a put's ``{"revision"}``, a delete's
-    ``{"deleted"}``, a get's answer, a scan's answer."""
+    ``{"deleted"}``, a get's answer, a scan's answer, a nested txn's
+    answer (this same map, for the branch it ran)."""
     responses: list[dict[str, Any]] = []
     for op, r in zip(ops, result.responses):
         if op.kind == "scan":
@@ -695,24 +732,41 @@ def encode_txn_result(result: TxnResult, ops: Any) -> dict[str, Any]:
             responses.append(encode_kv(r))
         elif op.kind == "put":
             responses.append({"revision": r})
+        elif op.kind == "txn":
+            body = op.txn
+            assert body is not None, "a nested txn op without a body"
+            responses.append(encode_txn_result(r, body[1] if r.succeeded else body[2]))
         else:
             responses.append({"deleted": r})
     return {"succeeded": result.succeeded, "revision": result.revision, "responses": responses}
 
 
 def decode_txn_result(body: Mapping[str, Any], success: Any, failure: Any) -> TxnResult:
+    """A ``txn`` answer, read with the ops asked (``success``, ``failure``:
+    the answer says which branch ran; a nested txn's answer is read with
+    its own branches)."""
+    return _decode_txn_result(body, success, failure, "")
+
+
+def _decode_txn_result(body: Mapping[str, Any], success: Any, failure: Any, where: str) -> TxnResult:
     succeeded = _field(body, "succeeded", _bool)
     ops = list(success if succeeded else failure)
     raw = body.get("responses")
     if type(raw) is not list or len(raw) != len(ops):
-        raise MalformedMessage(f"field 'responses' must be an array of {len(ops)} answers, got {_show(raw)}")
+        raise MalformedMessage(
+            f"field '{where}responses' must be an array of {len(ops)} answers, got {_show(raw)}")
     responses: list[Any] = []
     for i, (op, r) in enumerate(zip(ops, raw)):
-        r = _map(r, f"responses[{i}]")
+        name = f"{where}responses[{i}]"
+        r = _map(r, name)
         if op.kind == "scan":
             responses.append(decode_scan(r))
         elif op.kind == "get":
             responses.append(decode_kv(op.key, r))
+        elif op.kind == "txn":
+            nested = op.txn
+            assert nested is not None, "a nested txn op without a body"
+            responses.append(_decode_txn_result(r, nested[1], nested[2], name + "."))
         else:
             responses.append(_field(r, "revision" if op.kind == "put" else "deleted", _uint))
     return TxnResult(succeeded, _field(body, "revision", _uint), responses)

@@ -234,6 +234,43 @@ async def test_txn_arguments_are_checked(kv: Any) -> None:
         assert (await kv.txn([], [Op.get(b"/k%d" % i) for i in range(128)])).succeeded  # the limit itself is fine
 
 
+async def test_nested_txn_updates_ours_or_creates_if_absent(kv: Any) -> None:
+    """Patroni's leader write, in one round trip: update the key if it holds
+    our value, else create it if it is absent, else say who holds it."""
+    key = b"/nested/leader"
+
+    def update_or_create(value: bytes) -> tuple[list[Compare], list[Op], list[Op]]:
+        create = Op.txn([Compare.create_revision(key) == 0], [Op.put(key, value), Op.get(key)], [Op.get(key)])
+        return [Compare.value(key) == b"me"], [Op.put(key, value)], [create]
+
+    with trio.fail_after(DEADLINE):
+        made = await kv.txn(*update_or_create(b"me"))  # absent: the nested txn creates it
+        assert isinstance(made, TxnResult) and not made.succeeded and len(made.responses) == 1
+        nested = made.responses[0]
+        assert isinstance(nested, TxnResult) and nested.succeeded and nested.revision == made.revision
+        # The nested get sees the nested put, at the outer transaction's revision.
+        assert nested.responses == [made.revision, KeyValue(key, b"me", made.revision, made.revision, 1)]
+        updated = await kv.txn(*update_or_create(b"me"))  # ours: the outer branch updates it
+        assert updated == TxnResult(True, updated.revision, [updated.revision])
+        theirs = await kv.put(key, b"other")
+        refused = await kv.txn(*update_or_create(b"me"))  # theirs: both compares fail, nothing changes
+        assert not refused.succeeded
+        assert refused.responses == [TxnResult(False, refused.revision, [
+            KeyValue(key, b"other", theirs, create_revision=made.revision, version=3)])]
+        assert await kv.get(key) == b"other"
+        # A bad op in a nested branch that would not even run refuses the whole transaction.
+        with pytest.raises(LeaseNotFound):
+            await kv.txn([], [Op.delete(key), Op.txn([], [Op.get(key)], [Op.put(b"/nested/x", b"1", lease=777777)])])
+        assert await kv.get(key) == b"other" and await kv.get(b"/nested/x") is None
+        # Nesting is bounded.
+        deep = Op.get(key)
+        for _ in range(8):
+            deep = Op("txn", b"", txn=((), (deep,), ()))
+        assert (await kv.txn([], [deep])).succeeded
+        with pytest.raises(InvalidArgument, match="txn nesting is deeper than the limit of 8"):
+            await kv.txn([], [Op("txn", b"", txn=((), (deep,), ()))])
+
+
 def test_builders_refuse_nonsense() -> None:
     with pytest.raises(InvalidArgument, match="needs bytes"):
         Compare.value(b"/k") == 3  # noqa: B015

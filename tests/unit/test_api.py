@@ -208,3 +208,83 @@ def test_validate_scan_prefix() -> None:
         validate_scan_prefix("abc")
     with pytest.raises(InvalidArgument, match="4 bytes"):
         validate_scan_prefix(b"abcd", 3)
+
+
+# --- nested transactions (Op.txn) -----------------------------------------------------
+
+from dengine.api import MAX_TXN_DEPTH, Compare, Op, validate_txn  # noqa: E402
+
+
+def _chain(levels: int) -> Op:
+    """``levels`` txn ops, each the only success op of the one around it."""
+    op = Op.get(b"/k")
+    for _ in range(levels):
+        op = Op("txn", b"", txn=((), (op,), ()))  # the plain constructor: no depth check
+    return op
+
+
+def test_op_txn_builds_a_nested_txn_op_and_op_txn_reads_its_body() -> None:
+    inner = Op.txn([Compare.version(b"/a") == 0], [Op.put(b"/a", b"1")], [Op.get(b"/a")])
+    assert inner.kind == "txn" and inner.key == b""
+    assert inner.txn == ((Compare.version(b"/a") == 0,), (Op.put(b"/a", b"1"),), (Op.get(b"/a"),))
+    assert Op.get(b"/a").txn is None
+    assert Op.txn() == Op("txn", b"", txn=((), (), ()))
+    assert hash(inner) == hash(Op.txn((Compare.version(b"/a") == 0,), (Op.put(b"/a", b"1"),), (Op.get(b"/a"),)))
+    assert attrs.evolve(inner, txn=None).txn is None
+    # writes: if an op of either branch writes, at any depth.
+    assert inner.writes and not Op.txn([], [Op.get(b"/a")], [Op.scan(b"/")]).writes
+    assert Op.txn([], [], [Op.txn([], [Op.delete(b"/a")])]).writes
+    assert not Op.txn().writes
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: Op.txn(Compare.version(b"/a") == 0), "txn compare must be a list"),
+        (lambda: Op.txn([], b"/a"), "txn success must be a list"),
+        (lambda: Op.txn([], [], [("get", b"/a")]), "txn failure[0] must be a dengine.Op"),
+        (lambda: Op.txn([Op.get(b"/a")]), "txn compare[0] must be a dengine.Compare"),
+        (lambda: Op.txn([], [Op.put(b"/a", b"1"), Op.delete(b"/a")]), "writes the key b'/a' more than once"),
+        (lambda: Op.txn([], [Op("txn", b"", txn=((), (), (1,)))]), "txn success[0].failure[0] must be a dengine.Op"),
+    ],
+)
+def test_op_txn_checks_types(call: object, needle: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        call()  # type: ignore[operator]
+    assert needle in str(info.value)
+
+
+def test_validate_txn_recurses_into_nested_transactions() -> None:
+    nested = Op("txn", b"", txn=([Compare.value(b"/a") == b"x"], [Op.put(b"/a", b"1")], []))  # lists: normalised
+    compare, success, failure = validate_txn([], [Op.put(b"/a", b"0"), nested], [])
+    assert success[1].txn == ((Compare.value(b"/a") == b"x",), (Op.put(b"/a", b"1"),), ())
+    # The outer branch and the nested one may each write /a once: each list is checked on its own.
+    assert success[0].key == success[1].txn[1][0].key == b"/a"
+    cases: list[tuple[Op, int, str]] = [
+        (Op.txn([], [Op.get(b"/k%d" % i) for i in range(5)]), 4,
+         "txn success[0].success holds 5 items, more than the limit of 4"),
+        (Op.txn([Compare.version(b"/k%d" % i) == 0 for i in range(5)]), 4, "txn success[0].compare holds 5 items"),
+        (Op.txn([], [], [Op.txn([], [Op.put(b"/" + b"k" * 9, b"")])]), 8, "key is 10 bytes, larger than the limit"),
+        (Op.txn([], [Op.put(b"/v", b"v" * 9)]), 8, "value is 9 bytes, larger than the limit"),
+        (Op.txn([Compare.version(b"/" + b"k" * 9) == 0]), 8, "key is 10 bytes"),
+        (Op("txn", b"/k", txn=((), (), ())), 8, "it takes no key, value, end, lease, limit or ttl"),
+        (Op("txn", b""), 8, "txn success[0] must hold (compare, success, failure)"),
+        (Op("get", b"/k", txn=((), (), ())), 8, "a get op carries no nested txn"),
+    ]
+    for op, limit, needle in cases:
+        with pytest.raises(InvalidArgument) as info:
+            validate_txn([], [op], [], max_ops=limit, max_key_size=limit, max_value_size=limit)
+        assert needle in str(info.value), (op, str(info.value))
+
+
+def test_nesting_deeper_than_the_limit_is_refused() -> None:
+    assert MAX_TXN_DEPTH == 8
+    validate_txn([], [_chain(MAX_TXN_DEPTH)], [])  # eight levels below the transaction are fine
+    with pytest.raises(InvalidArgument, match="txn nesting is deeper than the limit of 8"):
+        validate_txn([], [], [_chain(MAX_TXN_DEPTH + 1)])
+    # Op.txn counts from where it will stand: inside a transaction, one level down.
+    op = Op.get(b"/k")
+    for _ in range(MAX_TXN_DEPTH):
+        op = Op.txn([], [op])
+    with pytest.raises(InvalidArgument, match="deeper than the limit of 8"):
+        Op.txn([], [op])

@@ -228,3 +228,95 @@ def test_lease_answers_and_watch_metadata_round_trip() -> None:
 def dengine_lease(lease_id: int, ttl: float) -> object:
     from dengine.api import Lease
     return Lease(lease_id, ttl)
+
+
+# --- nested transactions on the wire -------------------------------------------------
+
+from dengine.api import MAX_TXN_DEPTH  # noqa: E402
+
+
+def _patroni_ops() -> tuple[list[Compare], list[Op], list[Op]]:
+    inner = Op.txn([Compare.create_revision(b"/leader") == 0], [Op.put(b"/leader", b"me", lease=3)],
+                   [Op.get(b"/leader"), Op.txn([], [Op.scan(b"/", limit=1)])])
+    return [Compare.value(b"/leader") == b"me"], [Op.put(b"/leader", b"me", lease=3)], [Op.delete(b"/x"), inner]
+
+
+def test_nested_txn_request_and_result_round_trip() -> None:
+    compare, success, failure = _patroni_ops()
+    wire = cp.encode_txn_request(compare, success, failure)
+    assert wire["failure"][1] == {
+        "op": "txn",
+        "compare": [{"target": "create_revision", "key": b"/leader", "op": "==", "value": 0}],
+        "success": [{"op": "put", "key": b"/leader", "value": b"me", "lease": 3}],
+        "failure": [{"op": "get", "key": b"/leader"},
+                    {"op": "txn", "compare": [], "success": [{"op": "scan", "key": b"/", "end": b"0", "limit": 1}],
+                     "failure": []}],
+    }
+    request = cp.decode_request(cp.encode_request(1, "txn", wire))
+    assert cp.decode_txn_request(request.args) == (compare, success, failure)
+    # The nested answer is a txn answer of its own, read with the nested branches.
+    held = KeyValue(b"/leader", b"you", 4, 2, 3, 0)
+    scan = ScanResult([held], 9, more=True, count=2)
+    result = TxnResult(False, 9, [0, TxnResult(False, 9, [held, TxnResult(True, 9, [scan])])])
+    body = cp.decode_response(cp.encode_response(1, "ok", cp.encode_txn_result(result, failure))).body
+    assert body["responses"][1] == {"succeeded": False, "revision": 9, "responses": [
+        cp.encode_kv(held), {"succeeded": True, "revision": 9, "responses": [cp.encode_scan(scan)]}]}
+    assert cp.decode_txn_result(body, success, failure) == result
+    created = TxnResult(False, 10, [1, TxnResult(True, 10, [10])])
+    assert cp.decode_txn_result(cp.encode_txn_result(created, failure), success, failure) == created
+
+
+def _nest(levels: int) -> dict:  # type: ignore[type-arg]
+    op: dict = {"op": "get", "key": b"k"}  # type: ignore[type-arg]
+    for _ in range(levels):
+        op = {"op": "txn", "success": [op]}
+    return {"success": [op]}
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "needle"),
+    [
+        ({"success": [{"op": "txn", "key": b"k"}]}, MalformedMessage, "success[0] has no field 'key'"),
+        ({"success": [{"op": "txn", "success": b"x"}]}, MalformedMessage, "'success[0].success' must be an array"),
+        ({"failure": [{"op": "txn", "compare": ["x"]}]}, MalformedMessage, "failure[0].compare[0] must be a map"),
+        ({"failure": [{"op": "txn", "success": [{"op": "txn", "failure": [7]}]}]}, MalformedMessage,
+         "failure[0].success[0].failure[0] must be a map"),
+        ({"success": [{"op": "txn", "failure": [{"op": "rename", "key": b"k"}]}]}, _InvalidArgument,
+         "success[0].failure[0]: unknown op 'rename'"),
+        ({"success": [{"op": "txn", "compare": [{"target": "value", "key": b"k", "op": "==", "value": 1}]}]},
+         _InvalidArgument, "needs bytes"),
+        ({"success": [{"op": "txn", "success": [{"op": "get", "key": "k"}]}]}, MalformedMessage,
+         "'key' must be bytes"),
+        (_nest(MAX_TXN_DEPTH + 1), _InvalidArgument, "txn nesting is deeper than the limit of 8"),
+    ],
+)
+def test_bad_nested_txn_requests_are_refused_by_name(args: dict, error: type, needle: str) -> None:
+    with pytest.raises(error) as info:
+        cp.decode_txn_request(args)
+    assert needle in str(info.value)
+
+
+def test_nesting_up_to_the_limit_decodes() -> None:
+    _, success, _ = cp.decode_txn_request(_nest(MAX_TXN_DEPTH))
+    op, depth = success[0], 0
+    while op.kind == "txn":
+        assert op.txn is not None
+        op, depth = op.txn[1][0], depth + 1
+    assert depth == MAX_TXN_DEPTH and op == Op.get(b"k")
+
+
+def test_malformed_nested_txn_answers_are_refused() -> None:
+    _, success, failure = _patroni_ops()
+    good = cp.encode_txn_result(TxnResult(False, 10, [1, TxnResult(True, 10, [10])]), failure)
+    for bad, needle in (
+        ({**good, "responses": [{"deleted": 1}, 7]}, "responses[1] must be a map"),
+        ({**good, "responses": [{"deleted": 1}, {"succeeded": True, "revision": 10, "responses": []}]},
+         "'responses[1].responses' must be an array of 1 answers"),
+        ({**good, "responses": [{"deleted": 1}, {"succeeded": "yes", "revision": 10, "responses": [{}]}]},
+         "'succeeded' must be true or false"),
+        ({**good, "responses": [{"deleted": 1}, {"succeeded": True, "revision": 10, "responses": [{"revision": -1}]}]},
+         "'revision' must be a non-negative integer"),
+    ):
+        with pytest.raises(MalformedMessage) as info:
+            cp.decode_txn_result(bad, success, failure)
+        assert needle in str(info.value)

@@ -30,6 +30,11 @@ command_st = st.one_of(
     st.builds(Put, key_st, value_st, st.none(), st.integers(1, 5)),
     st.builds(lambda k, v, n: Txn((Compare.version(k) == n,), (Op.put(k, v, lease=1), Op.delete_prefix(b"/a")), ()),
               key_st, value_st, st.integers(0, 2)),
+    # A nested txn: its compares see the outer branch's earlier writes.
+    st.builds(lambda k, v, n: Txn((Compare.version(k) == n,), (Op.put(k, v),),
+                                  (Op.txn([Compare.create_revision(k) == 0], [Op.put(k, v, lease=1)],
+                                          [Op.delete_prefix(b"/a"), Op.get(k)]),)),
+              key_st, value_st, st.integers(0, 2)),
 )
 log_st = st.lists(st.tuples(st.integers(0, 60), st.lists(command_st, min_size=1, max_size=3)), max_size=15)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -19,19 +20,39 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from dengine.api import KeyValue, WatchEvent, WatchEventType
 from dengine.errors import ErrorCode, InvalidArgument, MalformedMessage
-from dengine.kv.commands import Command, CompareAndSwap, Delete, ExpireKeys, Put, encode_batch, encode_command
+from dengine.kv.commands import (
+    Command,
+    CompareAndSwap,
+    Delete,
+    ExpireKeys,
+    LeaseGrant,
+    Put,
+    encode_batch,
+    encode_command,
+)
 from dengine.kv.store import ApplyResult, CommandError, KVStore, prefix_end
 
 PUT, DELETE = WatchEventType.PUT, WatchEventType.DELETE
 
 
 def ev(kind: WatchEventType, key: bytes, value: bytes, prev: bytes | None, rev: int,
-       created: int = 0, version: int = 0, lease: int = 0) -> WatchEvent:
+       created: int = 0, version: int = 0, lease: int = 0,
+       prev_meta: tuple[int, int, int, int] = (0, 0, 0, 0)) -> WatchEvent:
     """An event; a PUT also carries the key's create_revision and version
-    (by default: created by this write, version 1)."""
+    (by default: created by this write, version 1); ``prev_meta`` is the
+    key's (create_revision, mod revision, version, lease) before it."""
     if kind is PUT and not created:
         created, version = rev, 1
-    return WatchEvent(kind, key, value, prev, rev, 0, created, version, lease)
+    return WatchEvent(kind, key, value, prev, rev, 0, created, version, lease, *prev_meta)
+
+
+def without_prev_meta(result: ApplyResult) -> ApplyResult:
+    """``result`` with its events' prev metadata zeroed (the tests of the
+    store's basics compare events without it; test_events_carry_prev_meta
+    and the oracle check it)."""
+    result.events[:] = [attrs.evolve(e, prev_create_revision=0, prev_revision=0, prev_version=0, prev_lease=0)
+                        for e in result.events]
+    return result
 
 
 class Log:
@@ -41,9 +62,12 @@ class Log:
         self.store = KVStore() if store is None else store
         self.index = 0
 
-    def run(self, now: int, *cmds: Command) -> ApplyResult:
+    def run(self, now: int, *cmds: Command, prev_meta: bool = False) -> ApplyResult:
+        """Apply ``cmds`` as the next entry; the events without their prev
+        metadata unless ``prev_meta``."""
         self.index += 1
-        return self.store.apply(self.index, encode_batch(cmds, now))
+        result = self.store.apply(self.index, encode_batch(cmds, now))
+        return result if prev_meta else without_prev_meta(result)
 
 
 # --- basics ---------------------------------------------------------------------
@@ -60,6 +84,22 @@ def test_put_returns_revision_and_emits_put_with_prev() -> None:
     kv = log.store.get_kv(b"k", 0)
     assert kv == KeyValue(b"k", b"v2", 2, create_revision=1, version=2) and kv.mod_revision == 2
     assert log.store.applied_index == 2
+
+
+def test_events_carry_prev_meta() -> None:
+    """A PUT over a key and a DELETE carry what the key was (etcd's prev_kv)."""
+    log = Log()
+    grant = log.run(0, LeaseGrant(7, 60_000))
+    assert grant.results == [7]
+    log.run(0, Put(b"k", b"v1"))  # rev 2
+    r3 = log.run(0, Put(b"k", b"v2", None, 7), prev_meta=True)
+    assert r3.events == [ev(PUT, b"k", b"v2", b"v1", 3, created=2, version=2, lease=7, prev_meta=(2, 2, 1, 0))]
+    r4 = log.run(0, Put(b"k", b"v3"), prev_meta=True)
+    assert r4.events == [ev(PUT, b"k", b"v3", b"v2", 4, created=2, version=3, prev_meta=(2, 3, 2, 7))]
+    r5 = log.run(0, Delete(b"k"), prev_meta=True)
+    assert r5.events == [ev(DELETE, b"k", b"", b"v3", 5, prev_meta=(2, 4, 3, 0))]
+    r6 = log.run(0, Put(b"k", b"new"), prev_meta=True)  # created again: nothing before it
+    assert r6.events == [ev(PUT, b"k", b"new", None, 6)]
 
 
 def test_empty_value_is_not_absent() -> None:
@@ -298,18 +338,25 @@ class Oracle:
     def _bad(self, key: bytes, value: bytes = b"", ttl: int | None = None) -> bool:
         return not key or len(key) > MAX_KEY or len(value) > MAX_VALUE or ttl == 0
 
-    def _pop(self, key: bytes) -> bytes:
+    def _meta(self, key: bytes) -> tuple[int, int, int, int]:
+        """What a key is now: (create_revision, mod revision, version, lease)."""
+        created, version = self.history[key]
+        return created, self.data[key][1], version, 0
+
+    def _delete(self, key: bytes, rev: int) -> Any:
+        meta = self._meta(key)
         del self.history[key]
-        return self.data.pop(key)[0]
+        return ev(DELETE, key, b"", self.data.pop(key)[0], rev, prev_meta=meta)
 
     def _write(self, key: bytes, value: bytes, ttl: int | None, rev: int, events: list[Any]) -> None:
         if key in self.data and not self.alive(key, self.clock):
-            events.append(ev(DELETE, key, b"", self._pop(key), rev))
+            events.append(self._delete(key, rev))
         prev = self.data[key][0] if key in self.data else None
+        meta = self._meta(key) if prev is not None else (0, 0, 0, 0)
         created, version = self.history.get(key, (rev, 0))
         self.history[key] = (created, version + 1)
         self.data[key] = (value, rev, None if ttl is None else self.clock + ttl)
-        events.append(ev(PUT, key, value, prev, rev, created, version + 1))
+        events.append(ev(PUT, key, value, prev, rev, created, version + 1, prev_meta=meta))
 
     def apply(self, rev: int, now: int, cmds: list[Command]) -> tuple[list[Any], list[Any]]:
         self.clock = max(self.clock, now)
@@ -326,7 +373,7 @@ class Oracle:
                 if self._bad(c.key):
                     results.append("error")
                 elif self.alive(c.key, self.clock):
-                    events.append(ev(DELETE, c.key, b"", self._pop(c.key), rev))
+                    events.append(self._delete(c.key, rev))
                     results.append(True)
                 else:
                     results.append(False)
@@ -344,7 +391,7 @@ class Oracle:
                 n = 0
                 for key, stamp in c.keys:
                     if key in self.data and self.data[key][2] == stamp and stamp <= self.clock:
-                        events.append(ev(DELETE, key, b"", self._pop(key), rev))
+                        events.append(self._delete(key, rev))
                         n += 1
                 results.append(n)
         return results, events
@@ -507,7 +554,7 @@ def test_each_key_carries_its_create_revision_and_version_through_snapshots() ->
 # --- leases and transactions -----------------------------------------------------
 
 from dengine.api import Compare, Op, TxnResult  # noqa: E402
-from dengine.kv.commands import LeaseGrant, LeaseRevoke, Txn  # noqa: E402
+from dengine.kv.commands import LeaseRevoke, Txn  # noqa: E402
 
 
 def test_leases_attach_detach_and_revoke_their_keys_at_one_revision() -> None:
@@ -554,3 +601,99 @@ def test_txn_reads_and_deletes_see_log_time_expiry() -> None:
     assert result.succeeded and result.responses[0] is None
     assert [tuple(e) for e in result.responses[1].entries] == [(b"/b", b"2")]
     assert result.responses[2] == 1  # only the live key counts; the expired one is the sweeper's
+
+
+# --- nested transactions ----------------------------------------------------------
+
+from dengine.api import MAX_TXN_DEPTH, ScanResult  # noqa: E402
+from dengine.kv.commands import Batch  # noqa: E402
+
+ME, LEADER = b"me", b"/leader"
+
+
+def _update_or_create() -> Txn:
+    """Patroni's write: update the key if it holds our value, else create it if absent."""
+    return Txn((Compare.value(LEADER) == ME,), (Op.put(LEADER, ME),),
+               (Op.txn([Compare.create_revision(LEADER) == 0], [Op.put(LEADER, ME)], [Op.get(LEADER)]),))
+
+
+def test_a_nested_txn_in_the_failure_branch_runs_its_own_compares() -> None:
+    log = Log()
+    # Absent: the outer compare fails, the nested one (created_revision 0) holds.
+    r = log.run(0, _update_or_create())
+    assert r.results == [TxnResult(False, r.index, [TxnResult(True, r.index, [r.index])])]
+    assert r.events == [ev(PUT, LEADER, ME, None, r.index)]
+    # Ours: the outer compare holds; the nested txn does not run.
+    r2 = log.run(0, _update_or_create())
+    assert r2.results == [TxnResult(True, r2.index, [r2.index])]
+    # Someone else's: both fail, and the nested failure branch answers who holds it.
+    r3 = log.run(0, Put(LEADER, b"other"))
+    r4 = log.run(0, _update_or_create())
+    held = KeyValue(LEADER, b"other", r3.index, create_revision=r.index, version=3)
+    assert r4.results == [TxnResult(False, r4.index, [TxnResult(False, r4.index, [held])])]
+    assert r4.events == [] and log.store.get(LEADER, 0) == b"other"
+
+
+def test_a_nested_txn_sees_the_earlier_writes_of_its_branch_and_later_ops_see_its_writes() -> None:
+    log = Log()
+    log.run(0, Put(b"/b", b"old"))
+    nested = Op.txn([Compare.value(b"/a") == b"1", Compare.version(b"/b") == 1],
+                    [Op.get(b"/a"), Op.put(b"/b", b"2"), Op.scan(b"/")], [Op.get(b"/b")])
+    r = log.run(0, Txn((), (Op.put(b"/a", b"1"), nested, Op.get(b"/b"), Op.delete(b"/a")), ()))
+    rev = r.index
+    a = KeyValue(b"/a", b"1", rev, rev, 1)
+    b = KeyValue(b"/b", b"2", rev, 1, 2)
+    assert r.results == [TxnResult(True, rev, [
+        rev, TxnResult(True, rev, [a, rev, ScanResult([a, b], rev, more=False, count=2)]), b, 1])]
+    assert [(e.type, e.key, e.revision) for e in r.events] == [
+        (PUT, b"/a", rev), (PUT, b"/b", rev), (DELETE, b"/a", rev)]
+
+
+@pytest.mark.parametrize("branch", ["success", "failure"])
+def test_a_bad_op_in_either_branch_of_a_nested_txn_refuses_everything(branch: str) -> None:
+    log = Log(KVStore(max_value_size=4))
+    log.run(0, LeaseGrant(7, 1000), Put(b"/a", b"1"))
+    for bad, code in ((Op.put(b"/x", b"v", lease=99), ErrorCode.LEASE_NOT_FOUND),
+                      (Op.put(b"/x", b"too long"), ErrorCode.INVALID_ARGUMENT)):
+        good = Op.put(b"/y", b"v", lease=7)
+        inner = Op.txn([], [bad, good] if branch == "success" else [good],
+                       [good] if branch == "success" else [good, bad])
+        # The nested branch holding the bad op would not even run (its compares are unknown yet).
+        r = log.run(0, Txn((), (Op.put(b"/a", b"2"), Op.txn([], [Op.delete(b"/a")], [inner])), ()))
+        [result] = r.results
+        assert isinstance(result, CommandError) and result.code == code, result
+        assert r.events == [] and log.store.get(b"/a", 0) == b"1" and log.store.lease_keys(7) == []
+        assert log.store.scan_prefix(b"/", 0) == [(b"/a", b"1")]
+
+
+def _chain(levels: int) -> Op:
+    op = Op.put(b"/deep", b"v")
+    for _ in range(levels):
+        op = Op("txn", b"", txn=((), (op,), ()))
+    return op
+
+
+def test_the_store_refuses_nesting_deeper_than_the_limit() -> None:
+    log = Log()
+    r = log.run(0, Txn((), (_chain(MAX_TXN_DEPTH),), ()))
+    response: Any = r.results[0]
+    for _ in range(MAX_TXN_DEPTH + 1):
+        assert isinstance(response, TxnResult) and response.succeeded and response.revision == r.index
+        [response] = response.responses
+    assert response == r.index and log.store.get(b"/deep", 0) == b"v"
+    # The codec refuses deeper ones; a Batch handed to the store directly is refused at apply.
+    log.index += 1
+    deeper = log.store.apply_batch(log.index, Batch(0, (Txn((), (_chain(MAX_TXN_DEPTH + 1),), ()),)))
+    assert deeper.results == [CommandError(ErrorCode.INVALID_ARGUMENT, "txn nesting is deeper than the limit of 8")]
+    assert deeper.events == []
+
+
+def test_replaying_nested_transactions_is_deterministic() -> None:
+    entries = [(0, [LeaseGrant(1, 1000), _update_or_create()]), (5, [_update_or_create(), Put(LEADER, b"x", 3)]),
+               (10, [Txn((Compare.version(LEADER) == 0,), (Op.txn([], [Op.put(b"/n", b"1", lease=1)]),),
+                         (Op.delete(LEADER), Op.txn([Compare.version(LEADER) == 0], [Op.put(b"/n", b"2")])))])]
+    one, two = Log(), Log()
+    assert [one.run(now, *cmds) for now, cmds in entries] == [two.run(now, *cmds) for now, cmds in entries]
+    # The leader key expired in log time (stamp 10 >= 5 + 3), so the success branch ran.
+    assert one.store.freeze() == two.store.freeze() and one.store.get(b"/n", 10) == b"1"
+    assert one.store.lease_keys(1) == [b"/n"]
