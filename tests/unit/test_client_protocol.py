@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 import re
 
+import attrs
 import pytest
 
 from dengine.api import LeaderInfo, Member, Status, WatchEvent, WatchEventType
@@ -154,6 +155,11 @@ def test_responses_and_results() -> None:
         decode_watch_item({"type": 99, "key": b"", "value": b"", "prev_value": None, "revision": 1, "error": 0})
     st = Status(1, "leader", 2, 1, 5, 5, (Member(1, "a:1", "c:1", False),), 0)
     assert decode_status(encode_status(st)) == st
+    faced = attrs.evolve(st, etcd_urls={"grpc": ["http://h:2379"], "gateway": ["http://h:2378"]})
+    assert decode_status(encode_status(faced)) == faced
+    for bad_urls in ({"grpc": "http://h:2379"}, {"grpc": [1]}, ["http://h:2379"]):
+        with pytest.raises(MalformedMessage, match="etcd_urls"):
+            decode_status({**encode_status(st), "etcd_urls": bad_urls})
     assert decode_leader(encode_leader(LeaderInfo(None, 3), None)) == (LeaderInfo(None, 3), None)
     assert ErrorCode.UNKNOWN_OPERATION == 4003
 
