@@ -41,6 +41,7 @@ trio-native, through the trio client (``dengine.open_client``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -1634,6 +1635,24 @@ async def _run(cfg: Config, self_check: bool) -> int:
     return EXIT_OK
 
 
+@contextlib.asynccontextmanager
+async def _open_etcd_faces(cfg: Config, server: Any) -> Any:
+    """etcd's API for ``dengine serve`` (``server.etcd_address``,
+    ``server.etcd_gateway_address``; docs/etcd-compatibility.md), or None when both are off."""
+    if cfg.etcd_address is None and cfg.etcd_gateway_address is None:
+        yield None
+        return
+    from dengine.etcd.server import open_etcd_api
+    from dengine.server.main import server_ssl_context
+
+    s = cfg.server
+    tls = None if s.tls_cert is None or s.tls_key is None else (s.tls_cert, s.tls_key, s.tls_ca)
+    async with open_etcd_api(server.engine, grpc_address=cfg.etcd_address, gateway_address=cfg.etcd_gateway_address,
+                             client_address=server.client_address, tls=tls,
+                             ssl_context=server_ssl_context(cfg)) as api:
+        yield api
+
+
 async def _serve(cfg: Config, join: str | None = None, given_id: int | None = None,
                  promote: bool = True) -> int:
     import signal
@@ -1655,15 +1674,16 @@ async def _serve(cfg: Config, join: str | None = None, given_id: int | None = No
         cfg = await prepare_join(cfg, endpoints, node_id=given_id, client_address=client_address)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # HTTP is bound first (an address in use is reported before the engine starts).
-        async with open_http_server(None, cfg.metrics_address) as http, open_server(cfg) as server:
+        async with open_http_server(None, cfg.metrics_address) as http, open_server(cfg) as server, \
+                _open_etcd_faces(cfg, server) as etcd:
             http.attach(server)
             peers = cfg.peer_address + (" (single node)" if cfg.is_single_node else "")
             log.info("node %d listening: clients on %s, peers on %s, cluster %r, data dir %s",
                      cfg.node_id, ", ".join(server.client_addresses), peers, cfg.cluster_id,
                      os.path.abspath(cfg.data_dir))
-            if server.etcd is not None:
+            if etcd is not None:
                 log.info("node %d serves etcd's v3 API: gRPC on %s, JSON gateway on %s", cfg.node_id,
-                         server.etcd.grpc_address or "off", server.etcd.gateway_address or "off")
+                         etcd.grpc_address or "off", etcd.gateway_address or "off")
             async with trio.open_nursery() as nursery:
 
                 async def announce_ready() -> None:

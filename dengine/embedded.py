@@ -874,6 +874,7 @@ class Engine:
             last_snapshot_index=node.last_snapshot_index,
             version=__version__,
             db_size=sum(node.storage.size_on_disk().values()),
+            etcd_urls={kind: list(urls) for kind, urls in self.etcd_urls.items()} or None,
         )
 
     def health(self) -> Health:

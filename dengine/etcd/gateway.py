@@ -34,7 +34,9 @@ Rules of this module (limits, as in :mod:`dengine.http.server`):
   served at once; one more is answered 503 and closed.
 * Unary answers keep the connection open (HTTP/1.1 keep-alive, or
   ``Connection: keep-alive`` from an HTTP/1.0 client) until it is idle for
-  ``idle_timeout``; a stream answer closes it when the stream ends.
+  ``idle_timeout``; so does a keep-alive stream's answer once its last
+  renewal is sent (chunked, no ``Connection: close``, as etcd's); a watch
+  stream holds its connection until the client closes it.
 * A write to a client that stops reading is bounded by ``write_timeout``.
 * Stop: the listeners close and every connection is cancelled.
 """
@@ -100,12 +102,45 @@ def encode(message: Any) -> dict[str, Any]:
     return out
 
 
+def _json_name(name: str) -> str:
+    """protoc's JSON name of a field: ``request_put`` -> ``requestPut`` (``ID`` stays)."""
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _proto_names(obj: Any, descriptor: Any) -> Any:
+    """``obj`` with lowerCamel JSON names turned into etcd's field names, at
+    every level (grpc-gateway's jsonpb takes both; schema.py's descriptors
+    know only the original names)."""
+    if not isinstance(obj, dict):
+        return obj
+    camel = {_json_name(f.name): f for f in descriptor.fields}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        field = descriptor.fields_by_name.get(key) or camel.get(key)
+        if field is None:
+            out[key] = value  # unknown: ignored by ParseDict
+            continue
+        if field.enum_type is not None:  # ParseDict would drop an unknown name silently; jsonpb refuses it
+            for name in value if isinstance(value, list) else [value]:
+                if isinstance(name, str) and name not in field.enum_type.values_by_name:
+                    raise EtcdError("INVALID_ARGUMENT", f"unknown value {name!r} for enum {field.enum_type.full_name}")
+        if field.message_type is not None:
+            if isinstance(value, list):
+                value = [_proto_names(v, field.message_type) for v in value]
+            else:
+                value = _proto_names(value, field.message_type)
+        out[field.name] = value
+    return out
+
+
 def decode(name: str, obj: object) -> Any:
     """A request message from one JSON value; EtcdError INVALID_ARGUMENT if it does not fit."""
     if not isinstance(obj, dict):
         raise EtcdError("INVALID_ARGUMENT", f"the request body must be a JSON object, got {type(obj).__name__}")
     try:
-        return json_format.ParseDict(obj, M[name](), ignore_unknown_fields=True)
+        cls = M[name]
+        return json_format.ParseDict(_proto_names(obj, cls.DESCRIPTOR), cls(), ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise EtcdError("INVALID_ARGUMENT", f"the request does not fit etcdserverpb.{name}: {exc}") from None
 
@@ -269,8 +304,7 @@ class Gateway:
                             opts.write_timeout)
             return keep
         if rpc.stream:
-            await self._stream(conn, rpc, body)
-            return False
+            return await self._stream(conn, rpc, body) and keep
         try:
             (message,) = decode_body(rpc.request, body, many=False)
             response = await getattr(self.service, rpc.method)(message)
@@ -307,40 +341,48 @@ class Gateway:
         error = EtcdError("INVALID_ARGUMENT", f"dengine: {reason}")
         await conn.send(render_response(status, _error_body(error), _JSON), self.options.write_timeout)
 
-    async def _stream(self, conn: _Conn, rpc: Rpc, body: bytes) -> None:
+    async def _stream(self, conn: _Conn, rpc: Rpc, body: bytes) -> bool:
+        """Answer a stream; whether the connection can take another request
+        (a keep-alive stream ends with its last answer and the connection
+        stays open, as with etcd; a watch lasts until the client goes away)."""
         opts = self.options
         try:
             requests = decode_body(rpc.request, body, many=True)
         except EtcdError as error:
-            await conn.send(render_response(http_status(error.code), _error_body(error), _JSON), opts.write_timeout)
-            return
+            await conn.send(render_response(http_status(error.code), _error_body(error), _JSON, keep_alive=True),
+                            opts.write_timeout)
+            return True
+        # No "Connection: close" (etcd sends none either): clients keep the connection (and Patroni ends a
+        # watch by shutting its socket down).
         head = (f"HTTP/1.1 200 {REASONS[200]}\r\nContent-Type: {_JSON}\r\nTransfer-Encoding: chunked\r\n"
-                "Connection: close\r\nX-Content-Type-Options: nosniff\r\n\r\n").encode("latin-1")
+                "X-Content-Type-Options: nosniff\r\n\r\n").encode("latin-1")
         await conn.send(head, opts.write_timeout)
         send_in, recv_in = trio.open_memory_channel[Any](len(requests) + 1)
         for message in requests:
             send_in.send_nowait(message)
         send_in.close()
+        endless = rpc.method == "watch"
 
         async def emit(message: Any) -> None:
             await _chunk(conn, {"result": encode(message)}, opts.write_timeout)
 
         async with trio.open_nursery() as nursery:
-            async def watch_peer() -> None:
-                # The client closing its side ends the stream (bytes it sends now are not requests).
-                try:
-                    while True:
-                        await conn.fill()
-                        conn.buf.clear()
-                except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
-                    nursery.cancel_scope.cancel()
+            if endless:
+                async def watch_peer() -> None:
+                    # The client closing its side ends the stream (bytes it sends now are not requests).
+                    try:
+                        while True:
+                            await conn.fill()
+                            conn.buf.clear()
+                    except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
+                        nursery.cancel_scope.cancel()
 
-            nursery.start_soon(watch_peer)
+                nursery.start_soon(watch_peer)
             try:
                 await getattr(self.service, rpc.method)(recv_in, emit)
             except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
                 nursery.cancel_scope.cancel()
-                return
+                return False
             except Exception as exc:
                 failure = etcd_error(exc)
                 status = http_status(failure.code)
@@ -349,6 +391,7 @@ class Gateway:
                              opts.write_timeout)
             await conn.send(b"0\r\n\r\n", opts.write_timeout)
             nursery.cancel_scope.cancel()
+        return not endless
 
 
 async def _chunk(conn: _Conn, obj: dict[str, Any], timeout: float) -> None:

@@ -317,7 +317,7 @@ def _file(package: str, deps: list[str]) -> descriptor_pb2.FileDescriptorProto:
         by_name[name] = msg
         oneofs: dict[str, int] = {}
         for fname, number, ftype, flags in fields:
-            field = msg.field.add(name=fname, number=number, json_name=fname)
+            field = msg.field.add(name=fname, number=number)  # JSON name: protobuf's lowerCamel (grpc-gateway takes both)
             field.label = _F.LABEL_REPEATED if flags == "repeated" else _F.LABEL_OPTIONAL
             if ftype in _SCALARS:
                 field.type = _SCALARS[ftype]

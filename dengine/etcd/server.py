@@ -10,7 +10,12 @@ Rules of this module:
   names that face's URL as this member's ``clientURLs`` (so a client that
   discovers members through ``MemberList`` -- Patroni does -- is sent to
   URLs it can speak to) and the same kind of URL of the other members, as
-  they announce them in their status (``etcd_urls``).
+  they announce them in their status (``Status.etcd_urls``, asked through
+  the forwarding client). A member's answer is kept for
+  :data:`URLS_FRESH` seconds; one that did not answer is asked again after
+  :data:`URLS_RETRY`; asking is bounded by :data:`URLS_TIMEOUT`, so a
+  ``MemberList`` with a member down answers within it (without that
+  member's URLs).
 * Calls only the leader can make are forwarded, on a follower, through one
   dengine client of the cluster, started at this node's own client address
   (it follows the leader hints from there). An embedded engine without a
@@ -24,16 +29,26 @@ Rules of this module:
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
 
+import trio
+
 from dengine.embedded import Engine
-from dengine.errors import ConfigError
+from dengine.errors import ConfigError, DengineError
 
 __all__ = ["EtcdApi", "open_etcd_api", "require_protobuf"]
+
+#: Seconds a member's announced etcd URLs are used before it is asked again.
+URLS_FRESH = 60.0
+#: Seconds before a member that did not answer is asked again.
+URLS_RETRY = 2.0
+#: Seconds one MemberList waits at most for the members it asks.
+URLS_TIMEOUT = 1.0
 
 
 def require_protobuf() -> None:
@@ -50,8 +65,39 @@ class EtcdApi:
 
     grpc_address: str | None = None
     gateway_address: str | None = None
-    #: member id -> {"grpc": [...], "gateway": [...]}: the etcd URLs other members announced.
-    member_urls: dict[int, dict[str, list[str]]] = attrs.field(factory=dict)
+    engine: Engine | None = None
+    forward: Any = None
+    #: member id -> (when asked, {"grpc": [...], "gateway": [...]} or None if it did not answer).
+    member_urls: dict[int, tuple[float, dict[str, list[str]] | None]] = attrs.field(factory=dict)
+
+    async def urls_of(self, kind: str) -> dict[int, list[str]]:
+        """Every other member's URLs of face ``kind``, as they announce them
+        (see the module rules)."""
+        engine = self.engine
+        assert engine is not None
+        now = time.monotonic()
+        stale = []
+        for m in engine.members():
+            if m.node_id == engine.config.node_id or m.client_address is None:
+                continue
+            seen = self.member_urls.get(m.node_id)
+            if seen is None or now - seen[0] > (URLS_FRESH if seen[1] is not None else URLS_RETRY):
+                stale.append((m.node_id, m.client_address))
+        if stale and self.forward is not None:
+            with trio.move_on_after(URLS_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    for node_id, address in stale:
+                        nursery.start_soon(self._ask, node_id, address)
+        return {node_id: list((urls or {}).get(kind, ())) for node_id, (_, urls) in self.member_urls.items()}
+
+    async def _ask(self, node_id: int, address: str) -> None:
+        self.member_urls[node_id] = (time.monotonic(), None)
+        try:
+            status = await self.forward.status(endpoint=address, timeout=URLS_TIMEOUT)
+        except DengineError:
+            return
+        if status.etcd_urls:  # none yet: its faces may still be starting; asked again after URLS_RETRY
+            self.member_urls[node_id] = (time.monotonic(), status.etcd_urls)
 
 
 def _client_context(tls: tuple[str, str, str | None] | None) -> ssl.SSLContext | None:
@@ -88,7 +134,7 @@ async def open_etcd_api(
 
         import_grpc()
     scheme = "https" if tls is not None else "http"
-    api = EtcdApi()
+    api = EtcdApi(engine=engine)
     async with AsyncExitStack() as stack:
         forward: Any = None
         if client_address is not None:
@@ -96,9 +142,10 @@ async def open_etcd_api(
 
             forward = await stack.enter_async_context(open_client(
                 [client_address], cluster_id=engine.config.cluster_id, ssl_context=_client_context(tls)))
+        api.forward = forward
 
         def urls_of(kind: str) -> Any:
-            return lambda node_id: api.member_urls.get(node_id, {}).get(kind, [])
+            return lambda: api.urls_of(kind)
 
         if gateway_address is not None:
             if ssl_context is None and tls is not None:

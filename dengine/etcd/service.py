@@ -47,7 +47,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from dengine.api import Compare, KeyValue, Member, Op, ScanResult, TxnResult, WatchEvent, WatchEventType, prefix_end
+from dengine.api import MAX_TTL_SECONDS, Compare, KeyValue, Member, Op, ScanResult, TxnResult, WatchEvent, WatchEventType, prefix_end
 from dengine.embedded import Engine
 from dengine.errors import (
     DengineError,
@@ -132,7 +132,7 @@ def etcd_error(exc: BaseException) -> EtcdError:
         text = str(exc)
         if "already exists" in text and text.startswith("lease"):
             return EtcdError("FAILED_PRECONDITION", "etcdserver: lease already exists")
-        if "written twice" in text or "twice" in text:
+        if "twice" in text or "more than once" in text:
             return EtcdError("INVALID_ARGUMENT", "etcdserver: duplicate key given in txn request")
         if "at most" in text and "ops" in text:
             return EtcdError("INVALID_ARGUMENT", "etcdserver: too many operations in txn request")
@@ -341,7 +341,7 @@ class EtcdService:
     leader")."""
 
     def __init__(self, engine: Engine, *, etcd_urls: Sequence[str] = (), forward: Any = None,
-                 member_etcd_urls: Callable[[int], Sequence[str]] | None = None) -> None:
+                 member_etcd_urls: Callable[[], Awaitable[dict[int, list[str]]]] | None = None) -> None:
         self.engine = engine
         self.etcd_urls = list(etcd_urls)
         self.forward = forward
@@ -382,7 +382,7 @@ class EtcdService:
             scan = ScanResult(entries=[], revision=self.engine.status().applied_index, count=0)
         else:
             end = r.start + b"\0" if r.single else r.end
-            limit = None if (_wants_all(req) or req.limit <= 0) else req.limit
+            limit = None if (_wants_all(req) or req.limit <= 0) else req.limit + 1  # +1: `more`
             scan = await client.scan_range(r.start, end, limit=limit, keys_only=req.keys_only,
                                            count_only=req.count_only and not _wants_all(req),
                                            consistency=consistency)
@@ -454,16 +454,9 @@ class EtcdService:
         plans_fail = [_plan(op) for op in req.failure]
         result = await self._txn(compare, [o for p in plans_ok for o in p.ops],
                                  [o for p in plans_fail for o in p.ops])
-        plans = plans_ok if result.succeeded else plans_fail
-        header = self.header(result.revision)
-        op_header = M["ResponseHeader"](revision=result.revision)  # etcd's op responses carry only the revision
-        responses = []
-        at = 0
-        for plan in plans:
-            part = result.responses[at: at + len(plan.ops)]
-            at += len(plan.ops)
-            responses.append(plan.build(part, op_header))
-        return M["TxnResponse"](header=header, succeeded=result.succeeded, responses=responses)
+        response = _txn_response(result, plans_ok if result.succeeded else plans_fail)
+        response.header.CopyFrom(self.header(result.revision))
+        return response
 
     async def compact(self, req: Any) -> Any:
         current = self.engine.status().applied_index
@@ -474,12 +467,13 @@ class EtcdService:
     # -- Lease -----------------------------------------------------------
 
     async def lease_grant(self, req: Any) -> Any:
-        if req.TTL <= 0:
-            raise EtcdError("OUT_OF_RANGE", "etcdserver: too large lease TTL" if req.TTL > 0 else
-                            "etcdserver: lease TTL must be positive")
+        if req.TTL > MAX_TTL_SECONDS:
+            raise EtcdError("OUT_OF_RANGE", "etcdserver: too large lease TTL")
         if req.ID < 0:
             raise EtcdError("INVALID_ARGUMENT", "etcdserver: lease ID must be positive")
-        lease = await self._leader("grant_lease", float(req.TTL), lease_id=req.ID)
+        # As etcd: a TTL below the minimum (0 or less included) gets the minimum.
+        ttl = max(float(req.TTL), self.engine.min_lease_ttl_ms / 1000)
+        lease = await self._leader("grant_lease", ttl, lease_id=req.ID)
         return M["LeaseGrantResponse"](header=self.header(), ID=lease.id, TTL=math.ceil(lease.ttl))
 
     async def lease_revoke(self, req: Any) -> Any:
@@ -519,37 +513,36 @@ class EtcdService:
     # -- Cluster and Maintenance -----------------------------------------------
 
     async def member_list(self, req: Any) -> Any:
-        return M["MemberListResponse"](header=self.header(), members=self._members())
+        # etcd's Cluster service fills no revision in its header.
+        return M["MemberListResponse"](header=self.header(0), members=await self._members())
 
-    def _member(self, m: Member) -> Any:
+    def _member(self, m: Member, others: dict[int, list[str]]) -> Any:
         scheme = "https" if self.engine.config.server.peer_tls else "http"
-        if m.node_id == self.member_id:
-            urls = list(self.etcd_urls)
-        elif self._member_etcd_urls is not None:
-            urls = list(self._member_etcd_urls(m.node_id))
-        else:
-            urls = []
+        urls = list(self.etcd_urls) if m.node_id == self.member_id else others.get(m.node_id, [])
         return M["Member"](ID=m.node_id, name=f"node-{m.node_id}", peerURLs=[f"{scheme}://{m.peer_address}"],
                            clientURLs=urls, isLearner=m.is_learner)
 
-    def _members(self) -> list[Any]:
-        return [self._member(m) for m in self.engine.members()]
+    async def _members(self) -> list[Any]:
+        """Every member; ``clientURLs`` of this face's kind (the others' as they announce them)."""
+        others = await self._member_etcd_urls() if self._member_etcd_urls is not None else {}
+        return [self._member(m, others) for m in self.engine.members()]
 
     async def member_add(self, req: Any) -> Any:
         added = await self._leader("add_member", _peer_address(req.peerURLs), learner=req.isLearner)
-        return M["MemberAddResponse"](header=self.header(), member=self._member(added), members=self._members())
+        return M["MemberAddResponse"](header=self.header(), member=self._member(added, {}),
+                                      members=await self._members())
 
     async def member_remove(self, req: Any) -> Any:
         await self._leader("remove_member", _member_id(req.ID))
-        return M["MemberRemoveResponse"](header=self.header(), members=self._members())
+        return M["MemberRemoveResponse"](header=self.header(), members=await self._members())
 
     async def member_update(self, req: Any) -> Any:
         await self._leader("update_member", _member_id(req.ID), peer_address=_peer_address(req.peerURLs))
-        return M["MemberUpdateResponse"](header=self.header(), members=self._members())
+        return M["MemberUpdateResponse"](header=self.header(), members=await self._members())
 
     async def member_promote(self, req: Any) -> Any:
         await self._leader("promote_member", _member_id(req.ID))
-        return M["MemberPromoteResponse"](header=self.header(), members=self._members())
+        return M["MemberPromoteResponse"](header=self.header(), members=await self._members())
 
     async def alarm(self, req: Any) -> Any:
         if req.action != 0:
@@ -634,7 +627,7 @@ def _plan(op: Any) -> _Plan:
                 kvs = [] if kv is None else [kv]
                 return M["ResponseOp"](response_range=range_response(req, kvs, len(kvs), h))
             return _Plan((Op.get(r.start),), build_get)
-        limit = None if (_wants_all(req) or req.limit <= 0) else req.limit
+        limit = None if (_wants_all(req) or req.limit <= 0) else req.limit + 1
 
         def build_scan(res: Sequence[Any], h: Any, req: Any = req) -> Any:
             scan: ScanResult = res[0]
@@ -661,8 +654,31 @@ def _plan(op: Any) -> _Plan:
             return M["ResponseOp"](response_delete_range=_delete_response(r, prev, res, h))
         return _Plan(_delete_ops(r, req.prev_kv), build_delete)
     if kind == "request_txn":
-        raise unimplemented("a transaction nested in a transaction")
+        inner = op.request_txn
+        ok = [_plan(o) for o in inner.success]
+        bad = [_plan(o) for o in inner.failure]
+        nested = Op.txn([_compare(c) for c in inner.compare], [o for p in ok for o in p.ops],
+                        [o for p in bad for o in p.ops])
+
+        def build_txn(res: Sequence[Any], h: Any, ok: list[_Plan] = ok, bad: list[_Plan] = bad) -> Any:
+            result: TxnResult = res[0]
+            return M["ResponseOp"](response_txn=_txn_response(result, ok if result.succeeded else bad))
+        return _Plan((nested,), build_txn)
     raise EtcdError("INVALID_ARGUMENT", "etcdserver: a transaction op with no request")
+
+
+def _txn_response(result: TxnResult, plans: Sequence[_Plan]) -> Any:
+    """etcd's TxnResponse from dengine's result of the branch that ran
+    (``plans``: its etcd ops); the op responses' headers carry only the
+    revision, as etcd's do."""
+    header = M["ResponseHeader"](revision=result.revision)
+    responses = []
+    at = 0
+    for plan in plans:
+        part = result.responses[at: at + len(plan.ops)]
+        at += len(plan.ops)
+        responses.append(plan.build(part, header))
+    return M["TxnResponse"](header=header, succeeded=result.succeeded, responses=responses)
 
 
 def _delete_ops(r: KeyRange, prev_kv: bool) -> tuple[Op, ...]:
@@ -849,5 +865,7 @@ def _event(ev: WatchEvent, prev_kv: bool) -> Any:
     else:
         out = M["Event"](type=_DELETE, kv=M["KeyValue"](key=ev.key, mod_revision=ev.revision))
     if prev_kv and ev.prev_value is not None:
-        out.prev_kv.CopyFrom(M["KeyValue"](key=ev.key, value=ev.prev_value))
+        out.prev_kv.CopyFrom(M["KeyValue"](key=ev.key, value=ev.prev_value, create_revision=ev.prev_create_revision,
+                                           mod_revision=ev.prev_revision, version=ev.prev_version,
+                                           lease=ev.prev_lease))
     return out

@@ -55,14 +55,11 @@ class Server:
     """A running server: the engine (``.engine``) and its client endpoint.
     The lifecycle API of the engine is delegated."""
 
-    def __init__(self, engine: Engine, service: ClientService, client_addresses: tuple[str, ...],
-                 etcd: Any = None) -> None:
+    def __init__(self, engine: Engine, service: ClientService, client_addresses: tuple[str, ...]) -> None:
         self.engine = engine
         self.config = engine.config
         self._service = service
         self.client_addresses = client_addresses
-        #: The etcd faces (dengine.etcd.server.EtcdApi: bound addresses), None when both are off.
-        self.etcd = etcd
 
     @property
     def client_address(self) -> str:
@@ -169,22 +166,12 @@ async def open_server(
                 service = ClientService(engine, nursery, opts, client_addresses=client_addresses)
                 for listener in listeners:
                     nursery.start_soon(service.serve_listener, listener, name="dengine client listener")
-                async with AsyncExitStack() as faces:
-                    etcd = None
-                    if config.etcd_address is not None or config.etcd_gateway_address is not None:
-                        from dengine.etcd.server import open_etcd_api
-
-                        s = config.server
-                        tls = None if s.tls_cert is None or s.tls_key is None else (s.tls_cert, s.tls_key, s.tls_ca)
-                        etcd = await faces.enter_async_context(open_etcd_api(
-                            engine, grpc_address=config.etcd_address, gateway_address=config.etcd_gateway_address,
-                            client_address=bound[0], tls=tls, ssl_context=ssl_context))
-                    try:
-                        yield Server(engine, service, bound, etcd)
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            await service.stop()
-                        nursery.cancel_scope.cancel()
+                try:
+                    yield Server(engine, service, bound)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await service.stop()
+                    nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         leaf = single_leaf(group)
         if leaf is None:

@@ -136,6 +136,8 @@ tls_key = "{tls["key.pem"]}"
 tls_ca = "{tls["ca.pem"]}"
 peer_tls = true
 metrics_address = "10.0.0.2:9183"
+etcd_address = "10.0.0.2:2379"
+etcd_gateway_address = "10.0.0.2:2378"
 
 [metrics]
 enabled = false
@@ -397,6 +399,8 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         tls_ca=tls_files["ca.pem"],
         peer_tls=True,
         metrics_address="10.0.0.2:9183",
+        etcd_address="10.0.0.2:2379",
+        etcd_gateway_address="10.0.0.2:2378",
     )
     assert full.metrics == MetricsSettings(enabled=False, slow_fsync_ms=250, slow_apply_ms=40)
 

@@ -50,6 +50,10 @@ RANKS: list[tuple[str, int, str]] = [
     ("dengine.concurrency", 9, "concurrency"),
     # Faces of a server: /metrics, /health, /status.json and the live page.
     ("dengine.http", 9, "http"),
+    # The strict HTTP/1.1 parsing both HTTP faces share: sans-IO, beside the codec.
+    ("dengine.http.protocol", 3, "http.protocol"),
+    # etcd's v3 API (gRPC and the JSON gateway): a face of a server, over the engine and a client.
+    ("dengine.etcd", 9, "etcd"),
     ("dengine.cli", 10, "cli"),
     ("dengine.__main__", 10, "cli"),
 ]
