@@ -8,19 +8,22 @@ finally; every wait is bounded in time.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import IO
+from typing import IO, Any
+
+import attrs
 
 import pytest
 import trio
 
 from dengine.testing import free_ports
-from tests.cluster.http_helpers import HttpCluster
+from tests.cluster.http_helpers import HttpCluster, running_cluster
 
 ETCDCTL = shutil.which("etcdctl")
 ETCD = shutil.which("etcd")
@@ -55,14 +58,9 @@ class EtcdFacedCluster(HttpCluster):
 @asynccontextmanager
 async def dengine_with_etcd(tmp: pathlib.Path, n: int = 1) -> AsyncIterator[EtcdFacedCluster]:
     """``n`` `dengine serve` processes answering etcd's API, ready (a leader elected)."""
-    cluster = EtcdFacedCluster(tmp, n)
-    try:
-        for i in range(1, n + 1):
-            await cluster.start(i)
+    async with running_cluster(tmp, n, EtcdFacedCluster) as cluster:
         await cluster.wait_etcd_ready()
         yield cluster
-    finally:
-        await cluster.stop_all()
 
 
 async def etcdctl(endpoint: str, *args: str, stdin: bytes | None = None, timeout: float = 20,
@@ -136,3 +134,99 @@ async def real_etcd(tmp: pathlib.Path) -> AsyncIterator[RealEtcd]:
         yield etcd
     finally:
         await etcd.stop()
+
+
+# -- a tiny HTTP/1.1 client for the gateway's tests (stdlib + trio) -------------
+
+
+@attrs.define
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    #: The chunks of a chunked body (each as sent), else None.
+    chunks: list[bytes] | None = None
+
+    def json(self) -> Any:
+        return json.loads(b"".join(self.chunks) if self.chunks is not None else self.body)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpacks as (status, headers, the body or the chunks of a chunked one)."""
+        yield self.status
+        yield self.headers
+        yield self.chunks if self.chunks is not None else self.body
+
+    def __getitem__(self, index: int) -> Any:
+        return tuple(self)[index]
+
+
+class HttpConn:
+    """One HTTP connection that reads a response head, then a body or chunks as they come."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    @classmethod
+    async def open(cls, address: str) -> HttpConn:
+        host, port = address.rsplit(":", 1)
+        return cls(await trio.open_tcp_stream(host, int(port)))
+
+    async def _fill(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        self.buf += data
+        return bool(data)
+
+    async def head(self) -> Response:
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            if not await self._fill():
+                raise EOFError(f"closed before a response head: {bytes(self.buf)!r}")
+        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        del self.buf[: end + 4]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        return Response(int(lines[0].split()[1]), headers)
+
+    async def chunk(self) -> bytes | None:
+        """The next chunk of a chunked body; None at its end (trailers dropped)."""
+        while (eol := self.buf.find(b"\r\n")) < 0:
+            if not await self._fill():
+                raise EOFError("closed inside a chunked body")
+        size = int(bytes(self.buf[:eol]).split(b";")[0], 16)
+        if size == 0:
+            return None
+        while len(self.buf) < eol + 2 + size + 2:
+            if not await self._fill():
+                raise EOFError("closed inside a chunk")
+        data = bytes(self.buf[eol + 2: eol + 2 + size])
+        assert self.buf[eol + 2 + size: eol + 4 + size] == b"\r\n"
+        del self.buf[: eol + 4 + size]
+        return data
+
+    async def response(self) -> Response:
+        resp = await self.head()
+        if resp.headers.get("transfer-encoding") == "chunked":
+            resp.chunks = []
+            while (data := await self.chunk()) is not None:
+                resp.chunks.append(data)
+        else:
+            length = int(resp.headers.get("content-length", "0"))
+            while len(self.buf) < length:
+                if not await self._fill():
+                    raise EOFError("closed inside a body")
+            resp.body = bytes(self.buf[:length])
+            del self.buf[:length]
+        return resp
+
+    async def closed(self) -> bool:
+        """Whether the server closes the connection (reads until EOF; bounded by the caller)."""
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return True
+            if not data:
+                return True
+            self.buf += data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import trio
 
@@ -110,9 +110,13 @@ class HttpCluster:
         raise AssertionError(f"no leader seen by every node within {timeout} s\n{self.log_tail()}")
 
 
+C = TypeVar("C", bound=HttpCluster)
+
+
 @asynccontextmanager
-async def running_cluster(tmp: pathlib.Path, n: int = 3) -> AsyncIterator[HttpCluster]:
-    cluster = HttpCluster(tmp, n)
+async def running_cluster(tmp: pathlib.Path, n: int = 3, kind: type[C] = HttpCluster) -> AsyncIterator[C]:  # type: ignore[assignment]
+    """``n`` processes of cluster ``kind`` started, all stopped on the way out."""
+    cluster = kind(tmp, n)
     try:
         for i in range(1, n + 1):
             await cluster.start(i)

@@ -29,7 +29,8 @@ import attrs
 import pytest
 import trio
 
-from tests.cluster.etcd_helpers import dengine_with_etcd, needs_etcd, real_etcd
+from tests.cluster.etcd_helpers import HttpConn as Conn
+from tests.cluster.etcd_helpers import Response, dengine_with_etcd, needs_etcd, real_etcd
 
 etcd3gw = pytest.importorskip("etcd3gw")
 
@@ -45,79 +46,6 @@ def b64(data: bytes | str) -> str:
 
 
 # -- a tiny HTTP/1.1 client (stdlib + trio) --------------------------------------
-
-
-@attrs.define
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes = b""
-    #: The chunks of a chunked body (each as sent), else None.
-    chunks: list[bytes] | None = None
-
-    def json(self) -> Any:
-        return json.loads(b"".join(self.chunks) if self.chunks is not None else self.body)
-
-
-class Conn:
-    """One HTTP connection that reads a response head, then a body or chunks as they come."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    @classmethod
-    async def open(cls, address: str) -> Conn:
-        host, port = address.rsplit(":", 1)
-        return cls(await trio.open_tcp_stream(host, int(port)))
-
-    async def _fill(self) -> bool:
-        data = await self.stream.receive_some(65536)
-        self.buf += data
-        return bool(data)
-
-    async def head(self) -> Response:
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            if not await self._fill():
-                raise EOFError(f"closed before a response head: {bytes(self.buf)!r}")
-        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        del self.buf[: end + 4]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        return Response(int(lines[0].split()[1]), headers)
-
-    async def chunk(self) -> bytes | None:
-        """The next chunk of a chunked body; None at its end (trailers dropped)."""
-        while (eol := self.buf.find(b"\r\n")) < 0:
-            if not await self._fill():
-                raise EOFError("closed inside a chunked body")
-        size = int(bytes(self.buf[:eol]).split(b";")[0], 16)
-        if size == 0:
-            return None
-        while len(self.buf) < eol + 2 + size + 2:
-            if not await self._fill():
-                raise EOFError("closed inside a chunk")
-        data = bytes(self.buf[eol + 2: eol + 2 + size])
-        assert self.buf[eol + 2 + size: eol + 4 + size] == b"\r\n"
-        del self.buf[: eol + 4 + size]
-        return data
-
-    async def response(self) -> Response:
-        resp = await self.head()
-        if resp.headers.get("transfer-encoding") == "chunked":
-            resp.chunks = []
-            while (data := await self.chunk()) is not None:
-                resp.chunks.append(data)
-        else:
-            length = int(resp.headers.get("content-length", "0"))
-            while len(self.buf) < length:
-                if not await self._fill():
-                    raise EOFError("closed inside a body")
-            resp.body = bytes(self.buf[:length])
-            del self.buf[:length]
-        return resp
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 def request(method: str, path: str, body: bytes | str = b"", *, length: int | None = None) -> bytes:

@@ -238,6 +238,14 @@ async def background(endpoint: str, *args: str) -> AsyncIterator[Background]:
     proc = await trio.lowlevel.open_process([ETCDCTL, f"--endpoints={endpoint}", *args], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     bg = Background(proc)
+
+    async def stop() -> None:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            with trio.move_on_after(10):
+                await proc.wait()
+
     try:
         async with trio.open_nursery() as nursery:
             assert proc.stdout is not None and proc.stderr is not None
@@ -246,18 +254,10 @@ async def background(endpoint: str, *args: str) -> AsyncIterator[Background]:
             try:
                 yield bg
             finally:
-                with trio.CancelScope(shield=True):
-                    if proc.returncode is None:
-                        proc.kill()
-                    with trio.move_on_after(10):
-                        await proc.wait()
+                await stop()
                 nursery.cancel_scope.deadline = trio.current_time() + 5  # let the pumps drain the pipes
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-                with trio.move_on_after(10):
-                    await proc.wait()
+        await stop()  # also when the pumps could not start
 
 
 # --------------------------------------------------------------------------

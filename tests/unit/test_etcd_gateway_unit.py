@@ -24,6 +24,7 @@ import dengine
 from dengine.etcd.gateway import Gateway, GatewayOptions, decode, decode_body, encode, http_status, open_gateway
 from dengine.etcd.schema import MESSAGES as M
 from dengine.etcd.service import EtcdError, EtcdService
+from tests.cluster.etcd_helpers import HttpConn as Peer
 
 TIMEOUT = 20
 SMALL = GatewayOptions(max_connections=2, max_head_bytes=1024, max_body_bytes=4096, head_timeout=0.5,
@@ -48,67 +49,6 @@ def post(path: str, body: bytes | str = b"", *, close: bool = False, extra: str 
     data = body.encode() if isinstance(body, str) else body
     return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             f"{'Connection: close' + chr(13) + chr(10) if close else ''}{extra}\r\n").encode() + data
-
-
-class Peer:
-    """One client connection that reads whole responses (Content-Length or chunked)."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    @classmethod
-    async def open(cls, address: str) -> Peer:
-        host, port = address.rsplit(":", 1)
-        return cls(await trio.open_tcp_stream(host, int(port)))
-
-    async def _fill(self) -> None:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            raise EOFError(f"closed; buffered {bytes(self.buf)!r}")
-        self.buf += data
-
-    async def response(self) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, body): the body, or the chunks of a chunked one."""
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            await self._fill()
-        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        del self.buf[: end + 4]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
-        status = int(head[0].split()[1])
-        if headers.get("transfer-encoding") == "chunked":
-            chunks: list[bytes] = []
-            while True:
-                while (eol := self.buf.find(b"\r\n")) < 0:
-                    await self._fill()
-                size = int(self.buf[:eol], 16)
-                while len(self.buf) < eol + 2 + size + 2:
-                    await self._fill()
-                chunk = bytes(self.buf[eol + 2: eol + 2 + size])
-                del self.buf[: eol + 2 + size + 2]
-                if size == 0:
-                    return status, headers, chunks
-                chunks.append(chunk)
-        length = int(headers["content-length"])
-        while len(self.buf) < length:
-            await self._fill()
-        body = bytes(self.buf[:length])
-        del self.buf[:length]
-        return status, headers, body
-
-    async def closed(self) -> bool:
-        """Whether the server closes the connection (reads until EOF; bounded by the caller)."""
-        while True:
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return True
-            if not data:
-                return True
-            self.buf += data
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def exchange(address: str, request: bytes) -> tuple[int, dict[str, str], Any]:
