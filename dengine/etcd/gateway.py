@@ -249,7 +249,15 @@ class Gateway:
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            await trio.aclose_forcefully(stream)
+            # A graceful close (over TLS: close_notify, so the client sees the end of the answer), bounded.
+            with trio.move_on_after(self.options.write_timeout) as closing:
+                closing.shield = True
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if closing.cancelled_caught:
+                await trio.aclose_forcefully(stream)
 
     async def _one(self, conn: _Conn, first: bool) -> bool:
         """Serve one request; whether the connection stays open for another."""
@@ -416,7 +424,8 @@ async def open_gateway(
         raise AddressInUse(f"cannot serve the etcd gateway at {address}: {exc.strerror or exc}") from None
     bound = tuple(format_address(*lst.socket.getsockname()[:2]) for lst in listeners)  # type: ignore[attr-defined]
     if ssl_context is not None:
-        listeners = [trio.SSLListener(lst, ssl_context) for lst in listeners]
+        # https_compatible: a client may end without close_notify, as HTTPS clients do.
+        listeners = [trio.SSLListener(lst, ssl_context, https_compatible=True) for lst in listeners]
     gateway = Gateway(service, options or GatewayOptions(), bound)
     try:
         async with trio.open_nursery() as nursery:
