@@ -736,8 +736,8 @@ class _WatchStream:
 
     async def create(self, cr: Any) -> None:
         svc = self.service
-        wid = cr.watch_id
-        if wid < 0 or wid in self.scopes:
+        wid = cr.watch_id  # 0: pick one (etcd's AutoWatchID)
+        if wid < 0 or (wid != 0 and wid in self.scopes):
             await self.send(M["WatchResponse"](header=svc.header(), watch_id=wid, created=True, canceled=True,
                                                cancel_reason="etcdserver: duplicate watch ID"))
             return
