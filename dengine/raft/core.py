@@ -436,9 +436,20 @@ class RaftCore:
             # leader cut off from a quorum steps down one election timeout
             # after it last heard from one (not up to two), and its callers
             # hear so (LeaderChanged) that much sooner.
-            if not has_quorum(self.conf.voters, self.recently_active()):
-                # We may be on the minority side of a partition.
+            active = self.recently_active()
+            if not has_quorum(self.conf.voters, active):
+                # We may be on the minority side of a partition -- or only our
+                # inbound side is cut, and the followers, still hearing our
+                # heartbeats, would wait out their own timeouts first. Hand
+                # off: ask the most caught-up voter we have *not* heard from
+                # (on the far side of the cut; a peer on our side could not
+                # win, and its forced term would disrupt the majority later)
+                # to campaign now. If our messages cannot reach it, this is lost
+                # and the usual timeouts elect a leader.
+                target = self._handoff_target(active)
                 self.become_follower(self.term, None)
+                if target is not None:
+                    self._send(TimeoutNow(frm=self.id, to=target, term=self.term))
                 return
         if self.lead_transferee is not None:
             self.transfer_elapsed += 1
@@ -506,6 +517,14 @@ class RaftCore:
         )
         self._broadcast_append()
         return index, self.term
+
+    def _handoff_target(self, active: set[int]) -> int | None:
+        """The voter a leader stepping down for lack of a quorum asks to
+        campaign: the most caught-up one it has not heard from lately."""
+        far = [p for p in self.conf.voters if p != self.id and p not in active and p in self.prs]
+        if not far:
+            return None
+        return max(far, key=lambda p: (self.prs[p].match, -p))
 
     def recently_active(self) -> set[int]:
         """Leader: the members it heard from within an election timeout, and

@@ -181,3 +181,54 @@ def test_check_quorum_steps_down_one_election_timeout_after_last_hearing_from_a_
         assert leader.role is Role.LEADER, f"stepped down {k + 1} ticks after the last answer"
     net.tick(1)
     assert leader.role is not Role.LEADER  # before: up to 20 ticks
+
+
+def test_a_leader_that_hears_nobody_hands_off_to_a_caught_up_follower() -> None:
+    """Only the leader's inbound side is cut: the followers keep hearing its
+    heartbeats, so they would wait out their own timeouts after it steps
+    down. The leader asks the most caught-up voter it did not hear from to
+    campaign at once (TimeoutNow), and that voter wins without waiting."""
+    from dengine.raft.messages import TimeoutNow
+
+    net = Net(3, election_tick=10)
+    leader = net.elect(1)
+    net.core(1).propose([b"x"])
+    net.stabilize()
+    # Node 3 falls behind: it misses the next entry.
+    net.cut(1, 3)
+    net.core(1).propose([b"y"])
+    net.stabilize()
+    net.heal()
+    net.cut_links = {(2, 1), (3, 1)}  # the leader still sends, hears nothing
+    for _ in range(9):
+        net.tick(1)
+        net.deliver()
+    net.tick(1)
+    net.process(1)
+    assert leader.role is not Role.LEADER
+    (handoff,) = net.peek(TimeoutNow, frm=1)
+    assert handoff.to == 2  # the caught-up one
+    old_term = leader.term
+    net.stabilize()  # no ticks: nothing but the hand-off can start an election
+    assert net.core(2).role is Role.LEADER and net.core(2).term == old_term + 1
+
+
+def test_a_leader_on_the_minority_side_hands_off_across_the_cut_only() -> None:
+    """A leader left with one follower of five asks a voter on the far side
+    (its message is lost in a real partition), never the follower beside it,
+    whose forced term could only disrupt the majority later."""
+    from dengine.raft.messages import TimeoutNow
+
+    net = Net(5, election_tick=10)
+    leader = net.elect(1)
+    for far in (3, 4, 5):
+        for near in (1, 2):
+            net.cut(near, far)
+    for _ in range(10):
+        net.tick(1)
+        net.tick(2)
+        net.deliver()
+    assert leader.role is not Role.LEADER
+    sent = [m.to for m in net.dropped if isinstance(m, TimeoutNow)] + [m.to for m in net.peek(TimeoutNow)]
+    assert sent and all(to in (3, 4, 5) for to in sent)
+    assert net.core(2).term == leader.term  # node 2 was not pushed into a new term
