@@ -583,6 +583,12 @@ class Engine:
     def current_term(self) -> int:
         return self._node.current_term
 
+    @property
+    def applied_index(self) -> int:
+        """The revision of this node's state machine now (its applied index);
+        cheap, unlike :meth:`status`."""
+        return self._node.kv.applied_index
+
     def is_leader(self) -> bool:
         return self._node.current_role is Role.LEADER
 

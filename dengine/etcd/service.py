@@ -353,7 +353,7 @@ class EtcdService:
 
     def header(self, revision: int | None = None) -> Any:
         if revision is None:
-            revision = self.engine.status().applied_index
+            revision = self.engine.applied_index
         return M["ResponseHeader"](cluster_id=self.cluster_id, member_id=self.member_id, revision=revision,
                                    raft_term=self.engine.current_term())
 
@@ -379,7 +379,7 @@ class EtcdService:
         consistency = "eventual" if req.serializable else "linearizable"
         client = self.engine.client
         if r.empty:
-            scan = ScanResult(entries=[], revision=self.engine.status().applied_index, count=0)
+            scan = ScanResult(entries=[], revision=self.engine.applied_index, count=0)
         else:
             end = r.start + b"\0" if r.single else r.end
             limit = None if (_wants_all(req) or req.limit <= 0) else req.limit + 1  # +1: `more`
@@ -459,7 +459,7 @@ class EtcdService:
         return response
 
     async def compact(self, req: Any) -> Any:
-        current = self.engine.status().applied_index
+        current = self.engine.applied_index
         if req.revision > current:
             raise EtcdError("OUT_OF_RANGE", _FUTURE)
         return M["CompactionResponse"](header=self.header(current))
@@ -827,7 +827,7 @@ class _WatchStream:
                 await self._send_events(wid, events, last, cr.fragment)
 
     async def _send_events(self, wid: int, events: list[Any], revision: int, fragment: bool) -> None:
-        header = self.service.header(max(revision, self.service.engine.status().applied_index))
+        header = self.service.header(max(revision, self.service.engine.applied_index))
         if not fragment:
             await self.send(M["WatchResponse"](header=header, watch_id=wid, events=events))
             return
