@@ -335,3 +335,25 @@ def test_http_status_follows_grpc_gateway() -> None:
                                      "OUT_OF_RANGE", "UNIMPLEMENTED", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
                                      "DEADLINE_EXCEEDED", "UNAUTHENTICATED")] == [
         200, 408, 400, 404, 400, 400, 501, 503, 429, 504, 401]
+
+
+def test_the_gateway_needs_no_grpcio_and_the_grpc_face_says_how_to_get_it() -> None:
+    """The JSON gateway (and the wiring of both faces) imports no grpcio; the
+    gRPC face without grpcio is a ConfigError naming the install command."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['grpc'] = None  # as if grpcio were not installed\n"
+        "import dengine.etcd.gateway, dengine.etcd.server\n"
+        "from dengine.etcd.grpc_server import import_grpc\n"
+        "from dengine.errors import ConfigError\n"
+        "try:\n"
+        "    import_grpc()\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'dengine[etcd]'" in out.stdout and "gateway does not" in out.stdout
