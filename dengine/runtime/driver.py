@@ -110,6 +110,11 @@ class DriverOptions:
     # transaction, whose revision callers use as a unique token. Others of a
     # pass share one entry.
     alone: Callable[[Any], bool] | None = None
+    # Put before every ReadIndex context of this incarnation, so contexts are
+    # unique across restarts: an answer to a read asked before a crash, still
+    # in flight, must not release a read asked after the restart (the
+    # sequence starts again at 1). The runtime passes random bytes.
+    read_ctx_prefix: bytes = b""
 
 
 def merge_entries(run: list[Entry], new: Sequence[Entry]) -> list[Entry]:
@@ -426,7 +431,7 @@ class Driver:
         if self._proposals:
             self._flush_proposals()
         if self._read_batch:
-            ctx = next(self._read_seq).to_bytes(8, "big")
+            ctx = self.options.read_ctx_prefix + next(self._read_seq).to_bytes(8, "big")
             self.read_waiters[ctx], self._read_batch = self._read_batch, []
             raw.read_index(ctx)
         out: list[Message] = []

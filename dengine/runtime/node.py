@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -227,6 +228,7 @@ class Node:
                 max_pending_bytes=options.raft.max_uncommitted_bytes,
                 addresses=options.addresses,
                 alone=_owns_a_revision,
+                read_ctx_prefix=os.urandom(8),
             ),
             encode=self._encode,
             durable_hard_state=state.hard_state,

@@ -202,6 +202,7 @@ class Simulation:
         self.seed = seed
         self.cfg = config or SimConfig()
         self.rng = random.Random(seed)
+        self._starts: dict[int, int] = {}  # node id -> how many times it was started
         self.step_count = 0
         self.nodes: dict[int, SimNode] = {}
         self.initial = frozenset(range(1, self.cfg.nodes + 1))
@@ -246,6 +247,11 @@ class Simulation:
             max_committed_bytes_per_ready=64,
         )
 
+    def _incarnation(self, nid: int) -> bytes:
+        """A prefix unique to this start of node ``nid`` (deterministic)."""
+        self._starts[nid] = self._starts.get(nid, 0) + 1
+        return f"{nid}.{self._starts[nid]}.".encode()
+
     def _start_node(self, nid: int, durable: Durable, voters: frozenset[int]) -> None:
         d = durable
         config = self._raft_config(nid, voters)
@@ -262,7 +268,11 @@ class Simulation:
         raw.core.log.applied = applied
         driver = Driver(
             raw,
-            DriverOptions(tick_interval=1.0, proposal_batch_max=4, max_pending_bytes=4096),
+            # Each start of a node is a new incarnation: its ReadIndex contexts must not
+            # collide with those of the last one (seed 10535 on 5 nodes: a late answer
+            # to a read asked before a crash released a read asked after it).
+            DriverOptions(tick_interval=1.0, proposal_batch_max=4, max_pending_bytes=4096,
+                          read_ctx_prefix=self._incarnation(nid)),
             durable_hard_state=d.hard_state or HardState(),
             applied_index=applied,
             **self._driver_hooks(nid),

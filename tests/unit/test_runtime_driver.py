@@ -353,3 +353,27 @@ def test_a_message_the_core_refuses_is_dropped_not_raised(monkeypatch: pytest.Mo
     msg = AppendEntries(frm=1, to=2, term=5, prev_index=3, prev_term=1, entries=(Entry(4, 5),), commit=0)
     assert d.on_message(msg) is False
     assert d.dropped_messages[(1, "AppendEntries")] == 1
+
+
+def test_read_contexts_of_a_restarted_node_do_not_collide_with_the_last_ones() -> None:
+    """A follower's read is forwarded with a context; if the node restarts
+    while the leader's answer is in flight, that late answer must not release
+    a read asked after the restart (the sequence starts again): every start
+    has its own context prefix (the runtime passes random bytes)."""
+    from dengine.raft.messages import ReadIndexRequest, ReadIndexResponse
+
+    def follower_read(prefix: bytes) -> tuple[Driver, W, bytes]:
+        d = make(2, read_ctx_prefix=prefix)
+        d.raw.step(Heartbeat(frm=1, to=2, term=1, commit=0))  # node 1 leads term 1
+        w = W()
+        d.read(w)
+        (sent,) = [m for m in d.poll() if isinstance(m, ReadIndexRequest)]
+        return d, w, sent.ctxs[0]
+
+    _, _, before = follower_read(b"first.")
+    after_driver, after_waiter, after = follower_read(b"second")
+    assert before != after
+    # The answer to the read of the first incarnation reaches the second: ignored.
+    after_driver.raw.step(ReadIndexResponse(frm=1, to=2, term=1, ctxs=(before,), index=40))
+    after_driver.poll()
+    assert not after_waiter.done() and after in after_driver.read_waiters
