@@ -401,7 +401,7 @@ class ServerSettings:
         OFF,
         "listen",
         "host:port where `dengine serve` answers etcd's JSON gateway (HTTP/1.1 POST /v3/kv/range, /v3/watch, "
-        "...: Patroni, etcd3gw, curl); needs the protobuf runtime (`pip install 'dengine[etcd]'`), not grpcio. "
+        "...: Patroni, etcd3gw, curl); needs the protobuf runtime (`pip install 'dengine[etcd]'`), not h2. "
         "`off` (the default) turns it off; port 0 picks a free port.",
     )
 

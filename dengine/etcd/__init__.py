@@ -6,8 +6,8 @@ its JSON gateway (Patroni, etcd3gw, curl). An application embedding the
 engine opens them with :func:`dengine.etcd.server.open_etcd_api`.
 
 Modules: :mod:`~dengine.etcd.schema` (etcd's messages), :mod:`~dengine.etcd.service`
-(the one service both faces call), :mod:`~dengine.etcd.grpc_server` (grpcio in worker
-threads), :mod:`~dengine.etcd.gateway` (HTTP/1.1 on trio), :mod:`~dengine.etcd.server`
+(the one service both faces call), :mod:`~dengine.etcd.grpc_server` (gRPC over HTTP/2
+on trio, with h2), :mod:`~dengine.etcd.gateway` (HTTP/1.1 on trio), :mod:`~dengine.etcd.server`
 (both, wired to an engine). They need ``pip install 'dengine[etcd]'``
-(protobuf; grpcio for the gRPC face); the rest of dengine does not import them.
+(protobuf; h2 for the gRPC face); the rest of dengine does not import them.
 """

@@ -21,8 +21,8 @@ Rules of this module:
   (it follows the leader hints from there). An embedded engine without a
   client endpoint gives ``client_address=None``: a follower then answers
   "not leader" (gRPC clients retry another endpoint).
-* The protobuf runtime is needed for either face and grpcio for the gRPC
-  face; a missing one is a :class:`~dengine.errors.ConfigError` naming the
+* The protobuf runtime is needed for either face and h2 for the gRPC face;
+  a missing one is a :class:`~dengine.errors.ConfigError` naming the
   install command, raised before anything is bound.
 """
 
@@ -130,9 +130,11 @@ async def open_etcd_api(
     from dengine.etcd.service import EtcdService
 
     if grpc_address is not None:
-        from dengine.etcd.grpc_server import import_grpc, open_grpc_server
-
-        import_grpc()
+        try:
+            from dengine.etcd.grpc_server import open_grpc_server
+        except ImportError:
+            raise ConfigError("the etcd gRPC API needs h2: pip install 'dengine[etcd]' "
+                              "(the JSON gateway does not)") from None
     scheme = "https" if tls is not None else "http"
     api = EtcdApi(engine=engine)
     async with AsyncExitStack() as stack:

@@ -1,6 +1,6 @@
 """etcd's v3 API on a dengine node: the one service both faces call.
 
-The gRPC face (:mod:`dengine.etcd.grpc`) and the JSON gateway
+The gRPC face (:mod:`dengine.etcd.grpc_server`) and the JSON gateway
 (:mod:`dengine.etcd.gateway`) decode a request into etcd's message (see
 :mod:`dengine.etcd.schema`), call the method of :class:`EtcdService` that
 :data:`RPCS` names for it, and encode what it returns; everything etcd-shaped

@@ -337,23 +337,28 @@ def test_http_status_follows_grpc_gateway() -> None:
         200, 408, 400, 404, 400, 400, 501, 503, 429, 504, 401]
 
 
-def test_the_gateway_needs_no_grpcio_and_the_grpc_face_says_how_to_get_it() -> None:
-    """The JSON gateway (and the wiring of both faces) imports no grpcio; the
-    gRPC face without grpcio is a ConfigError naming the install command."""
+def test_the_gateway_needs_no_http2_library_and_the_grpc_face_says_how_to_get_it(tmp_path: pathlib.Path) -> None:
+    """The JSON gateway (and the wiring of both faces) imports neither h2 nor
+    grpcio; asking for the gRPC face without h2 is a ConfigError naming the
+    install command, before anything is bound."""
     import subprocess
     import sys
 
     script = (
-        "import sys\n"
-        "sys.modules['grpc'] = None  # as if grpcio were not installed\n"
+        "import sys, trio, dengine\n"
+        "sys.modules['h2'] = None  # as if h2 were not installed\n"
         "import dengine.etcd.gateway, dengine.etcd.server\n"
-        "from dengine.etcd.grpc_server import import_grpc\n"
+        "assert 'grpc' not in sys.modules and 'h2.connection' not in sys.modules\n"
         "from dengine.errors import ConfigError\n"
-        "try:\n"
-        "    import_grpc()\n"
-        "except ConfigError as exc:\n"
-        "    print(exc)\n"
+        "async def main():\n"
+        f"    async with dengine.open_engine({str(tmp_path / 'd')!r}) as engine:\n"
+        "        try:\n"
+        "            async with dengine.etcd.server.open_etcd_api(engine, grpc_address='127.0.0.1:0'):\n"
+        "                pass\n"
+        "        except ConfigError as exc:\n"
+        "            print(exc)\n"
+        "trio.run(main)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "pip install 'dengine[etcd]'" in out.stdout and "gateway does not" in out.stdout
+    assert "needs h2: pip install 'dengine[etcd]'" in out.stdout and "gateway does not" in out.stdout
