@@ -14,18 +14,9 @@ import trustme
 import dengine
 from dengine import Config
 from tests.integration.cluster_helpers import free_ports
+from tests.tls_files import cert_files
 
 DEADLINE = 40
-
-
-def _files(tmp: pathlib.Path, ca: trustme.CA, name: str) -> tuple[str, str]:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert.private_key_pem.write_to_path(str(key_path))
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    for extra in cert.cert_chain_pems[1:]:
-        extra.write_to_path(str(cert_path), append=True)
-    return str(cert_path), str(key_path)
 
 
 def _ca_file(tmp: pathlib.Path, ca: trustme.CA, name: str) -> str:
@@ -35,7 +26,7 @@ def _ca_file(tmp: pathlib.Path, ca: trustme.CA, name: str) -> str:
 
 
 def _tls_config(tmp: pathlib.Path, ca: trustme.CA, *, require_client_cert: bool) -> Config:
-    cert, key = _files(tmp, ca, "server")
+    cert, key = cert_files(tmp, ca, "server")
     cfg = Config.single_node(str(tmp / "data"), client_address="127.0.0.1:0")
     server = attrs.evolve(cfg.server, tls_cert=cert, tls_key=key,
                           tls_ca=_ca_file(tmp, ca, "cluster") if require_client_cert else None)
@@ -88,7 +79,7 @@ async def test_mutual_tls_between_peers_refuses_a_foreign_certificate(tmp_path: 
     clients = {1: f"127.0.0.1:{ports[2]}", 2: f"127.0.0.1:{ports[3]}"}
 
     def config(node_id: int) -> Config:
-        cert, key = _files(tmp_path, ca, f"n{node_id}")
+        cert, key = cert_files(tmp_path, ca, f"n{node_id}")
         cfg = Config(node_id=node_id, data_dir=str(tmp_path / f"n{node_id}"), initial_cluster=peers,
                      client_address=clients[node_id], cluster_id="tls")
         server = attrs.evolve(cfg.server, tls_cert=cert, tls_key=key, tls_ca=ca_file, peer_tls=True)

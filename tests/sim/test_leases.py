@@ -100,8 +100,9 @@ def test_lease_simulation_is_deterministic() -> None:
 def test_the_drift_allowance_is_needed_and_enough() -> None:
     """Correct runs come within the clock-drift allowance of a holder's
     promise: a checker that assumed perfect clocks would flag this one."""
-    assert _run(4, 3)[0] is None
-    sim = LeaseSimulation(4, LeaseSimConfig(nodes=3))
+    # Seed 5: one such run (seed 4 was, until the hand-off on step-down changed its schedule).
+    assert _run(5, 3)[0] is None
+    sim = LeaseSimulation(5, LeaseSimConfig(nodes=3))
     sim.lease_checker.drift = 0.0
     v = sim.run()
     assert v is not None and "drift bound 0)" in str(v)

@@ -28,6 +28,7 @@ import dengine
 from dengine.errors import AddressInUse
 from dengine.etcd.schema import MESSAGES as M
 from dengine.etcd.service import RPCS, EtcdService
+from tests.tls_files import cert_files
 
 grpc = pytest.importorskip("grpc")
 h2_connection = pytest.importorskip("h2.connection")  # before the server module, which needs it
@@ -514,19 +515,9 @@ async def test_address_in_use(server: GrpcServer, engine: dengine.Engine) -> Non
             pass
 
 
-def _tls_files(tmp: pathlib.Path, ca: trustme.CA, name: str) -> tuple[str, str]:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert.private_key_pem.write_to_path(str(key_path))
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    for extra in cert.cert_chain_pems[1:]:
-        extra.write_to_path(str(cert_path), append=True)
-    return str(cert_path), str(key_path)
-
-
 async def test_tls_with_client_certificates(tmp_path: pathlib.Path, engine: dengine.Engine) -> None:
     ca = trustme.CA()
-    cert, key = _tls_files(tmp_path, ca, "server")
+    cert, key = cert_files(tmp_path, ca, "server")
     ca_path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
     client = ca.issue_cert("client.example")
