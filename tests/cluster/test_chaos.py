@@ -47,8 +47,8 @@ def _digest(out: str) -> str:
 
 
 def test_chaos_run_finds_no_anomaly(tmp_path: pathlib.Path) -> None:
-    # 40 s keeps the default run short; the slow campaigns below run for minutes.
-    counts, out, code = _chaos(tmp_path, "--seconds", "40", "--seed", "1", timeout=240)
+    # 35 s keeps the default run short; the slow campaigns below run for minutes.
+    counts, out, code = _chaos(tmp_path, "--seconds", "35", "--seed", "1", timeout=240)
     assert counts["anomalies"] == 0 and counts["lost"] == 0, _digest(out)
     assert code == 0, _digest(out)
     assert counts["faults"] >= 5 and counts["ops"] > 500, _digest(out)
