@@ -134,7 +134,7 @@ def etcd_error(exc: BaseException) -> EtcdError:
             return EtcdError("FAILED_PRECONDITION", "etcdserver: lease already exists")
         if "twice" in text or "more than once" in text:
             return EtcdError("INVALID_ARGUMENT", "etcdserver: duplicate key given in txn request")
-        if "at most" in text and "ops" in text:
+        if "raft.max_txn_ops" in text:
             return EtcdError("INVALID_ARGUMENT", "etcdserver: too many operations in txn request")
         if "larger than the limit" in text:
             return EtcdError("INVALID_ARGUMENT", f"etcdserver: request is too large ({text})")

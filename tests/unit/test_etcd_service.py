@@ -18,7 +18,7 @@ import dengine
 from dengine.config.settings import RaftSettings, WatchSettings
 from dengine.etcd import service as service_module
 from dengine.etcd.schema import MESSAGES as M
-from dengine.etcd.service import EtcdError, EtcdService
+from dengine.etcd.service import EtcdError, EtcdService, etcd_error
 
 DEADLINE = 20
 
@@ -236,3 +236,18 @@ async def test_lease_ttls_as_etcd_gives_them(tmp_path: pathlib.Path) -> None:
             renewed = await svc.lease_keep_alive_once(M["LeaseKeepAliveRequest"](ID=12345))
             assert renewed.TTL == 0
 
+
+
+async def test_txn_limits_answer_as_etcd(tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with etcd_service(tmp_path) as svc:
+            many = [M["RequestOp"](request_put=M["PutRequest"](key=b"/t/%d" % i, value=b"v")) for i in range(200)]
+            # The faces turn what the service raises into etcd's answer with etcd_error.
+            with pytest.raises(dengine.InvalidArgument) as info:
+                await svc.txn(M["TxnRequest"](success=many))
+            answer = etcd_error(info.value)
+            assert (answer.code, answer.message) == ("INVALID_ARGUMENT", "etcdserver: too many operations in txn request")
+            twice = [M["RequestOp"](request_put=M["PutRequest"](key=b"/t/k", value=v)) for v in (b"1", b"2")]
+            with pytest.raises(dengine.InvalidArgument) as info:
+                await svc.txn(M["TxnRequest"](success=twice))
+            assert etcd_error(info.value).message == "etcdserver: duplicate key given in txn request"
