@@ -252,7 +252,8 @@ class RaftSettings:
     election_ticks: int = _setting(
         10,
         "int",
-        "Election timeout in ticks (randomised between this and twice this). Must exceed `heartbeat_ticks`.",
+        "Election timeout in ticks (a follower campaigns after a randomised 1 to 1.5 times this without hearing "
+        "from a leader). Must exceed `heartbeat_ticks`.",
         minimum=1,
     )
     heartbeat_ticks: int = _setting(1, "int", "Ticks between leader heartbeats.", minimum=1)

@@ -330,8 +330,14 @@ class RaftCore:
         self.prs = {}
 
     def _reset_randomized_timeout(self) -> None:
+        # (ET, 1.5 ET] rather than etcd's [ET, 2 ET): the spread only has to
+        # keep two followers' timers a vote round apart (a few ms against a
+        # spread of ET / 2), and every tick of it is time with no leader
+        # after one is lost (issue 11: writes again within 2 ET). Never
+        # exactly ET: the tick a lease ends is not also the tick of a
+        # campaign, so a node that lost its leader can first hear a peer out.
         et = self.config.election_tick
-        self.randomized_election_timeout = et + self.rng.randrange(et)
+        self.randomized_election_timeout = et + 1 + self.rng.randrange(max(1, et // 2))
 
     def become_follower(self, term: int, lead: int | None) -> None:
         self._reset(term)
@@ -676,6 +682,12 @@ class RaftCore:
                 self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=True))
         else:
             self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=False, pre_vote=m.pre_vote))
+            if (m.pre_vote and self.role is Role.FOLLOWER and self.promotable() and not self.in_lease()
+                    and not self.log.is_up_to_date(m.last_index, m.last_term)):
+                # The asker lost the leader as we did (we are out of lease) but
+                # cannot win: its log is behind ours. Campaign now rather than
+                # at our own timeout, up to half an election timeout later.
+                self.campaign()
 
     # -- leader ------------------------------------------------------------
 

@@ -121,13 +121,13 @@ def test_5_2_follower_becomes_candidate_after_election_timeout() -> None:
     assert ready.hard_state == HardState(term=2, vote=2, commit=3)
 
 
-def test_5_2_election_timeouts_are_randomized_between_et_and_2et() -> None:
+def test_5_2_election_timeouts_are_randomized_above_et_up_to_one_and_a_half_et() -> None:
+    # Narrower than etcd's [ET, 2 ET) (docs/design.md, Elections); never ET itself.
     seen = set()
     for seed in range(40):
         core = RaftCore(config(1, [1, 2, 3], election_tick=10), rng=random.Random(seed))
         seen.add(core.randomized_election_timeout)
-    assert seen <= set(range(10, 20))
-    assert len(seen) > 3
+    assert seen == set(range(11, 16))
 
 
 def test_5_2_follower_votes_at_most_once_per_term() -> None:
