@@ -668,6 +668,9 @@ class RaftCore:
             self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=False, pre_vote=True))
 
     def _handle_vote(self, m: RequestVote) -> None:
+        if m.pre_vote and self.role is Role.PRE_CANDIDATE and m.term > self.term:
+            self._handle_rival_pre_vote(m)
+            return
         if m.pre_vote:
             can_vote = m.term > self.term
         else:
@@ -688,6 +691,23 @@ class RaftCore:
                 # cannot win: its log is behind ours. Campaign now rather than
                 # at our own timeout, up to half an election timeout later.
                 self.campaign()
+
+    def _handle_rival_pre_vote(self, m: RequestVote) -> None:
+        """A pre-vote from a peer campaigning at the same moment as we are.
+        Granting each other's pre-votes, both would become candidates, vote
+        for themselves and split the vote, leaving no leader for another
+        election timeout (the long tail of issue 11's gaps, with timeouts a
+        tick apart and ticks of different phase on each node). One of the two
+        steps back instead: the one with the shorter log, and between equal
+        logs the one with the higher id. The other keeps campaigning and gets
+        the vote of the one that stepped back."""
+        mine = (self.log.last_term(), self.log.last_index())
+        theirs = (m.last_term, m.last_index)
+        if theirs > mine or (theirs == mine and m.frm < self.id):
+            self._send(VoteResponse(frm=self.id, to=m.frm, term=m.term, granted=True, pre_vote=True))
+            self.become_follower(self.term, None)
+        else:
+            self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=False, pre_vote=True))
 
     # -- leader ------------------------------------------------------------
 

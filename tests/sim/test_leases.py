@@ -100,10 +100,11 @@ def test_lease_simulation_is_deterministic() -> None:
 def test_the_drift_allowance_is_needed_and_enough() -> None:
     """Correct runs come within the clock-drift allowance of a holder's
     promise: a checker that assumed perfect clocks would flag this one."""
-    # Seed 0: one such run (seeds 4 and 5 were, until the hand-off on
-    # step-down and then the narrower election timeouts changed their schedules).
-    assert _run(0, 3)[0] is None
-    sim = LeaseSimulation(0, LeaseSimConfig(nodes=3))
+    # Seed 1: one such run (the first seed whose correct run passes and whose
+    # zero-drift check fails). Changes to elections reshuffle the schedules:
+    # seeds 4, 5 and 0 were such runs before.
+    assert _run(1, 3)[0] is None
+    sim = LeaseSimulation(1, LeaseSimConfig(nodes=3))
     sim.lease_checker.drift = 0.0
     v = sim.run()
     assert v is not None and "drift bound 0)" in str(v)
@@ -164,7 +165,7 @@ class NeverExpires(Lessor):
 
 
 def test_catches_a_new_leader_that_reuses_stale_deadlines() -> None:
-    v = _first_violation(3, range(14, 20), lessor_factory=StaleLessor)  # seed 16 catches it
+    v = _first_violation(3, range(12, 18), lessor_factory=StaleLessor)  # seed 13 catches it
     assert v is not None and "revoked by expiry" in str(v) and "promised by its keep-alive" in str(v)
 
 
@@ -261,7 +262,7 @@ class BackwardsRenewLessor(Lessor):
         return ttl
 
 
-@pytest.mark.parametrize("seed", [273, 311, 645])
+@pytest.mark.parametrize("seed", [273, 482, 1119])
 def test_the_checker_catches_a_renew_that_moves_a_deadline_back(seed: int) -> None:
     violation, _ = run_lease_seed(seed, 3, lessor_factory=BackwardsRenewLessor)
     assert violation is not None and "promise" in str(violation).lower(), violation
