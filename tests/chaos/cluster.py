@@ -204,6 +204,17 @@ class ChaosCluster:
                 nursery.start_soon(one, i)
         return out
 
+    async def wait_whole(self, admin: dengine.Client, seconds: float) -> bool:
+        """Poll (bounded) until every node answers its status and one of them
+        leads; False on timeout."""
+        with trio.move_on_after(seconds):
+            while True:
+                sts = await self.statuses(admin, 0.5)
+                if len(sts) == len(self.ids) and any(s.role == "leader" for s in sts.values()):
+                    return True
+                await trio.sleep(0.1)
+        return False
+
     async def find_leader(self, admin: dengine.Client, timeout: float = 0.5) -> tuple[int, int] | None:
         """(leader id, term) of the highest-term node that says it is leader."""
         sts = await self.statuses(admin, timeout)

@@ -110,6 +110,11 @@ class FaultRunner:
             await self.inject(kind, duration)
             heal = self.rng.uniform(1.0, 2.0)
             await trio.sleep(max(0.0, min(heal, deadline - trio.current_time())))
+            # The next fault starts on a whole cluster. A node restarted by the
+            # last fault (kill, kill-all) can take seconds to start on a loaded
+            # machine; a fault that cut the leader then would leave no quorum,
+            # and its write gap would measure that start-up, not the failover.
+            await self.cluster.wait_whole(self.admin, max(0.0, min(10.0, deadline - trio.current_time())))
 
     async def inject(self, kind: str, duration: float) -> None:
         ev = FaultEvent(len(self.events) + 1, kind, trio.current_time())
