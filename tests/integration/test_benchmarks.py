@@ -113,3 +113,36 @@ def test_quick_run_of_one_scenario_writes_a_report(tmp_path: pathlib.Path) -> No
     assert Histogram.from_dict(res["histogram"]).count == res["ops"]
     assert data["machine"]["cpus"] >= 1 and data["machine"]["fsync"]["p50_ms"] > 0
     assert not list(tmp_path.glob("dengine-suite-*"))  # its data directories are gone
+
+
+@pytest.mark.slow  # ~30 s: one node, restarts, a 3-node cluster and a joining member
+def test_growth_quick_run_reports_memory_and_restart_figures(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "growth", "--quick", "--keys", "2000", "--seconds", "0.3",
+         "--snapshot-threshold", "1000", "--dir", str(tmp_path), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 node: loading 2,000 keys" in proc.stderr  # progress lines
+    report = (out / "growth-quick.md").read_text()
+    assert "Command: `python -m benchmarks growth --quick --keys 2000" in report
+
+    def row(label: str, columns: int) -> list[float]:
+        """The first ``columns`` figures of the table row starting with ``label``."""
+        line = next(x for x in report.splitlines() if x.startswith(f"| {label}"))
+        cells = line.strip("|").split("|")[1 : 1 + columns]
+        return [float(c.strip().rstrip("x").replace(",", "")) for c in cells]
+
+    for label in ("bare dict", "1-node engine, just loaded", "1-node engine restarted from the snapshot"):
+        _, _, per_key, ratio = row(label, 4)  # RSS before, after (MB), bytes / key, / bare dict
+        assert per_key > 0 and ratio > 0
+    for label in ("whole load as WAL tail", "snapshot + short WAL tail"):
+        _, ready_s, served_s, process_s = row(label, 4)  # entries replayed, seconds...
+        assert 0 < ready_s <= served_s < process_s
+    data = json.loads((out / "growth-quick.json").read_text())
+    assert data["keys"] == 2000 and data["restart_snapshot"]["keys"] == 2000 and not data["errors"]
+    assert data["cluster"]["catch_up"]["installed"] >= 1  # the new member caught up by snapshot
+    for run in ("write_plain", "write_snapshot", "write_install"):
+        assert data["cluster"][run]["ops"] > 0 and data["cluster"][run]["errors"] == 0
+    assert not list(tmp_path.glob("dengine-growth-*"))  # its data directories are gone
