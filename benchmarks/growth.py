@@ -1204,7 +1204,7 @@ def chart(data: dict[str, Any], path: str) -> bool:
         if data.get(k):
             secs.append((label, data[k]["served_s"]))
     if c.get("catch_up"):
-        secs.append(("follower\ncatch-up", c["catch_up"]["since_open_s"]))
+        secs.append(("new member\ncatch-up", c["catch_up"]["since_open_s"]))
     ax = axes[1]
     ax.bar([s[0] for s in secs], [s[1] for s in secs], color="tab:green")
     ax.axhline(GOAL_RESTART_S, color="red", ls="--", lw=1, label="restart goal 5 s")
