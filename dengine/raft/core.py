@@ -701,9 +701,8 @@ class RaftCore:
         steps back instead: the one with the shorter log, and between equal
         logs the one with the higher id. The other keeps campaigning and gets
         the vote of the one that stepped back."""
-        mine = (self.log.last_term(), self.log.last_index())
-        theirs = (m.last_term, m.last_index)
-        if theirs > mine or (theirs == mine and m.frm < self.id):
+        same = (m.last_term, m.last_index) == (self.log.last_term(), self.log.last_index())
+        if self.log.is_up_to_date(m.last_index, m.last_term) and (not same or m.frm < self.id):
             self._send(VoteResponse(frm=self.id, to=m.frm, term=m.term, granted=True, pre_vote=True))
             self.become_follower(self.term, None)
         else:

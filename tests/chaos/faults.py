@@ -114,7 +114,9 @@ class FaultRunner:
             # last fault (kill, kill-all) can take seconds to start on a loaded
             # machine; a fault that cut the leader then would leave no quorum,
             # and its write gap would measure that start-up, not the failover.
-            await self.cluster.wait_whole(self.admin, max(0.0, min(10.0, deadline - trio.current_time())))
+            if not await self.cluster.wait_whole(self.admin, max(0.0, min(10.0, deadline - trio.current_time()))):
+                self.log(f"[{self._now():6.1f}s] the cluster is not whole (every node answering, one leading) "
+                         "after 10 s: the next fault may leave no quorum")
 
     async def inject(self, kind: str, duration: float) -> None:
         ev = FaultEvent(len(self.events) + 1, kind, trio.current_time())
