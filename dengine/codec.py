@@ -254,6 +254,26 @@ def _uint_set(value: Any, name: str) -> frozenset[int]:
     return frozenset(_uint(x, f"{name}[]") for x in _array(value, name))
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class SnapshotPart:
+    """One frame of an InstallSnapshot sent over a byte stream.
+
+    Not a Raft message: the TCP transport splits an InstallSnapshot into
+    parts no larger than its frame size and the receiving transport joins
+    them back before the core sees anything. Every part names the whole
+    (``meta``, ``size``) and where it goes (``offset``); the part at offset
+    0 starts a snapshot.
+    """
+
+    frm: int
+    to: int
+    term: int
+    meta: SnapshotMeta
+    size: int
+    offset: int
+    data: bytes
+
+
 # --------------------------------------------------------------------------
 # Top-level schema: tag -> (class, [(field, to_obj, from_obj)])
 # --------------------------------------------------------------------------
@@ -293,6 +313,8 @@ _SCHEMAS: dict[int, tuple[type, list[_Field]]] = {
                                      _f("index", _U), _f("reject", _B)]),
     19: (TimeoutNow, _PEER),
     20: (TransferLeader, _PEER + [_f("transferee", _U)]),
+    21: (SnapshotPart, _PEER + [("meta", snapshot_meta_to_obj, snapshot_meta_from_obj), _f("size", _U),
+                                _f("offset", _U), ("data", _ident, _bytes)]),
 }
 
 
@@ -369,6 +391,15 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     """Decode a peer message; any other value or malformed bytes raise
     MalformedMessage."""
     return decode(data, MESSAGE_TYPES)
+
+
+_WIRE_TYPES = (*MESSAGE_TYPES, SnapshotPart)
+
+
+def decode_wire(data: bytes | bytearray | memoryview) -> Message | SnapshotPart:
+    """Decode what a peer connection carries: a peer message or a
+    :class:`SnapshotPart`; anything else raises MalformedMessage."""
+    return decode(data, _WIRE_TYPES)
 
 
 def _check_attrs_fields() -> None:

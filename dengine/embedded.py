@@ -1062,6 +1062,7 @@ async def open_engine(
                         peers,
                         cfg.cluster_id,
                         max_frame_size=cfg.transport.max_frame_size,
+                        max_snapshot_size=cfg.transport.max_snapshot_size,
                         ssl_context=_peer_ssl_context(cfg, server_side=True),
                         client_ssl_context=_peer_ssl_context(cfg, server_side=False),
                         client_address=client_address,

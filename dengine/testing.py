@@ -44,7 +44,7 @@ from typing import Any
 import attrs
 import trio
 
-from dengine.config import ClusterSettings, Config, NodeSettings, RaftSettings
+from dengine.config import ClusterSettings, Config, NodeSettings, RaftSettings, TransportSettings
 from dengine.embedded import Engine, open_engine
 from dengine.errors import InvalidArgument
 from dengine.storage.base import Storage
@@ -119,6 +119,7 @@ class Cluster:
         *,
         tcp: bool = False,
         raft: Mapping[str, Any] | None = None,
+        transport: Mapping[str, Any] | None = None,
         cluster_id: str = "test-cluster",
     ) -> None:
         if type(n) is not int or n < 1:
@@ -131,6 +132,7 @@ class Cluster:
         ports = free_ports(n) if tcp else [7000 + i for i in range(1, n + 1)]
         self.addresses: dict[int, str] = {i: f"127.0.0.1:{ports[i - 1]}" for i in range(1, n + 1)}
         self.raft: dict[str, Any] = {**FAST_RAFT, **(raft or {})}
+        self.transport: dict[str, Any] = dict(transport or {})
         self.engines: dict[int, Engine] = {}
         self._initial = dict(self.addresses)
         self._scopes: dict[int, trio.CancelScope] = {}
@@ -146,6 +148,7 @@ class Cluster:
             # A learner joins the running cluster: it knows the first members only.
             cluster=ClusterSettings(id=self.cluster_id, initial=self._initial, join=node_id not in self._initial),
             raft=attrs.evolve(RaftSettings(), **self.raft),
+            transport=TransportSettings(**self.transport),
         )
 
     async def start(self, node_id: int) -> Engine:
@@ -220,19 +223,21 @@ async def open_cluster(
     *,
     tcp: bool = False,
     raft: Mapping[str, Any] | None = None,
+    transport: Mapping[str, Any] | None = None,
     cluster_id: str = "test-cluster",
 ) -> AsyncIterator[Cluster]:
     """Start ``n`` engines (node ids 1..n) of one new cluster, each storing
     its data in ``data_root/n<id>``, talking over a :class:`MemoryNetwork`
     (or loopback TCP with ``tcp=True``); stop them all when the block exits.
 
-    ``raft`` overrides ``[raft]`` settings (by default 10 ms ticks). The
+    ``raft`` overrides ``[raft]`` settings (by default 10 ms ticks),
+    ``transport`` the ``[transport]`` ones (they matter on TCP). The
     engines are open, not necessarily ready: ``await cluster.wait_leader()``.
     An exception from the block or from one engine is raised as itself.
     """
     try:
         async with trio.open_nursery() as nursery:
-            cluster = Cluster(nursery, data_root, n, tcp=tcp, raft=raft, cluster_id=cluster_id)
+            cluster = Cluster(nursery, data_root, n, tcp=tcp, raft=raft, transport=transport, cluster_id=cluster_id)
             for node_id in range(1, n + 1):
                 await cluster.start(node_id)
             try:

@@ -355,6 +355,13 @@ class TransportSettings:
     max_frame_size: int = _setting(
         16 * _MIB, "int", "Largest frame sent or accepted, in bytes; a larger one closes the connection.", minimum=1
     )
+    max_snapshot_size: int = _setting(
+        8 * 1024 * _MIB,
+        "int",
+        "Largest snapshot a peer may stream to this node, in bytes (it arrives in frame-sized parts); "
+        "a larger one closes the connection. Raise it with the data: a million small keys make about 280 MB.",
+        minimum=1,
+    )
     connect_timeout_ms: int = _setting(5000, "int", "Give up opening a connection after this long.", minimum=1)
     handshake_timeout_ms: int = _setting(
         5000, "int", "Close a connection whose handshake has not finished after this long.", minimum=1

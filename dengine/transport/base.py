@@ -200,6 +200,12 @@ class PeerQueue:
         self._items.clear()
         return n
 
+    def take_all(self) -> list[Message]:
+        """Everything queued now (maybe nothing), oldest first; never waits."""
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
     async def get_batch(self) -> list[Message]:
         """Everything queued (at least one message), oldest first."""
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -26,6 +26,14 @@ Rules of this transport:
   the sender, whose queue then drops. A malformed or oversized frame, or a
   message whose ``frm``/``to`` do not match the handshake, closes that
   connection only (logged, counted ``protocol_errors``).
+* An InstallSnapshot never travels as one frame: it is streamed in parts
+  within the frame size (dengine.transport.snapshots), one part at a time,
+  with whatever else is queued for that peer sent between parts, so
+  heartbeats keep the follower's election timer quiet during a long
+  transfer. Asked to send the snapshot it is already streaming, the sender
+  goes on with it instead of starting over; a different snapshot replaces
+  it. The receiver joins the parts (bounded by ``max_snapshot_size``) and
+  hands the core one whole InstallSnapshot.
 """
 
 from __future__ import annotations
@@ -35,16 +43,17 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
-from dengine.codec import decode_message, encode_message
+from dengine.codec import SnapshotPart, decode_wire, encode_message
 from dengine.config.addresses import format_address, parse_address
 from dengine.errors import DengineError, InvalidArgument, MemberRemoved, ProtocolError
-from dengine.raft.messages import Heartbeat, HeartbeatResponse, Message
+from dengine.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message, SnapshotMeta
 from dengine.transport.base import (
     Counters,
     PeerQueue,
@@ -60,6 +69,7 @@ from dengine.transport.framing import (
     send_frames,
 )
 from dengine.transport.handshake import PROTOCOL_VERSION, Hello, accept_handshake, connect_handshake
+from dengine.transport.snapshots import DEFAULT_MAX_SNAPSHOT_SIZE, SnapshotJoiner, snapshot_parts
 
 __all__ = ["PeerTransport", "format_address", "open_peer_transport", "parse_address"]
 
@@ -91,6 +101,17 @@ class _Peer:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     # True while connects keep failing: log the first failure loudly only.
     failing: bool = False
+    # The snapshot being streamed to this peer, if any.
+    outgoing: _OutgoingSnapshot | None = None
+
+
+@attrs.define(eq=False)
+class _OutgoingSnapshot:
+    meta: SnapshotMeta
+    size: int
+    parts: Iterator[bytes]
+    started: float
+    sent_parts: int = 0
 
 
 class PeerTransport(TransportCommon):
@@ -108,6 +129,7 @@ class PeerTransport(TransportCommon):
         inbound_send: trio.MemorySendChannel[Message],
         inbound_receive: trio.MemoryReceiveChannel[Message],
         max_frame_size: int,
+        max_snapshot_size: int,
         connect_timeout: float,
         handshake_timeout: float,
         write_timeout: float,
@@ -127,6 +149,7 @@ class PeerTransport(TransportCommon):
         self._inbound_send = inbound_send
         self._inbound_receive = inbound_receive
         self._max_frame_size = max_frame_size
+        self._max_snapshot_size = max_snapshot_size
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._write_timeout = write_timeout
@@ -306,13 +329,65 @@ class PeerTransport(TransportCommon):
             try:
                 while True:
                     await self._write(peer, stream, batch)
+                    batch = []
+                    while peer.outgoing is not None:
+                        await self._write_snapshot_part(peer, stream)
+                        batch = peer.queue.take_all()  # what came meanwhile goes between parts
+                        await self._write(peer, stream, batch)
+                        batch = []
                     batch = await peer.queue.get_batch()
             except _NETWORK_ERRORS as exc:
-                self._drop_unreachable(len(batch))
+                self._drop_unreachable(len(batch) + (peer.outgoing is not None))
+                self._abandon_snapshot(peer, describe_error(exc))
                 self.peer_stats(peer.node_id).lost()
                 logger.warning("node %d: connection to node %d at %s failed: %s",
                                self._node_id, peer.node_id, peer.address, describe_error(exc))
             nursery.cancel_scope.cancel()
+
+    def _abandon_snapshot(self, peer: _Peer, why: str) -> None:
+        out = peer.outgoing
+        if out is not None:
+            peer.outgoing = None
+            logger.warning("node %d: gave up sending the snapshot at index %d to node %d after %d parts: %s",
+                           self._node_id, out.meta.index, peer.node_id, out.sent_parts, why)
+
+    def _start_snapshot(self, peer: _Peer, msg: InstallSnapshot) -> None:
+        meta = msg.snapshot.meta
+        out = peer.outgoing
+        if out is not None and out.meta == meta:
+            return  # already on its way: going on beats starting over
+        try:
+            parts = snapshot_parts(msg, self._max_frame_size)
+        except InvalidArgument as exc:
+            self._counters.dropped_too_large += 1
+            self._counters.changed()
+            logger.error("node %d: cannot send a snapshot to node %d: %s", self._node_id, peer.node_id, exc)
+            return
+        self._abandon_snapshot(peer, f"the snapshot at index {meta.index} replaces it")
+        peer.outgoing = _OutgoingSnapshot(meta, len(msg.snapshot.data), parts, time.monotonic())
+        logger.info("node %d: sending the snapshot at index %d (%d bytes) to node %d",
+                    self._node_id, meta.index, len(msg.snapshot.data), peer.node_id)
+
+    async def _write_snapshot_part(self, peer: _Peer, stream: trio.abc.Stream) -> None:
+        out = peer.outgoing
+        assert out is not None
+        body = next(out.parts, None)
+        stats = self.peer_stats(peer.node_id)
+        if body is None:
+            peer.outgoing = None
+            stats.sent_messages += 1
+            logger.info("node %d: sent the snapshot at index %d (%d bytes, %d parts) to node %d in %.3f s",
+                        self._node_id, out.meta.index, out.size, out.sent_parts, peer.node_id,
+                        time.monotonic() - out.started)
+            await trio.lowlevel.checkpoint()
+            return
+        written = await send_frames(stream, (body,), write_timeout=self._write_timeout)
+        out.sent_parts += 1
+        c = self._counters
+        c.frames_sent += 1
+        c.bytes_sent += written
+        c.changed()
+        stats.sent_bytes += written
 
     async def _write(self, peer: _Peer, stream: trio.abc.Stream, batch: list[Message]) -> None:
         bodies = []
@@ -321,6 +396,9 @@ class PeerTransport(TransportCommon):
         for msg in batch:
             if type(msg) is Heartbeat:
                 heartbeat = True
+            elif type(msg) is InstallSnapshot:
+                self._start_snapshot(peer, msg)
+                continue
             body = encode_message(msg)
             if len(body) > self._max_frame_size:
                 too_large += 1
@@ -431,23 +509,36 @@ class PeerTransport(TransportCommon):
         counters = self._counters
         node_id = self._node_id
         stats = self.peer_stats(peer_id)
+        joiner = SnapshotJoiner(peer_id, self._max_snapshot_size)
         # Whatever the peer pipelined behind its hello.
         data: bytes | bytearray = b""
         while True:
             bodies = decoder.feed(data)
             for body in bodies:
-                msg = decode_message(body)
-                if msg.frm != peer_id or msg.to != node_id:
+                wire = decode_wire(body)
+                if wire.frm != peer_id or wire.to != node_id:
                     raise ProtocolError(
-                        f"node {peer_id} sent a {type(msg).__name__} from node {msg.frm} to node {msg.to}"
+                        f"node {peer_id} sent a {type(wire).__name__} from node {wire.frm} to node {wire.to}"
                     )
+                msg: Message
+                if isinstance(wire, SnapshotPart):
+                    counters.frames_received += 1
+                    joined = joiner.feed(wire)
+                    if joined is None:
+                        continue
+                    logger.info("node %d: received the snapshot at index %d (%d bytes) from node %d",
+                                node_id, wire.meta.index, wire.size, peer_id)
+                    msg = joined
+                else:
+                    msg = wire
                 if type(msg) is HeartbeatResponse:
                     stats.heartbeat_answered(trio.current_time())
                 try:
                     inbound.send_nowait(msg)
                 except trio.WouldBlock:
                     await inbound.send(msg)  # backpressure: stop reading
-                counters.frames_received += 1
+                if type(wire) is not SnapshotPart:
+                    counters.frames_received += 1
             if bodies:
                 counters.changed()
                 stats.received_messages += len(bodies)
@@ -468,6 +559,7 @@ async def open_peer_transport(
     cluster_id: str,
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    max_snapshot_size: int = DEFAULT_MAX_SNAPSHOT_SIZE,
     connect_timeout: float = 5.0,
     handshake_timeout: float = 5.0,
     write_timeout: float = 10.0,
@@ -486,7 +578,8 @@ async def open_peer_transport(
     yielding. ``peers`` maps node ids to their listen addresses (this node's
     own id may be in it; it is ignored). ``queue_size`` bounds each peer's
     outbound queue, ``inbound_size`` (default ``queue_size``) the inbound
-    channel. ``write_timeout`` bounds one shielded batch write (and so how
+    channel, ``max_snapshot_size`` the snapshot a peer may stream here.
+    ``write_timeout`` bounds one shielded batch write (and so how
     long closing can wait on a peer that stopped reading). ``ssl_context``
     serves TLS on the listener; ``client_ssl_context`` (default
     ``ssl_context``) is used to connect. ``rng`` jitters the backoff.
@@ -497,6 +590,8 @@ async def open_peer_transport(
         raise InvalidArgument(f"cluster_id must be a non-empty string, got {cluster_id!r}")
     if type(max_frame_size) is not int or not 0 < max_frame_size <= MAX_FRAME_SIZE_LIMIT:
         raise InvalidArgument(f"max_frame_size must be between 1 and {MAX_FRAME_SIZE_LIMIT}, got {max_frame_size!r}")
+    if type(max_snapshot_size) is not int or max_snapshot_size < 1:
+        raise InvalidArgument(f"max_snapshot_size must be a positive integer, got {max_snapshot_size!r}")
     connect_timeout = _check_timeout(connect_timeout, "connect_timeout")
     handshake_timeout = _check_timeout(handshake_timeout, "handshake_timeout")
     write_timeout = _check_timeout(write_timeout, "write_timeout")
@@ -534,6 +629,7 @@ async def open_peer_transport(
                     inbound_send=inbound_send,
                     inbound_receive=inbound_receive,
                     max_frame_size=max_frame_size,
+                    max_snapshot_size=max_snapshot_size,
                     connect_timeout=connect_timeout,
                     handshake_timeout=handshake_timeout,
                     write_timeout=write_timeout,

@@ -137,6 +137,32 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
             assert back.client.get_nowait(b"/k/000") == b"v"
 
 
+async def test_a_snapshot_many_frames_long_reaches_a_follower_over_tcp(tmp_path: pathlib.Path) -> None:
+    # 64 KiB frames and about 400 KB of data: the snapshot crosses the wire in parts.
+    raft = {"snapshot_threshold": 50, "max_key_size": 1024, "max_value_size": 8192, "max_append_bytes": 32768}
+    with trio.fail_after(60):
+        async with open_cluster(tmp_path, tcp=True, raft=raft, transport={"max_frame_size": 65536}) as cluster:
+            leader = await cluster.wait_leader()
+            lagging = next(nid for nid in cluster.engines if nid != leader.status().node_id)
+            await cluster.stop(lagging)
+            value = bytes(range(256)) * 8  # 2 KiB
+            for i in range(200):
+                for _ in range(20):  # bounded: a leader change on a loaded machine moves the writes along
+                    try:
+                        await leader.client.put(b"/big/%03d" % i, value)
+                        break
+                    except dengine.NotLeader:  # refused before it was proposed: safe to retry
+                        leader = await cluster.wait_leader()
+            assert leader.status().last_snapshot_index > 50
+            back = await cluster.start(lagging)
+            await back.wait_ready(timeout=20)
+            scan = await back.client.scan_prefix(b"/big/")
+            assert len(scan.entries) == 200 and all(v == value for _, v in scan.entries)
+            assert snapshots_installed(back) >= 1
+            sent = leader._transport.statistics()
+            assert sent.dropped_too_large == 0
+
+
 async def test_cluster_starts_with_a_quorum_of_initial_members(tmp_path: pathlib.Path) -> None:
     with trio.fail_after(30):
         async with open_cluster(tmp_path, n=3) as cluster:

@@ -125,6 +125,7 @@ preallocate = false
 
 [transport]
 max_frame_size = 4194304
+max_snapshot_size = 1073741824
 connect_timeout_ms = 1500
 handshake_timeout_ms = 2500
 
@@ -390,7 +391,7 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         ),
     )
     assert full.storage == StorageSettings(segment_size=1048576, preallocate=False)
-    assert full.transport == TransportSettings(max_frame_size=4194304, connect_timeout_ms=1500, handshake_timeout_ms=2500)
+    assert full.transport == TransportSettings(max_frame_size=4194304, max_snapshot_size=1 << 30, connect_timeout_ms=1500, handshake_timeout_ms=2500)
     assert full.server == ServerSettings(
         max_connections=50,
         idle_timeout_ms=60000,
@@ -760,6 +761,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"raft": RaftSettings(watch=None)}, "raft.watch must be a WatchSettings"),  # type: ignore[arg-type]
     ({"storage": StorageSettings(segment_size=0)}, "storage.segment_size must be a positive integer"),
     ({"transport": TransportSettings(max_frame_size=0)}, "transport.max_frame_size must be a positive integer"),
+    ({"transport": TransportSettings(max_snapshot_size=0)}, "transport.max_snapshot_size must be a positive integer"),
     ({"transport": TransportSettings(connect_timeout_ms=0)}, "transport.connect_timeout_ms must be a positive integer"),
     ({"transport": TransportSettings(handshake_timeout_ms=-5)}, "transport.handshake_timeout_ms must be a positive integer"),
     ({"server": ServerSettings(max_connections=0)}, "server.max_connections must be a positive integer"),
