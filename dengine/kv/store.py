@@ -60,7 +60,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bisect import bisect_left, insort
-from typing import Iterable, Union
+from typing import Any, Iterable, Union
 
 import attrs
 
@@ -660,19 +660,29 @@ class KVStore:
         *,
         max_key_size: int = DEFAULT_MAX_KEY_SIZE,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        adopt: bool = False,
     ) -> KVStore:
-        """A store holding exactly ``image`` (the image is copied, not shared)."""
+        """A store holding exactly ``image``. The image is copied, not shared,
+        unless ``adopt`` says the caller hands it over and never uses it again
+        (a freshly decoded snapshot): then its maps become the store's."""
+        own: Any = (lambda m: m) if adopt else dict
         store = cls(max_key_size=max_key_size, max_value_size=max_value_size)
         store._applied = image.applied_index
         store._clock = image.clock_ms
         store._keys = sorted(image.values)
-        store._values = dict(image.values)
-        store._revisions = dict(image.revisions)
+        store._values = own(image.values)
+        store._revisions = own(image.revisions)
         store._ttl = TTLIndex(image.expire_at)
         store.members = image.members.copy()
         # Images from before per-key history: created at its last write, version 1.
-        store._created = {k: image.created.get(k, r) for k, r in image.revisions.items()}
-        store._versions = {k: image.versions.get(k, 1) for k in image.revisions}
+        if len(image.created) == len(image.revisions):
+            store._created = own(image.created)
+        else:
+            store._created = {k: image.created.get(k, r) for k, r in image.revisions.items()}
+        if len(image.versions) == len(image.revisions):
+            store._versions = own(image.versions)
+        else:
+            store._versions = {k: image.versions.get(k, 1) for k in image.revisions}
         store._leases = dict(image.leases)
         store._lease_keys = {lease: set() for lease in image.leases}
         store._key_lease = dict(image.key_lease)

@@ -61,7 +61,7 @@ from dengine.config import WatchSettings
 from dengine.errors import DengineError, EngineStopped, MemberRemoved, NotLeader, StorageCorrupted
 from dengine.kv.commands import Command, ExpireKeys, LeaseRevoke, Txn, command_size, encode_batch
 from dengine.kv.lessor import Lessor
-from dengine.kv.snapshot import encode_image, restore, unwrap_snapshot_data, wrap_snapshot_data
+from dengine.kv.snapshot import encode_snapshot_data, restore, unwrap_snapshot_data
 from dengine.kv.store import ApplyResult, KVStore
 from dengine.lifecycle import Lifecycle
 from dengine.raft import membership
@@ -702,7 +702,7 @@ class Node:
                 self._persisted_event = trio.Event()
                 await self._persisted_event.wait()
             started = time.perf_counter()
-            data = await trio.to_thread.run_sync(lambda: wrap_snapshot_data(encode_image(image)))
+            data = await trio.to_thread.run_sync(encode_snapshot_data, image)
             snapshot = Snapshot(meta=meta, data=data)
             await trio.to_thread.run_sync(self.storage.save_snapshot, snapshot)
             took = time.perf_counter() - started

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from dengine.errors import MalformedMessage
 from dengine.api import Compare, Op
 from dengine.kv.commands import Command, CompareAndSwap, Delete, ExpireKeys, LeaseGrant, LeaseRevoke, Put, Txn, encode_batch
-from dengine.kv.snapshot import SNAPSHOT_VERSION, decode_image, encode_image, restore, snapshot_bytes
+from dengine.kv.snapshot import (
+    SNAPSHOT_VERSION,
+    decode_image,
+    encode_image,
+    encode_snapshot_data,
+    restore,
+    snapshot_bytes,
+    unwrap_snapshot_data,
+    wrap_snapshot_data,
+)
 from dengine.kv.store import KVStore
 
 key_st = st.sampled_from([b"/a", b"/a/b", b"/b", b"/c\xff", b"z"])
@@ -88,6 +97,34 @@ def test_snapshot_covers_values_revisions_expiries_and_clock() -> None:
     assert image.values == {b"k": b"v", b"p": b"", b"q": b"w"}
     assert image.revisions == {b"k": 1, b"p": 1, b"q": 2}
     assert image.expire_at == {b"k": 150}
+
+
+def one_call_encoding(store: KVStore) -> bytes:
+    """The layout of the module docstring, packed in one msgpack call."""
+    image = store.freeze()
+    flat = []
+    for key in image.keys:
+        rev = image.revisions[key]
+        flat += [key, image.values[key], rev, image.expire_at.get(key), image.created.get(key, rev),
+                 image.versions.get(key, 1)]
+    leases = [x for pair in sorted(image.leases.items()) for x in pair]
+    attached = [x for pair in sorted(image.key_lease.items()) for x in pair]
+    return msgpack.packb([SNAPSHOT_VERSION, image.applied_index, image.clock_ms, flat, image.members.to_wire(),
+                          [image.next_lease, leases, attached]], use_bin_type=True)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 2730, 2731, 8191, 8192, 8193, 11000, 20000])
+def test_encoding_in_chunks_gives_the_bytes_of_one_call(n: int) -> None:
+    # n keys make 6n items: across the fixarray, array16 and array32 headers and the 8192-key chunks.
+    puts = [Put(b"/k/%06d" % i, b"v" * (i % 40), None, 7) if i % 5 == 0 else
+            Put(b"/k/%06d" % i, b"v" * (i % 40), 30 if i % 3 else None) for i in range(n)]
+    store = build([(0, [LeaseGrant(7, 900)])] + ([(5, puts)] if puts else []))
+    expected = one_call_encoding(store)
+    assert encode_image(store.freeze()) == expected
+    wrapped = encode_snapshot_data(store.freeze())
+    assert wrapped == wrap_snapshot_data(expected)
+    assert unwrap_snapshot_data(wrapped, source="test") == expected
+    assert restore(expected).freeze() == store.freeze()
 
 
 def test_frozen_image_is_unaffected_by_later_applies() -> None:
