@@ -203,6 +203,8 @@ def decode_image(data: bytes) -> FrozenImage:
         raise MalformedMessage("KV snapshot revisions and expiries must be non-negative ints")
     if not all(map(operator.lt, keys, islice(keys, 1, None))):
         raise MalformedMessage("KV snapshot keys must be strictly ascending")
+    # The store keeps history only for keys not "created at their revision, version 1".
+    history = [i for i, (c, r, v) in enumerate(zip(created, revs, versions)) if v != 1 or c != r]
     next_lease, leases, key_lease = _decode_leases(raw[5]) if version >= 4 else (1, {}, {})
     if not set(key_lease) <= set(keys):
         raise MalformedMessage("KV snapshot attaches a key it does not hold to a lease")
@@ -214,8 +216,8 @@ def decode_image(data: bytes) -> FrozenImage:
         revisions=dict(zip(keys, revs)),
         expire_at=dict(zip(compress(keys, map(_is_not_none, exps)), stamps)),
         members=members,
-        created=dict(zip(keys, created)),
-        versions=dict(zip(keys, versions)),
+        created={keys[i]: created[i] for i in history},
+        versions={keys[i]: versions[i] for i in history},
         leases=leases,
         key_lease=key_lease,
         next_lease=next_lease,

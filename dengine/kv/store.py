@@ -186,7 +186,10 @@ class KVStore:
         self._values: dict[bytes, bytes] = {}
         self._revisions: dict[bytes, int] = {}
         # Per key: the revision that created it and the writes since (etcd's
-        # create_revision and version).
+        # create_revision and version) -- only for keys written more than once.
+        # A key in neither map was created at its revision, version 1: most
+        # keys of a large store are written once, and two maps of a million
+        # entries are about a third of its memory.
         self._created: dict[bytes, int] = {}
         self._versions: dict[bytes, int] = {}
         self._keys: list[bytes] = []
@@ -316,10 +319,13 @@ class KVStore:
         prev = values.get(key)
         if prev is None:
             insort(self._keys, key)
-            self._created[key] = index
-            version = self._versions[key] = 1
+            version = 1
         else:
-            version = self._versions[key] = self._versions[key] + 1
+            # History is kept only for keys written more than once (see __init__).
+            version = self._versions.get(key, 1) + 1
+            if version == 2:
+                self._created[key] = self._revisions[key]
+            self._versions[key] = version
             if events is not None:  # what the key was, for watchers that want prev_kv
                 prev_rev, prev_lease = self._revisions[key], self._key_lease.get(key, 0)
         values[key] = value
@@ -331,7 +337,7 @@ class KVStore:
         if lease or self._key_lease:
             self._attach(key, lease)
         if events is not None:
-            created = self._created[key]
+            created = self._created.get(key, index)
             if prev is None:
                 events.append(WatchEvent(_PUT, key, value, None, index, 0, created, version, lease))
             else:
@@ -352,8 +358,8 @@ class KVStore:
     def _remove(self, key: bytes, index: int, events: list[WatchEvent] | None) -> None:
         prev = self._values.pop(key)
         prev_rev = self._revisions.pop(key)
-        prev_created = self._created.pop(key)
-        prev_version = self._versions.pop(key)
+        prev_created = self._created.pop(key, prev_rev)
+        prev_version = self._versions.pop(key, 1)
         keys = self._keys
         del keys[bisect_left(keys, key)]
         self._ttl.clear(key)
@@ -563,14 +569,17 @@ class KVStore:
         value = self.get(key, now_ms)
         if value is None:
             return None
-        return KeyValue(key, value, self._revisions[key], self._created[key], self._versions[key],
-                        self._key_lease.get(key, 0))
+        return self._kv(key, value)
 
     def _kv_at(self, key: bytes, cutoff: int) -> KeyValue | None:
         value = self._values.get(key)
         if value is None or self._ttl.is_expired(key, cutoff):
             return None
-        return KeyValue(key, value, self._revisions[key], self._created[key], self._versions[key],
+        return self._kv(key, value)
+
+    def _kv(self, key: bytes, value: bytes) -> KeyValue:
+        revision = self._revisions[key]
+        return KeyValue(key, value, revision, self._created.get(key, revision), self._versions.get(key, 1),
                         self._key_lease.get(key, 0))
 
     def scan_kvs(
@@ -578,11 +587,8 @@ class KVStore:
     ) -> tuple[list[KeyValue], int]:
         """:meth:`scan_range` with each entry as a :class:`KeyValue`."""
         pairs, total = self.scan_range(start, end, now_ms, limit, count=count)
-        rev = self._revisions
-        created = self._created
-        versions = self._versions
-        lease = self._key_lease.get
-        return [KeyValue(k, v, rev[k], created[k], versions[k], lease(k, 0)) for k, v in pairs], total
+        kv = self._kv
+        return [kv(k, v) for k, v in pairs], total
 
     def get_many(self, keys: Iterable[bytes], now_ms: int) -> list[bytes | None]:
         """:meth:`get` for each key, in order."""
@@ -674,15 +680,17 @@ class KVStore:
         store._revisions = own(image.revisions)
         store._ttl = TTLIndex(image.expire_at)
         store.members = image.members.copy()
-        # Images from before per-key history: created at its last write, version 1.
-        if len(image.created) == len(image.revisions):
-            store._created = own(image.created)
-        else:
-            store._created = {k: image.created.get(k, r) for k, r in image.revisions.items()}
-        if len(image.versions) == len(image.revisions):
-            store._versions = own(image.versions)
-        else:
-            store._versions = {k: image.versions.get(k, 1) for k in image.revisions}
+        # Only keys whose history is not "created at its last write, version 1"
+        # (an image may list every key; images from before per-key history list none).
+        revisions = image.revisions
+        versions = image.versions
+        store._created = {}
+        store._versions = {}
+        for key, created in image.created.items():
+            version = versions.get(key, 1)
+            if created != revisions[key] or version != 1:
+                store._created[key] = created
+                store._versions[key] = version
         store._leases = dict(image.leases)
         store._lease_keys = {lease: set() for lease in image.leases}
         store._key_lease = dict(image.key_lease)

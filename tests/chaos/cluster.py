@@ -54,10 +54,12 @@ class ChaosCluster:
         ports = free_ports(2 * n)
         self.peer_ports = {i: ports[i - 1] for i in self.ids}
         self.client_ports = {i: ports[n + i - 1] for i in self.ids}
-        self.proxies: dict[tuple[int, int], LinkProxy] = {
-            (a, b): LinkProxy(a, b, self.peer_ports[b], random.Random(rng.random()))
-            for a in self.ids for b in self.ids if a != b
-        }
+        self.proxies: dict[tuple[int, int], LinkProxy] = {}
+        for a in self.ids:
+            for b in self.ids:
+                if a != b:  # every proxy routes a connection to the link its Hello names
+                    self.proxies[(a, b)] = LinkProxy(a, b, self.peer_ports[b], random.Random(rng.random()),
+                                                     self.proxies)
         self.procs: dict[int, trio.Process] = {}
         self.paused: set[int] = set()
         self.logs: dict[int, IO[bytes]] = {}

@@ -6,6 +6,14 @@ then only A writes (u32 big-endian length-prefixed msgpack frames) and B
 never writes again. Node A's ``--initial-cluster`` lists, for B, the address
 of the proxy of link A -> B, so every Raft message from A to B crosses it.
 
+The members' peer addresses are replicated (dengine/embedded.py,
+``_follow_members``): once a node has applied the member table it dials B at
+the address the table records, which is the proxy of ONE link X -> B, whoever
+dials. So a proxy does not trust the port it was reached on: it reads the
+Hello, whose node id names the real sender A, and applies the faults of link
+A -> B (``links``, shared by all proxies of a cluster). Without this,
+isolating X also cut A -> B.
+
 The proxy parses the A -> B byte stream into whole frames, so it can drop,
 delay, duplicate or reorder *frames* while the stream stays valid (Raft must
 tolerate message loss, delay, duplication and reordering). The B -> A
@@ -26,6 +34,7 @@ import math
 import random
 import struct
 
+import msgpack
 import trio
 
 __all__ = ["LinkProxy"]
@@ -40,10 +49,30 @@ _REORDER_HOLD = 0.05
 UP, BLACKHOLE, RESET = "up", "blackhole", "reset"
 
 
+def _whole_frame(buf: bytearray) -> bool:
+    return len(buf) >= 4 and len(buf) - 4 >= _HEADER.unpack_from(buf, 0)[0]
+
+
+def _hello_sender(buf: bytearray) -> int | None:
+    """The node id of the Hello at the start of ``buf`` (None if it is not one)."""
+    (size,) = _HEADER.unpack_from(buf, 0)
+    try:
+        hello = msgpack.unpackb(bytes(buf[4 : 4 + size]), raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if type(hello) is list and len(hello) >= 4 and hello[0] == "hello" and type(hello[3]) is int:
+        return hello[3]
+    return None
+
+
 class LinkProxy:
     """The proxy of link ``src -> dst``; ``target`` is dst's real peer port."""
 
-    def __init__(self, src: int, dst: int, target_port: int, rng: random.Random) -> None:
+    def __init__(
+        self, src: int, dst: int, target_port: int, rng: random.Random,
+        links: dict[tuple[int, int], LinkProxy] | None = None,
+    ) -> None:
+        self.links = links if links is not None else {}
         self.src = src
         self.dst = dst
         self.target_port = target_port
@@ -113,6 +142,26 @@ class LinkProxy:
                     nursery.start_soon(self._handle, stream)
 
     async def _handle(self, downstream: trio.SocketStream) -> None:
+        try:
+            buf = bytearray()
+            with trio.move_on_after(10):  # the dialer sends its Hello at once
+                while not _whole_frame(buf):
+                    data = await downstream.receive_some(_RECEIVE)
+                    if not data:
+                        return
+                    buf += data
+            if not _whole_frame(buf):
+                return
+            sender = _hello_sender(buf)
+            link = self.links.get((sender, self.dst), self) if sender is not None else self
+            await link._relay(downstream, buf)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(downstream)
+
+    async def _relay(self, downstream: trio.SocketStream, buf: bytearray) -> None:
+        """Carry one connection of this link; ``buf`` holds what was read of it."""
         self.connections += 1
         try:
             if self.mode == RESET:
@@ -127,7 +176,7 @@ class LinkProxy:
                     self._scopes.add(scope)
                     try:
                         async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._forward, downstream, upstream, nursery.cancel_scope)
+                            nursery.start_soon(self._forward, downstream, upstream, nursery.cancel_scope, buf)
                             nursery.start_soon(self._backward, upstream, downstream, nursery.cancel_scope)
                     finally:
                         self._scopes.discard(scope)
@@ -148,33 +197,37 @@ class LinkProxy:
             pass
         scope.cancel()
 
-    async def _forward(self, downstream: trio.abc.Stream, upstream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    async def _forward(self, downstream: trio.abc.Stream, upstream: trio.abc.Stream, scope: trio.CancelScope,
+                       buf: bytearray) -> None:
         send, receive = trio.open_memory_channel[tuple[float, bytes]](_QUEUE)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, receive, upstream)
-                await self._reader(downstream, send)
+                await self._reader(downstream, send, buf)
                 # clean end of the stream: let the writer flush, then stop
                 await send.aclose()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
             pass  # bare or wrapped in the nursery's ExceptionGroup: the link broke
         scope.cancel()
 
-    async def _reader(self, downstream: trio.abc.Stream, send: trio.MemorySendChannel[tuple[float, bytes]]) -> None:
-        buf = bytearray()
+    async def _reader(self, downstream: trio.abc.Stream, send: trio.MemorySendChannel[tuple[float, bytes]],
+                      buf: bytearray) -> None:
         first = True
         held: bytes | None = None
         last_at = 0.0
+        data: bytes | bytearray = buf  # what was read before: the Hello
+        buf = bytearray()
         while True:
-            timeout = _REORDER_HOLD if held is not None else math.inf
-            data = b""
-            with trio.move_on_after(timeout):
-                data = await downstream.receive_some(_RECEIVE)
-                if not data:
-                    return
+            if not data:
+                timeout = _REORDER_HOLD if held is not None else math.inf
+                with trio.move_on_after(timeout):
+                    data = await downstream.receive_some(_RECEIVE)
+                    if not data:
+                        return
             frames: list[bytes] = []
             if data:
                 buf += data
+                data = b""
                 pos = 0
                 while len(buf) - pos >= 4:
                     (size,) = _HEADER.unpack_from(buf, pos)
@@ -185,7 +238,7 @@ class LinkProxy:
                     frames.append(bytes(buf[pos : pos + 4 + size]))
                     pos += 4 + size
                 del buf[:pos]
-            elif held is not None:
+            elif held is not None:  # nothing came while a frame was held back
                 frames_out, held = [held], None
                 last_at = await self._emit(send, frames_out, last_at)
                 continue

@@ -10,6 +10,8 @@ node it started by PID in a finally, and bounds every wait.
 
 from __future__ import annotations
 
+import contextlib
+
 import pathlib
 from functools import partial
 import random
@@ -18,6 +20,7 @@ import struct
 import subprocess
 import sys
 
+import msgpack
 import pytest
 import trio
 
@@ -174,6 +177,52 @@ async def test_link_proxy_passes_drops_duplicates_and_reorders_whole_frames() ->
             proxy.heal()
             for s in opened:
                 await s.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_proxy_applies_the_faults_of_the_link_its_hello_names() -> None:
+    """Nodes dial a peer at the address the member table records: the proxy
+    of one link, whoever dials. The sender in the Hello picks the link."""
+
+    async def server(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        await _read_frames(stream, buf, 1)
+        await stream.send_all(_frame(b"welcome"))
+        with contextlib.suppress(EOFError, trio.BrokenResourceError):
+            while True:
+                await _read_frames(stream, buf, 1)
+
+    def hello(node_id: int) -> bytes:
+        return _frame(msgpack.packb(["hello", 1, "chaos", node_id, "peer"]))
+
+    async def dial(port: int, node_id: int) -> bool:
+        """True if the handshake went through."""
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await stream.send_all(hello(node_id))
+            try:
+                return await _read_frames(stream, bytearray(), 1) == [b"welcome"]
+            except (EOFError, trio.BrokenResourceError):
+                return False
+        finally:
+            await stream.aclose()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+            target = listeners[0].socket.getsockname()[1]
+            links: dict[tuple[int, int], LinkProxy] = {}
+            for src in (1, 3):
+                links[(src, 2)] = LinkProxy(src, 2, target, random.Random(src), links)
+                await nursery.start(links[(src, 2)].serve)
+            links[(1, 2)].set_mode(RESET)
+            # Node 3 reaches node 2 through link 1->2's port: link 3->2 is up, so it passes.
+            assert await dial(links[(1, 2)].port, 3)
+            assert (links[(1, 2)].connections, links[(3, 2)].connections) == (0, 1)
+            # Node 1, through either port, is refused: its link is cut.
+            assert not await dial(links[(3, 2)].port, 1)
+            assert not await dial(links[(1, 2)].port, 1)
+            assert links[(1, 2)].connections == 2
             nursery.cancel_scope.cancel()
 
 

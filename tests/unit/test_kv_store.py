@@ -551,6 +551,25 @@ def test_each_key_carries_its_create_revision_and_version_through_snapshots() ->
     assert KVStore.from_image(decode_image(v2)).get_kv(b"k", 0) == KeyValue(b"k", b"v", 7, create_revision=7, version=1)
 
 
+def test_history_is_kept_only_for_keys_written_more_than_once() -> None:
+    from dengine.kv.snapshot import restore, snapshot_bytes
+
+    log = Log()
+    for i in range(100):
+        log.run(0, Put(b"/once/%02d" % i, b"v"))
+    log.run(0, Put(b"/twice", b"a"))  # 101
+    log.run(0, Put(b"/twice", b"b"))  # 102
+    store = log.store
+    # Memory: a million write-once keys cost no history entries.
+    assert (store._created, store._versions) == ({b"/twice": 101}, {b"/twice": 2})
+    assert store.get_kv(b"/once/07", 0) == KeyValue(b"/once/07", b"v", 8, create_revision=8, version=1)
+    again = restore(snapshot_bytes(store))
+    assert (again._created, again._versions) == ({b"/twice": 101}, {b"/twice": 2})
+    assert again.freeze() == store.freeze()
+    log.run(0, Delete(b"/twice"))
+    assert (store._created, store._versions) == ({}, {})
+
+
 # --- leases and transactions -----------------------------------------------------
 
 from dengine.api import Compare, Op, TxnResult  # noqa: E402
