@@ -615,6 +615,14 @@ class RaftCore:
         self.log.compact(meta.index, meta.term)
         self.snapshot = snapshot
 
+    def drop_snapshot_data(self, meta: SnapshotMeta) -> None:
+        """The application keeps the bytes of the snapshot at ``meta`` (on
+        disk) and will fill them in: from now on an InstallSnapshot carries
+        the snapshot's meta with empty data, and the application completes
+        it before sending. Memory then holds the state once, not twice."""
+        if self.snapshot is not None and self.snapshot.meta == meta and self.snapshot.data:
+            self.snapshot = Snapshot(meta=meta)
+
     # ------------------------------------------------------------------
     # Messages
     # ------------------------------------------------------------------

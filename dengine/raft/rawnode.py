@@ -91,6 +91,9 @@ class RawNode:
     def compact(self, snapshot: Snapshot) -> None:
         self.core.compact(snapshot)
 
+    def drop_snapshot_data(self, meta: SnapshotMeta) -> None:
+        self.core.drop_snapshot_data(meta)
+
     # -- output --------------------------------------------------------------
 
     def has_ready(self) -> bool:

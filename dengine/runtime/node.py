@@ -214,6 +214,10 @@ class Node:
             entries=state.entries,
         )
         self.last_snapshot_index = snapshot.meta.index if snapshot else 0
+        if snapshot is not None:
+            # The store holds the state; the bytes stay on disk until a
+            # follower needs them (_send_snapshots).
+            self.raw.drop_snapshot_data(snapshot.meta)
         self.kv.bind_clock(self.now_ms)
         #: When leases expire, kept while this node leads (dengine.kv.lessor).
         self.lessor = Lessor()
@@ -240,6 +244,10 @@ class Node:
             self.driver.applied_term = snapshot.meta.term
         self._wakeup = trio.Event()
         self._persist_wakeup = trio.Event()
+        # InstallSnapshot messages waiting for their bytes from disk: the
+        # latest per follower (bounded by the membership).
+        self._snapshot_requests: dict[int, InstallSnapshot] = {}
+        self._snapshot_wakeup = trio.Event()
         self._prepare_wakeup = trio.Event()
         self._persisted_event = trio.Event()
         self._apply_wakeup = trio.Event()
@@ -439,11 +447,44 @@ class Node:
         driver = self.driver
         messages = driver.poll()
         if messages:
+            if any(type(m) is InstallSnapshot and not m.snapshot.data for m in messages):
+                messages = self._hold_snapshot_requests(messages)
             self.outbox.send(messages)
         if driver.persist_waiting:
             self._persist_wakeup.set()
         if driver.apply_waiting:
             self._apply_wakeup.set()
+
+    def _hold_snapshot_requests(self, messages: list[Message]) -> list[Message]:
+        """Set aside the InstallSnapshots the core sent without bytes (it
+        keeps only the meta, see drop_snapshot_data): _send_snapshots reads
+        the bytes from disk and sends them."""
+        rest = []
+        for m in messages:
+            if type(m) is InstallSnapshot and not m.snapshot.data:
+                self._snapshot_requests[m.to] = m
+                self._snapshot_wakeup.set()
+            else:
+                rest.append(m)
+        return rest
+
+    async def snapshot_sender(self) -> None:
+        while True:
+            await self._snapshot_wakeup.wait()
+            self._snapshot_wakeup = trio.Event()
+            requests, self._snapshot_requests = self._snapshot_requests, {}
+            by_index: dict[int, Snapshot | None] = {}
+            for peer, m in sorted(requests.items()):
+                index = m.snapshot.meta.index
+                if index not in by_index:  # one read for every follower that needs it
+                    by_index[index] = await trio.to_thread.run_sync(self.storage.read_snapshot, index)
+                snapshot = by_index[index]
+                if snapshot is None or snapshot.meta != m.snapshot.meta:
+                    # A newer snapshot replaced it: the core sends that one next time.
+                    log.info("node %d: the snapshot at index %d for node %d was replaced before it was read",
+                             self.raw.id, index, peer)
+                    continue
+                self.outbox.send([InstallSnapshot(frm=m.frm, to=m.to, term=m.term, snapshot=snapshot)])
 
     def _on_leader_changed(self, leader: int | None, term: int) -> None:
         if leader is not None and leader != self._known_leader:
@@ -594,6 +635,7 @@ class Node:
         self.last_snapshot_index = snapshot.meta.index
         self.installed_snapshots += 1
         self.driver.on_snapshot_installed(snapshot.meta)
+        self.raw.drop_snapshot_data(snapshot.meta)  # the store holds it now; the bytes are on disk
         self.watch.publish_snapshot(snapshot.meta.index)
         took = time.perf_counter() - started
         size = len(snapshot.data)
@@ -711,7 +753,7 @@ class Node:
                 stats.snapshot_save_seconds.observe(took)
                 stats.snapshot_save_bytes.observe(len(data))
             if meta.index > self.raw.core.log.snapshot_index:
-                self.raw.compact(snapshot)
+                self.raw.compact(Snapshot(meta=meta))  # the bytes stay on disk
             await trio.to_thread.run_sync(self.storage.compact, meta.index)
             self.last_snapshot_index = meta.index
             log.info("node %d: snapshot at index %d saved (%d bytes, encoded and written in %.3f s); "
@@ -765,6 +807,7 @@ async def open_node(
             nursery.start_soon(node.preparer)
             nursery.start_soon(node.applier)
             nursery.start_soon(node.ticker)
+            nursery.start_soon(node.snapshot_sender)
             nursery.start_soon(node.watch.run)
             if inbound is not None:
                 nursery.start_soon(node.receiver, inbound)

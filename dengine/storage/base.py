@@ -87,6 +87,13 @@ class Storage(abc.ABC):
         what happens to the log)."""
 
     @abc.abstractmethod
+    def read_snapshot(self, index: int) -> Snapshot | None:
+        """The saved snapshot at ``index`` with its data, or None if the
+        latest saved snapshot is not that one (a newer one replaced it). The
+        runtime keeps only the meta in memory and reads the bytes back when a
+        follower needs them."""
+
+    @abc.abstractmethod
     def compact(self, index: int) -> None:
         """Drop entries <= ``index``; ``index`` must be covered by the saved
         snapshot (``index <= snapshot.meta.index``). Frees disk space (WAL

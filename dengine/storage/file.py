@@ -72,7 +72,13 @@ from . import wal
 from .base import InitialState, Storage
 from .model import LogModel, validate_append, validate_compact, validate_truncate
 from .osutil import fsync_dir, fsync_file, storage_error
-from .snapshot import parse_snapshot_name, read_snapshot_file, snapshot_name, write_snapshot_file
+from .snapshot import (
+    parse_snapshot_name,
+    read_snapshot_file,
+    snapshot_from_bytes,
+    snapshot_name,
+    write_snapshot_file,
+)
 
 log = logging.getLogger("dengine.storage")
 
@@ -214,6 +220,25 @@ class FileStorage(Storage):
                 self._record_reset(meta)
             self._snap_meta = meta
             self._remove_old_snapshots(meta.index)
+
+    def read_snapshot(self, index: int) -> Snapshot | None:
+        with self._mutex:
+            self._check_usable()
+            if self._snap_meta is None or self._snap_meta.index != index:
+                return None
+            path = os.path.join(self.path, snapshot_name(index))
+            # Opened under the lock (a newer snapshot removes the file, but an
+            # open file stays readable); read outside it, so WAL appends and
+            # their fsyncs do not wait for a large snapshot to be read.
+            with _os_errors("opening the snapshot"):
+                file = open(path, "rb")  # noqa: SIM115 - closed below
+        with file, _os_errors("reading the snapshot"):
+            data = file.read()
+        snapshot = snapshot_from_bytes(data, source=path)
+        if snapshot.meta.index != index:
+            raise StorageCorrupted(f"{path}: file name says index {index}, content says {snapshot.meta.index}",
+                                   path=path, offset=0)
+        return snapshot
 
     def compact(self, index: int) -> None:
         with self._mutex:

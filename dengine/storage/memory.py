@@ -55,6 +55,11 @@ class MemoryStorage(Storage):
         self._check_open()
         self._do(lambda m: m.save_snapshot(snapshot))
 
+    def read_snapshot(self, index: int) -> Snapshot | None:
+        self._check_open()
+        snapshot = self._written.snapshot
+        return snapshot if snapshot is not None and snapshot.meta.index == index else None
+
     def compact(self, index: int) -> None:
         self._check_open()
         validate_compact(index, snapshot_index=self._written.snapshot_index)

@@ -19,7 +19,9 @@ Rules of this transport:
 * A failed connect drops the batch that wanted it, then the peer is in
   backoff: capped exponential, jittered, and every message queued for it
   meanwhile is dropped (counted ``dropped_unreachable``) -- stale Raft
-  messages are worth nothing, and Raft will send fresh ones.
+  messages are worth nothing, and Raft will send fresh ones. A connection
+  from that peer (it restarted, it introduces itself) ends the backoff at
+  once: it is up, and a vote it needs must not wait out a long backoff.
 * Inbound: after the handshake (same cluster id, a known peer id), frames
   are decoded to messages and put on the ONE inbound channel. If that
   channel is full the connection stops reading: TCP backpressure reaches
@@ -103,6 +105,8 @@ class _Peer:
     failing: bool = False
     # The snapshot being streamed to this peer, if any.
     outgoing: _OutgoingSnapshot | None = None
+    # Set while the sender backs off; cancelled when the peer connects to us.
+    backoff: trio.CancelScope | None = None
 
 
 @attrs.define(eq=False)
@@ -318,9 +322,10 @@ class PeerTransport(TransportCommon):
 
     async def _back_off(self, peer: _Peer, delay: float) -> None:
         # Equal jitter: [delay/2, delay). Meanwhile nothing can reach the peer.
-        with trio.move_on_after(delay * (0.5 + self._rng.random() / 2)):
+        with trio.move_on_after(delay * (0.5 + self._rng.random() / 2)) as peer.backoff:
             while True:
                 self._drop_unreachable(len(await peer.queue.get_batch()))
+        peer.backoff = None
 
     async def _pump(self, peer: _Peer, stream: trio.abc.Stream, batch: list[Message]) -> None:
         """Write batches on ``stream`` until it breaks or the peer closes it."""
@@ -481,6 +486,10 @@ class PeerTransport(TransportCommon):
             if peer_id not in self._peers:  # removed while we sent the welcome
                 return
             self._learn_client_address(peer_id, hello.client_address)
+            backoff = self._peers[peer_id].backoff
+            if backoff is not None:  # it is up: dial it now, not when the backoff ends
+                logger.debug("node %d: node %d connected; retrying it at once", self._node_id, peer_id)
+                backoff.cancel()
             self._counters.inbound_connections += 1
             self._counters.changed()
             with trio.CancelScope() as scope:

@@ -126,6 +126,8 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
                     except dengine.NotLeader:  # refused before it was proposed: safe to retry
                         leader = await cluster.wait_leader()
             assert leader.status().last_snapshot_index > 20
+            # The leader keeps the snapshot's meta only: the bytes are read from disk for a follower.
+            assert leader._node.raw.core.snapshot.data == b""
             back = await cluster.start(lagging)
             await back.wait_ready(timeout=10)
             # A linearizable read waits until the follower applied the leader's commit.
@@ -133,6 +135,7 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
             assert len(scan.entries) == 100
             # It got there by installing the leader's snapshot: the log it missed was compacted.
             assert snapshots_installed(back) >= 1
+            assert back._node.raw.core.snapshot.data == b""  # installed, then only on disk
             # The local read bound before the install reads the installed state.
             assert back.client.get_nowait(b"/k/000") == b"v"
 

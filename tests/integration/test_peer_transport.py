@@ -179,6 +179,23 @@ async def test_a_restarted_peer_is_reconnected() -> None:
                 assert t1.statistics().connects == 3
 
 
+async def test_a_peer_that_connects_to_us_ends_our_backoff_towards_it() -> None:
+    slow = {**FAST, "backoff_min": 30.0, "backoff_max": 60.0}  # a backoff far past the test's deadline
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_peer_transport(1, "127.0.0.1:0", {}, CLUSTER, **slow) as t1:
+            async with open_peer_transport(2, "127.0.0.1:0", {}, CLUSTER, **FAST) as t2:
+                address2 = t2.listen_address
+            t1.update_peers({2: address2})
+            t1.send([hb(1, 2, 1)])
+            await t1.wait_statistics(lambda s: s.connect_failures == 1)  # down: t1 backs off for 15-30 s
+            async with open_peer_transport(2, address2, {1: t1.listen_address}, CLUSTER, **FAST) as t2:
+                t2.send([hb(2, 1, 1)])  # t2 dials t1: it is up
+                assert (await t1.inbound.receive()) == hb(2, 1, 1)
+                t1.send([hb(1, 2, 2)])  # not dropped in a backoff: t1 dials t2 at once
+                assert (await t2.inbound.receive()) == hb(1, 2, 2)
+                assert t1.statistics().connects == 1
+
+
 async def test_messages_to_a_stopped_peer_are_dropped_without_blocking() -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with open_peer_transport(2, "127.0.0.1:0", {}, CLUSTER) as gone:

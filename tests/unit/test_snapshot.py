@@ -65,6 +65,38 @@ def test_only_the_latest_snapshot_is_kept_and_temp_files_are_removed(tmp_path: P
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("backend", ["file", "memory"])
+def test_the_saved_snapshot_reads_back_by_its_index_and_only_while_it_is_the_latest(
+    tmp_path: Path, backend: str
+) -> None:
+    from dengine.storage import MemoryStorage
+
+    s = FileStorage(tmp_path) if backend == "file" else MemoryStorage()
+    try:
+        assert s.read_snapshot(7) is None
+        s.append([Entry(i, 2) for i in range(1, 20)])
+        s.save_snapshot(SNAP)
+        assert s.read_snapshot(7) == SNAP
+        assert s.read_snapshot(6) is None
+        newer = Snapshot(SnapshotMeta(15, 2, ConfState({1})), b"newer")
+        s.save_snapshot(newer)
+        assert s.read_snapshot(7) is None and s.read_snapshot(15) == newer
+    finally:
+        s.close()
+
+
+def test_a_snapshot_read_back_is_verified(tmp_path: Path) -> None:
+    with FileStorage(tmp_path) as s:
+        s.append([Entry(i, 2) for i in range(1, 10)])
+        s.save_snapshot(SNAP)
+        (path,) = tmp_path.glob("snap-*.snap")
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x10
+        path.write_bytes(bytes(data))
+        with pytest.raises(StorageCorrupted, match="checksum mismatch"):
+            s.read_snapshot(7)
+
+
 def test_crash_between_snapshot_and_log_reset(tmp_path: Path) -> None:
     # The snapshot file is durable but the RESET record never made it: the
     # conflicting log must still be discarded on recovery.
