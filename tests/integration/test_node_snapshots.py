@@ -8,7 +8,8 @@ import trio.testing
 
 from dengine.raft.core import RaftConfig
 from dengine.raft.messages import ConfState, InstallSnapshot, Snapshot, SnapshotMeta
-from dengine.runtime.node import NodeOptions, NullOutbox, open_node, wrap_snapshot_data
+from dengine.kv.snapshot import wrap_snapshot_data
+from dengine.runtime.node import NodeOptions, NullOutbox, open_node
 from dengine.storage.memory import MemoryStorage
 
 
