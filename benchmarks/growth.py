@@ -40,9 +40,9 @@ FileStorage in a temporary directory under ``--dir``:
    (a task sleeping 5 ms, in the leader's process), against the election
    timeout; with ``--py-spy``, where the leader's process held the GIL.
 
-The default ``transport.max_frame_size`` (16 MiB) is raised to fit the
-snapshot when it would not (a snapshot travels as one frame): see the
-report's Findings.
+The engines keep the default ``transport.max_frame_size`` (16 MiB): a
+snapshot travels in parts of at most 1 MiB (docs/peer-protocol.md), whatever
+its size. ``--max-frame-size`` sets another.
 
 Progress goes to stderr. The report (Markdown, JSON, PNG chart when
 matplotlib is installed) goes to ``--out`` (default benchmarks/results/),
@@ -1005,7 +1005,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Keys `/g/%08d`, values {VALUE_SIZE} B (a different bytes object per key). Engine settings: "
         f"raft.snapshot_threshold {cfg['snapshot_threshold']:,} entries; election timeout "
         f"{cfg['election_timeout_s']:g} s (randomised up to 1.5x); transport.max_frame_size "
-        f"{cfg['max_frame_size']:,} B{' (raised: see Findings)' if cfg['frame_raised'] else ' (the default)'}; "
+        f"{cfg['max_frame_size']:,} B{' (set by --max-frame-size)' if cfg['frame_raised'] else ' (the default)'}; "
         "FileStorage; every engine in a child process of its own.",
         "",
     ]
@@ -1256,14 +1256,10 @@ def findings(data: dict[str, Any]) -> list[str]:
     out = []
     cfg = data["config"]
     size = data.get("snapshot_save", {}).get("bytes")
-    if cfg["frame_raised"] and size:
+    if size and size > cfg["max_frame_size"]:
         out.append(
-            f"A snapshot of {data['keys']:,} keys is {size / 1e6:,.1f} MB, over the default transport.max_frame_size "
-            f"({cfg['default_max_frame_size'] / 2**20:g} MiB). The leader sends a snapshot as ONE peer frame and "
-            "drops a frame over the limit (dengine/transport/peer.py logs `dropped a InstallSnapshot`), so with "
-            "the default a new or far-behind member never catches up beyond about "
-            f"{int(cfg['default_max_frame_size'] / (size / data['keys'])):,} keys. This run raised the limit to "
-            f"{cfg['max_frame_size']:,} B (`--max-frame-size 0` = auto) to measure catch-up at all.")
+            f"The snapshot ({size / 1e6:,.1f} MB) is larger than transport.max_frame_size "
+            f"({cfg['max_frame_size'] / 2**20:g} MiB): it reached the new member in parts (docs/peer-protocol.md).")
     mem = data.get("memory", {})
     if "engine_loaded" in mem and mem["engine_loaded"].get("last_snapshot", 0) == 0:
         out.append(
@@ -1306,7 +1302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-threshold", type=int, default=0,
                         help="raft.snapshot_threshold of every engine (default: the engine's default)")
     parser.add_argument("--max-frame-size", type=int, default=0,
-                        help="transport.max_frame_size (default 0: the engine's default, raised to fit the snapshot)")
+                        help="transport.max_frame_size (default 0: the engine's default, 16 MiB)")
     parser.add_argument("--py-spy", action="store_true",
                         help="record the leader with py-spy (--gil) during each write run: where its time went")
     parser.add_argument("--skip-cluster", action="store_true", help="only the 1-node measurements (1-3)")
@@ -1323,10 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raft = dengine.Config.single_node("/nonexistent").raft
     threshold = ns.snapshot_threshold or raft.snapshot_threshold
-    # A snapshot costs about a key + value + 20 bytes of msgpack per key.
-    estimate = n * (len(key(0)) + VALUE_SIZE + 24) + 4096
-    frame = ns.max_frame_size or (DEFAULT_MAX_FRAME_SIZE if 2 * estimate < DEFAULT_MAX_FRAME_SIZE
-                                  else min(2**32 - 1, 2 * estimate))
+    frame = ns.max_frame_size or DEFAULT_MAX_FRAME_SIZE
     command = "python -m benchmarks growth" + "".join(" " + shlex.quote(a) for a in argv)
     began = time.time()
     data: dict[str, Any] = {
@@ -1337,7 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
                     "data_dir": os.path.abspath(ns.dir), "loadavg_start": os.getloadavg()},
         "config": {"snapshot_threshold": threshold, "election_timeout_s": raft.election_ticks * raft.tick_interval_ms / 1e3,
                    "max_frame_size": frame, "default_max_frame_size": DEFAULT_MAX_FRAME_SIZE,
-                   "frame_raised": frame > DEFAULT_MAX_FRAME_SIZE},
+                   "frame_raised": frame != DEFAULT_MAX_FRAME_SIZE},
         "memory": {}, "errors": [],
     }
     progress(f"{command}: {n:,} keys on {os.cpu_count()} CPUs, Python {platform.python_version()}")

@@ -100,6 +100,7 @@ def node_options(config: Config) -> NodeOptions:
         raft=config.raft_config(),
         tick_interval=raft.tick_interval_ms / 1000,
         snapshot_threshold=raft.snapshot_threshold,
+        snapshot_threshold_bytes=raft.snapshot_threshold_bytes,
         max_key_size=raft.max_key_size,
         max_value_size=raft.max_value_size,
         proposal_batch_max=raft.proposal_batch_max,

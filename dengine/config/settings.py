@@ -279,6 +279,13 @@ class RaftSettings:
     snapshot_threshold: int = _setting(
         10000, "int", "Entries applied between snapshots; the log before a snapshot is purged.", minimum=1
     )
+    snapshot_threshold_bytes: int = _setting(
+        64 * _MIB,
+        "int",
+        "Bytes of entries applied that also set off a snapshot, whichever of the two thresholds comes first: "
+        "the log since the last snapshot is kept in memory.",
+        minimum=1,
+    )
     max_key_size: int = _setting(DEFAULT_MAX_KEY_SIZE, "int", "Largest key, in bytes.", minimum=1)
     max_value_size: int = _setting(DEFAULT_MAX_VALUE_SIZE, "int", "Largest value, in bytes.", minimum=1)
     max_txn_ops: int = _setting(

@@ -104,6 +104,10 @@ class NodeOptions:
     raft: RaftConfig
     tick_interval: float = 0.1  # seconds
     snapshot_threshold: int = 10_000
+    # Bytes of entries applied since the last snapshot that also set one off:
+    # the log before a snapshot is held in memory, and a few large entries
+    # (batches of a bulk load) would otherwise keep it for a long time.
+    snapshot_threshold_bytes: int = 64 * 1024 * 1024
     max_key_size: int = 4096
     max_value_size: int = 1 << 20
     proposal_batch_max: int = 1024
@@ -247,6 +251,8 @@ class Node:
         # InstallSnapshot messages waiting for their bytes from disk: the
         # latest per follower (bounded by the membership).
         self._snapshot_requests: dict[int, InstallSnapshot] = {}
+        # Bytes of entries applied since the last snapshot was started.
+        self._applied_bytes = 0
         self._snapshot_wakeup = trio.Event()
         self._prepare_wakeup = trio.Event()
         self._persisted_event = trio.Event()
@@ -579,6 +585,7 @@ class Node:
                 if job.snapshot is not None:
                     await self._install_snapshot(job.snapshot)
                 if job.entries:
+                    self._applied_bytes += sum(len(e.data) for e in job.entries)
                     started = time.perf_counter()
                     results = self._apply_entries(job.entries)
                     took = time.perf_counter() - started
@@ -633,6 +640,7 @@ class Node:
         self.kv.load_from(restored)
         self.applied_conf = snapshot.meta.conf_state
         self.last_snapshot_index = snapshot.meta.index
+        self._applied_bytes = 0
         self.installed_snapshots += 1
         self.driver.on_snapshot_installed(snapshot.meta)
         self.raw.drop_snapshot_data(snapshot.meta)  # the store holds it now; the bytes are on disk
@@ -729,8 +737,10 @@ class Node:
         kv = self.kv
         if self._snapshotting or self._nursery is None:
             return
-        if kv.applied_index - self.last_snapshot_index < self.options.snapshot_threshold:
+        if (kv.applied_index - self.last_snapshot_index < self.options.snapshot_threshold
+                and self._applied_bytes < self.options.snapshot_threshold_bytes):
             return
+        self._applied_bytes = 0
         image = kv.freeze()  # a copy, on the apply path; encoding happens off it
         meta = SnapshotMeta(index=image.applied_index, term=self.applied_term, conf_state=self.applied_conf)
         self._snapshotting = True

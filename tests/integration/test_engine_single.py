@@ -48,6 +48,22 @@ async def test_every_kv_operation(tmp_path: pathlib.Path) -> None:
             assert kv_item is not None and kv_item.revision == rev2
 
 
+async def test_bytes_applied_also_set_off_a_snapshot(tmp_path: pathlib.Path) -> None:
+    cfg = single(tmp_path, snapshot_threshold=1_000_000, snapshot_threshold_bytes=20_000)
+    with trio.fail_after(30):
+        async with dengine.open_engine(config=cfg) as engine:
+            await engine.wait_ready(timeout=5)
+            for i in range(10):  # about 10 kB: under the byte threshold
+                await engine.client.put(b"/big/%d" % i, b"x" * 1000)
+            assert engine.status().last_snapshot_index == 0
+            for i in range(10, 25):  # past 20 kB: a snapshot, though far from 1,000,000 entries
+                await engine.client.put(b"/big/%d" % i, b"x" * 1000)
+            with trio.fail_after(10):
+                while engine.status().last_snapshot_index == 0:
+                    await trio.sleep(0.01)  # the snapshot is written in the background; bounded above
+            assert 15 <= engine.status().last_snapshot_index <= 27
+
+
 async def test_restart_keeps_everything(tmp_path: pathlib.Path) -> None:
     cfg = single(tmp_path, snapshot_threshold=50)
     with trio.fail_after(30):

@@ -101,6 +101,7 @@ pre_vote = false
 check_quorum = false
 default_read_consistency = "eventual"
 snapshot_threshold = 500
+snapshot_threshold_bytes = 1048576
 max_key_size = 1024
 max_value_size = 65536
 max_txn_ops = 16
@@ -372,6 +373,7 @@ def test_toml_sets_every_setting_in_every_section(full: Config, tls_files: dict[
         check_quorum=False,
         default_read_consistency=ReadConsistency.EVENTUAL,
         snapshot_threshold=500,
+        snapshot_threshold_bytes=1048576,
         max_key_size=1024,
         max_value_size=65536,
         max_txn_ops=16,
@@ -743,6 +745,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"raft": RaftSettings(default_read_consistency="lease", check_quorum=False)}, "raft.default_read_consistency 'lease' needs raft.check_quorum"),  # type: ignore[arg-type]
     ({"raft": RaftSettings(pre_vote=1)}, "raft.pre_vote must be true or false"),  # type: ignore[arg-type]
     ({"raft": RaftSettings(snapshot_threshold=0)}, "raft.snapshot_threshold must be a positive integer"),
+    ({"raft": RaftSettings(snapshot_threshold_bytes=0)}, "raft.snapshot_threshold_bytes must be a positive integer"),
     ({"raft": RaftSettings(max_key_size=0)}, "raft.max_key_size must be a positive integer"),
     ({"raft": RaftSettings(max_value_size=-1)}, "raft.max_value_size must be a positive integer"),
     ({"raft": RaftSettings(max_inflight=0)}, "raft.max_inflight must be a positive integer"),
