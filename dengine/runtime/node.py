@@ -737,8 +737,12 @@ class Node:
         kv = self.kv
         if self._snapshotting or self._nursery is None:
             return
-        if (kv.applied_index - self.last_snapshot_index < self.options.snapshot_threshold
-                and self._applied_bytes < self.options.snapshot_threshold_bytes):
+        # Staggered by node id (x1, x1.25, x1.5): the members of a cluster
+        # apply the same entries, and if all of them snapshot at the same
+        # index they all pay for it at the same moment.
+        stagger = 1 + ((self.raw.id - 1) % 3) / 4
+        if (kv.applied_index - self.last_snapshot_index < self.options.snapshot_threshold * stagger
+                and self._applied_bytes < self.options.snapshot_threshold_bytes * stagger):
             return
         self._applied_bytes = 0
         image = kv.freeze()  # a copy, on the apply path; encoding happens off it

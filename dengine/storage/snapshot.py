@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 
 from dengine import codec
 from dengine.errors import MalformedMessage, StorageCorrupted
@@ -39,10 +40,32 @@ def parse_snapshot_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _bin_header(n: int) -> bytes:
+    if n < 0x100:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def snapshot_pieces(snapshot: Snapshot) -> list[bytes]:
+    """What :func:`snapshot_to_bytes` returns, as a small head and the
+    snapshot's own data (not copied): a snapshot of hundreds of megabytes is
+    written without being copied into one buffer (and without holding the
+    GIL for the copies)."""
+    empty = codec.encode(Snapshot(meta=snapshot.meta))  # ends with the empty data: bin8, length 0
+    assert empty.endswith(b"\xc4\x00")
+    data = snapshot.data
+    head = empty[:-2] + _bin_header(len(data))
+    length = (len(head) + len(data)).to_bytes(4, "big")
+    crc = zlib.crc32(data, zlib.crc32(head, zlib.crc32(length)))  # zlib lets go of the GIL
+    return [MAGIC + length + crc.to_bytes(4, "big") + head, data]
+
+
 def snapshot_to_bytes(snapshot: Snapshot) -> bytes:
-    """The checksummed encoding of ``snapshot`` (what a snapshot file holds)."""
-    payload = codec.encode(snapshot)
-    return MAGIC + frame(payload) + payload
+    """The checksummed encoding of ``snapshot`` (what a snapshot file holds):
+    ``MAGIC``, a WAL-style frame header, and ``codec.encode(snapshot)``."""
+    return b"".join(snapshot_pieces(snapshot))
 
 
 def snapshot_from_bytes(data: bytes | memoryview, *, source: str = "snapshot bytes") -> Snapshot:
@@ -83,7 +106,7 @@ def write_snapshot_file(directory: str, snapshot: Snapshot) -> str:
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        write_all(fd, [snapshot_to_bytes(snapshot)])
+        write_all(fd, snapshot_pieces(snapshot))
         fsync_file(fd)
     finally:
         os.close(fd)

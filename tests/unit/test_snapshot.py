@@ -23,6 +23,20 @@ def test_round_trip() -> None:
     assert verify_snapshot_bytes(data) == SNAP.meta
 
 
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])
+def test_the_file_is_written_in_pieces_with_the_bytes_of_one_encoding(size: int) -> None:
+    from dengine import codec
+    from dengine.storage.snapshot import snapshot_pieces
+    from dengine.storage.wal import frame
+
+    snap = Snapshot(SNAP.meta, bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    payload = codec.encode(snap)
+    pieces = snapshot_pieces(snap)
+    assert pieces[1] is snap.data  # the data is not copied
+    assert b"".join(pieces) == b"DENGSNAP" + frame(payload) + payload
+    assert snapshot_from_bytes(b"".join(pieces)) == snap
+
+
 @settings(max_examples=200, deadline=None)
 @given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
 def test_any_flipped_bit_is_detected(position: int, bit: int) -> None:
