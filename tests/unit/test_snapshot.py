@@ -54,14 +54,20 @@ def test_truncated_bytes_are_detected(cut: int) -> None:
         snapshot_from_bytes(data[: cut % len(data)], source="from peer")
 
 
+def damage_the_snapshot_file(directory: Path) -> Path:
+    """Flip one bit near the end of the one snapshot file in ``directory``."""
+    (path,) = directory.glob("snap-*.snap")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+    return path
+
+
 def test_snapshot_file_is_verified_on_load(tmp_path: Path) -> None:
     with FileStorage(tmp_path) as s:
         s.append([Entry(i, 2) for i in range(1, 10)])
         s.save_snapshot(SNAP)
-    (path,) = tmp_path.glob("snap-*.snap")
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0x10
-    path.write_bytes(bytes(data))
+    path = damage_the_snapshot_file(tmp_path)
     with pytest.raises(StorageCorrupted, match="checksum mismatch") as info:
         FileStorage(tmp_path)
     assert info.value.path == str(path)
@@ -103,10 +109,7 @@ def test_a_snapshot_read_back_is_verified(tmp_path: Path) -> None:
     with FileStorage(tmp_path) as s:
         s.append([Entry(i, 2) for i in range(1, 10)])
         s.save_snapshot(SNAP)
-        (path,) = tmp_path.glob("snap-*.snap")
-        data = bytearray(path.read_bytes())
-        data[-3] ^= 0x10
-        path.write_bytes(bytes(data))
+        damage_the_snapshot_file(tmp_path)
         with pytest.raises(StorageCorrupted, match="checksum mismatch"):
             s.read_snapshot(7)
 
