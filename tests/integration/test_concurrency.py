@@ -86,10 +86,12 @@ async def test_a_waiter_cancelled_leaves_the_queue_and_a_holder_cancelled_releas
 async def test_a_dead_holder_loses_the_lock_when_its_lease_ends(kv: Any) -> None:
     with trio.fail_after(DEADLINE):
         async with Session(kv, ttl=5) as live:
+            # The lease's clock starts at the grant, so the wait is measured from
+            # before it: a slow put must not eat into the TTL the check expects.
+            start = trio.current_time()
             dead_lease = await kv.grant_lease(TTL)  # a holder that stops renewing: its session died
             dead_key = b"/locks/d/%016x" % dead_lease.id
             dead_rev = await kv.put(dead_key, b"", lease=dead_lease.id)
-            start = trio.current_time()
             waiter = Lock(live, b"/locks/d")
             await waiter.acquire()  # waits on the dead holder's key, then gets it when the lease expires
             assert trio.current_time() - start >= TTL * 0.9
