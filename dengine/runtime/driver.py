@@ -272,8 +272,10 @@ class Driver:
         return NotLeader(f"node {self.raw.id} is not the leader{where}", leader_id=lead, leader_address=addr)
 
     def propose(self, command: Any, waiter: WaiterLike, size: int) -> None:
-        """Queue one write for the next pass; ``waiter`` gets its result."""
-        if self.role is not Role.LEADER:
+        """Queue one write for the next pass; ``waiter`` gets its result.
+        Whether this node leads is the core's current view: the last Ready's
+        may lag by one pass (a node that has just won, or just lost)."""
+        if self.raw.core.role is not Role.LEADER:
             raise self.not_leader()
         pending = self._proposal_bytes + self.unpersisted_bytes
         if pending and pending + size > self.options.max_pending_bytes:

@@ -165,11 +165,25 @@ def test_not_leader_uses_the_cores_view_not_the_last_ready() -> None:
     w = W()
     # A higher term arrives from node 3 (the new leader); no Ready taken yet.
     d.on_message(Heartbeat(frm=3, to=1, term=5, commit=0, round=1))
-    d.propose(b"x", w, 1)  # the driver still believes it leads
-    d.poll()
-    assert isinstance(w.error, NotLeader)
-    assert "the leader is node 3" in str(w.error) and w.error.leader_id == 3
-    assert "the leader is node 1" not in str(w.error)
+    assert d.role is Role.LEADER  # the last Ready's view
+    with pytest.raises(NotLeader) as caught:
+        d.propose(b"x", w, 1)
+    assert "the leader is node 3" in str(caught.value) and caught.value.leader_id == 3
+    assert "the leader is node 1" not in str(caught.value)
+    assert not w.done()
+
+
+def test_a_node_that_has_just_won_accepts_writes_before_its_ready_is_taken() -> None:
+    # A single node elects itself inside campaign(); the Ready saying so is
+    # taken at the next pass. A write in between must not be told "node 1 is
+    # not the leader; the leader is node 1".
+    d = make(voters=(1,))
+    d.raw.campaign()
+    assert d.raw.core.role is Role.LEADER and d.role is not Role.LEADER
+    w = W()
+    d.propose(b"x", w, 1)
+    settle(d)
+    assert w.error is None and w.done()
 
 
 def test_not_leader_without_a_known_leader_says_so() -> None:
