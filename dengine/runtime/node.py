@@ -11,7 +11,8 @@ Task tree (ARCHITECTURE.md, "The trio driver"):
     open_node ─ nursery
        ├─ ticker      sleeps until the next tick; the driver catches ticks up and expires deadlines
        ├─ raft loop   wakes on any input; driver.poll() turns everything waiting into Readies
-       ├─ persister   driver.take_persist(): one WAL write + one fsync (worker thread) per job
+       ├─ persister   driver.take_persist(): one WAL write + one fsync per job, on the node's WAL thread
+       ├─ WAL thread  one long-lived worker thread (runtime/worker.py) the persister hands its writes to
        ├─ preparer    zero-fills the next WAL segment off the write path (worker thread)
        ├─ applier     driver.take_apply(): bounded steps into the KV store; results to callers
        ├─ receiver    inbound peer messages → driver.on_message (validated) → core
@@ -81,6 +82,7 @@ from dengine.raft.messages import (
 from dengine.raft.rawnode import RawNode
 from dengine.runtime.driver import Driver, DriverOptions, PersistJob
 from dengine.runtime.waiters import Waiter
+from dengine.runtime.worker import WorkerThread
 from dengine.stats import NodeStats
 from dengine.storage.base import Storage
 from dengine.watch.dispatcher import WatchDispatcher
@@ -200,6 +202,7 @@ class Node:
         self.options = options
         self.storage = storage
         self.outbox = outbox
+        self.wal_thread = WorkerThread("WAL writer")
         self.lifecycle = Lifecycle()
         state = storage.load()
         limits = {"max_key_size": options.max_key_size, "max_value_size": options.max_value_size}
@@ -532,7 +535,7 @@ class Node:
             if job is None:
                 continue
             if job.needs_io:
-                synced, took = await trio.to_thread.run_sync(_timed_write, job, self.storage)
+                synced, took = await self.wal_thread.call(_timed_write, job, self.storage)
                 self._record_write(job, synced, took)
                 self.persisted_batches += 1
                 if self.storage.needs_preparation:
@@ -817,6 +820,7 @@ async def open_node(
         async with trio.open_nursery() as nursery:
             node._nursery = nursery
             nursery.start_soon(node.raft_loop)
+            await nursery.start(node.wal_thread.run)
             nursery.start_soon(node.persister)
             nursery.start_soon(node.preparer)
             nursery.start_soon(node.applier)
