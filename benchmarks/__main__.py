@@ -19,6 +19,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "watch": ("benchmarks.watch", "watch latency, delivered events/s, write overhead of idle watchers"),
     "cli": ("benchmarks.cli_startup", "CLI start-up: `dengine get k` beside `python3 -c pass`"),
     "metrics": ("benchmarks.metrics", "the cost of metrics: write-100 on emb-3, [metrics] enabled on vs off"),
+    "critical-path": ("benchmarks.critical_path", "where one write's time goes: each step of a put, 1 or 3 nodes"),
     "growth": ("benchmarks.growth", "how cost grows with data: memory/key, snapshots, restart, catch-up at N keys"),
 }
 

@@ -113,11 +113,13 @@ def machine_facts(d: str, seconds: float) -> dict[str, Any]:
 
 
 def start_dengine_embedded(workdir: str, children: list[Child], nodes: int, tick_ms: float,
-                           extra_args: Sequence[str] = ()) -> Started:
-    """Engine processes (benchmarks.node_proc); ``extra_args`` go to each."""
+                           extra_args: Sequence[str] = (), *, module: str = "benchmarks.node_proc",
+                           node_args: Callable[[int], list[str]] = lambda _i: []) -> Started:
+    """Engine processes (``module``: benchmarks.node_proc, or a module that
+    runs it); ``extra_args`` go to each, ``node_args(i)`` to node ``i``."""
     extra = [*(["--tick-ms", str(tick_ms)] if tick_ms else []), *extra_args]
     if nodes == 1:
-        child = Child.python("benchmarks.node_proc", ["--dir", os.path.join(workdir, "n1"), *extra],
+        child = Child.python(module, ["--dir", os.path.join(workdir, "n1"), *extra, *node_args(1)],
                              os.path.join(workdir, "n1.log"))
         children.append(child)
         child.recv(60)
@@ -126,8 +128,9 @@ def start_dengine_embedded(workdir: str, children: list[Child], nodes: int, tick
     cluster = ",".join(f"{i + 1}=127.0.0.1:{ports[i]}" for i in range(nodes))
     procs = []
     for i in range(1, nodes + 1):
-        child = Child.python("benchmarks.node_proc",
-                             ["--id", str(i), "--dir", os.path.join(workdir, f"n{i}"), "--cluster", cluster, *extra],
+        child = Child.python(module,
+                             ["--id", str(i), "--dir", os.path.join(workdir, f"n{i}"), "--cluster", cluster, *extra,
+                              *node_args(i)],
                              os.path.join(workdir, f"n{i}.log"))
         children.append(child)
         procs.append(child)

@@ -589,6 +589,12 @@ class Driver:
         """Readies wait for a persist job (take_persist may return one)."""
         return bool(self._persist_queue)
 
+    @property
+    def write_waiting(self) -> bool:
+        """Entries or a snapshot wait to be written (not only a moved commit
+        index, which needs no IO of its own)."""
+        return any(rd.entries or rd.snapshot is not None for rd in self._persist_queue)
+
     # ------------------------------------------------------------------
     # Applying
     # ------------------------------------------------------------------
@@ -597,10 +603,13 @@ class Driver:
     def apply_waiting(self) -> bool:
         return bool(self._apply_queue)
 
-    def take_apply(self) -> ApplyJob | None:
+    def take_apply(self, *, entries_only: bool = False) -> ApplyJob | None:
         """The next bounded step of committed work, or None if one is being
-        applied or nothing waits."""
+        applied or nothing waits (or, with ``entries_only``, if the next step
+        installs a snapshot)."""
         if self._applying is not None or not self._apply_queue:
+            return None
+        if entries_only and self._apply_queue[0].snapshot is not None:
             return None
         job = self._apply_queue.pop(0)
         self._applying = job

@@ -80,7 +80,7 @@ from dengine.raft.messages import (
     SnapshotMeta,
 )
 from dengine.raft.rawnode import RawNode
-from dengine.runtime.driver import Driver, DriverOptions, PersistJob
+from dengine.runtime.driver import ApplyJob, Driver, DriverOptions, PersistJob
 from dengine.runtime.waiters import Waiter
 from dengine.runtime.worker import WorkerThread
 from dengine.stats import NodeStats
@@ -462,7 +462,12 @@ class Node:
         if driver.persist_waiting:
             self._persist_wakeup.set()
         if driver.apply_waiting:
-            self._apply_wakeup.set()
+            if not driver.write_waiting:
+                # (A write to start goes first: on a follower it is on the
+                # critical path, the apply is not.)
+                self._apply_now()
+            if driver.apply_waiting:
+                self._apply_wakeup.set()
 
     def _hold_snapshot_requests(self, messages: list[Message]) -> list[Message]:
         """Set aside the InstallSnapshots the core sent without bytes (it
@@ -584,25 +589,44 @@ class Node:
         while True:
             await self._apply_wakeup.wait()
             self._apply_wakeup = trio.Event()
+            if driver.write_waiting:
+                # Let the persister start that write first (it is runnable
+                # now): on a follower the write is on the critical path of
+                # the leader's next commit, this apply is not.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while (job := driver.take_apply()) is not None:
                 if job.snapshot is not None:
                     await self._install_snapshot(job.snapshot)
-                if job.entries:
-                    self._applied_bytes += sum(len(e.data) for e in job.entries)
-                    started = time.perf_counter()
-                    results = self._apply_entries(job.entries)
-                    took = time.perf_counter() - started
-                    if took > self.options.slow_apply:
-                        self._slow_apply(job.entries, took)
-                    self._check_clock()
-                else:
-                    results = []
-                if driver.on_applied(job, results):
-                    self.wake()  # the next bounded step may be handed out now
-                self._maybe_ready()
-                self._maybe_snapshot()
+                self._finish_apply(job)
                 if driver.apply_waiting:
                     await trio.lowlevel.checkpoint()
+
+    def _apply_now(self) -> None:
+        """One bounded step of committed entries in the pass that committed
+        them, without a hop through the applier task (it would delay every
+        answer by a scheduling round); a snapshot to install and any further
+        step are left to the applier."""
+        job = self.driver.take_apply(entries_only=True)
+        if job is not None:
+            self._finish_apply(job)
+
+    def _finish_apply(self, job: ApplyJob) -> None:
+        """Apply ``job``'s entries (its snapshot, if any, is installed) and
+        hand the results to the driver."""
+        if job.entries:
+            self._applied_bytes += sum(len(e.data) for e in job.entries)
+            started = time.perf_counter()
+            results = self._apply_entries(job.entries)
+            took = time.perf_counter() - started
+            if took > self.options.slow_apply:
+                self._slow_apply(job.entries, took)
+            self._check_clock()
+        else:
+            results = []
+        if self.driver.on_applied(job, results):
+            self.wake()  # the next bounded step may be handed out now
+        self._maybe_ready()
+        self._maybe_snapshot()
 
     def _slow_apply(self, entries: tuple[Entry, ...], took: float) -> None:
         self.stats.slow_applies += 1
@@ -779,11 +803,24 @@ class Node:
             self._snapshotting = False
 
     async def receiver(self, inbound: trio.abc.ReceiveChannel[Message]) -> None:
+        """Every message that has arrived goes to the driver, then one pass
+        of the raft loop's work runs here, at once: a hop through the loop
+        task would cost a scheduling round on every step of replication
+        (docs/benchmarks.md, "Where a single write's time goes")."""
         async for message in inbound:
-            if type(message) is InstallSnapshot and not self._snapshot_intact(message):
-                continue
-            self.driver.on_message(message)
-            self.wake()
+            self._receive(message)
+            while True:
+                try:
+                    message = inbound.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._receive(message)
+            self._take_readies()
+
+    def _receive(self, message: Message) -> None:
+        if type(message) is InstallSnapshot and not self._snapshot_intact(message):
+            return
+        self.driver.on_message(message)
 
     def _snapshot_intact(self, message: InstallSnapshot) -> bool:
         """Verify a snapshot's checksum on receipt, before the core adopts it

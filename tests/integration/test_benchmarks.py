@@ -146,3 +146,22 @@ def test_growth_quick_run_reports_memory_and_restart_figures(tmp_path: pathlib.P
     for run in ("write_plain", "write_snapshot", "write_install"):
         assert data["cluster"][run]["ops"] > 0 and data["cluster"][run]["errors"] == 0
     assert not list(tmp_path.glob("dengine-growth-*"))  # its data directories are gone
+
+
+def test_critical_path_places_every_step_of_a_put_on_three_processes(tmp_path: pathlib.Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "critical-path", "--nodes", "3", "--writes", "40", "--json",
+         "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["puts"] == 40 and result["unplaced"] < 40
+    steps = result["steps"]
+    assert [(s["side"], s["step"]) for s in steps][:4] == [
+        ("L", "put>"), ("L", "poll>"), ("L", "send>"), ("F", "recv AppendEntries")]
+    offsets = [s["at_us"] for s in steps]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] > 0
+    # the steps' gaps add up to the put's whole time
+    assert abs(sum(s["gap_us"] for s in steps) - offsets[-1]) < offsets[-1]
+    assert not list(tmp_path.iterdir())  # its work directory is gone

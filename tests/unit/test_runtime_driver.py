@@ -17,10 +17,13 @@ from dengine.raft.core import RaftConfig
 from dengine.raft.messages import (
     AppendEntries,
     AppendResponse,
+    ConfState,
     Entry,
     HardState,
     Heartbeat,
     Role,
+    Snapshot,
+    SnapshotMeta,
     VoteResponse,
 )
 from dengine.raft.rawnode import RawNode
@@ -391,3 +394,31 @@ def test_read_contexts_of_a_restarted_node_do_not_collide_with_the_last_ones() -
     after_driver.raw.step(ReadIndexResponse(frm=1, to=2, term=1, ctxs=(before,), index=40))
     after_driver.poll()
     assert not after_waiter.done() and after in after_driver.read_waiters
+
+
+# -- what the node may do in the pass that produced the work ----------------------------
+
+
+def test_write_waiting_is_entries_to_write_not_a_moved_commit_index() -> None:
+    d = leader()
+    ack(d)
+    settle(d)
+    assert not d.write_waiting
+    w = W()
+    d.propose(b"x", w, 1)
+    d.poll()
+    assert d.write_waiting  # the new entry
+    job = d.take_persist()
+    assert job is not None and job.needs_io
+    d.on_persisted(job)
+    ack(d)  # commits it: only the commit index moved
+    assert d.persist_waiting and not d.write_waiting
+
+
+def test_take_apply_entries_only_leaves_a_snapshot_step_to_the_applier() -> None:
+    d = leader()
+    snap = Snapshot(SnapshotMeta(index=50, term=2, conf_state=ConfState(voters=frozenset({1, 2, 3}))), b"image")
+    d._apply_queue.append(ApplyJob(snap, ()))
+    assert d.take_apply(entries_only=True) is None
+    job = d.take_apply()
+    assert job is not None and job.snapshot is snap
