@@ -802,7 +802,7 @@ class Node:
         finally:
             self._snapshotting = False
 
-    async def receiver(self, inbound: trio.abc.ReceiveChannel[Message]) -> None:
+    async def receiver(self, inbound: trio.MemoryReceiveChannel[Message]) -> None:
         """Every message that has arrived goes to the driver, then one pass
         of the raft loop's work runs here, at once: a hop through the loop
         task would cost a scheduling round on every step of replication
@@ -849,7 +849,7 @@ async def open_node(
     options: NodeOptions,
     storage: Storage,
     outbox: Outbox,
-    inbound: trio.abc.ReceiveChannel[Message] | None = None,
+    inbound: trio.MemoryReceiveChannel[Message] | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node until the block exits. The caller owns storage and transport."""
     node = Node(options, storage, outbox)
