@@ -14,8 +14,9 @@ Task tree (ARCHITECTURE.md, "The trio driver"):
        ├─ persister   driver.take_persist(): one WAL write + one fsync per job, on the node's WAL thread
        ├─ WAL thread  one long-lived worker thread (runtime/worker.py) the persister hands its writes to
        ├─ preparer    zero-fills the next WAL segment off the write path (worker thread)
-       ├─ applier     driver.take_apply(): bounded steps into the KV store; results to callers
-       ├─ receiver    inbound peer messages → driver.on_message (validated) → core
+       ├─ applier     driver.take_apply(): bounded steps into the KV store; results to callers (a pass
+       │              that commits entries applies the first step itself when no write waits)
+       ├─ receiver    inbound peer messages → driver.on_message (validated) → core, then the loop's pass itself
        └─ snapshots   encodes and saves a frozen image off the apply path
 
 What it tells an operator (docs/operations.md, "Metrics" and "Logs"): it
