@@ -59,6 +59,7 @@ __all__ = [
     "open_cluster",
     "open_memory_engine",
     "snapshots_installed",
+    "wait_snapshot_past",
 ]
 
 #: Raft timings of the clusters opened here: 10 ms ticks, so an election
@@ -87,6 +88,17 @@ async def open_memory_engine(
 def snapshots_installed(engine: Engine) -> int:
     """How many snapshots ``engine`` installed from a leader since it started."""
     return engine._node.installed_snapshots
+
+
+async def wait_snapshot_past(engine: Engine, index: int, *, timeout: float = 10) -> int:
+    """Wait until ``engine`` has saved a snapshot past ``index`` (snapshots
+    are saved in the background, possibly after the write that set one off
+    was answered); returns its index. Raises ``trio.TooSlowError`` after
+    ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while (done := engine.status().last_snapshot_index) <= index:
+            await trio.sleep(0.01)
+    return done
 
 
 def free_ports(n: int) -> list[int]:

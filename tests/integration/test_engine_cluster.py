@@ -10,7 +10,7 @@ import trio
 
 import dengine
 from dengine.api import WatchEventType
-from dengine.testing import open_cluster, snapshots_installed
+from dengine.testing import open_cluster, snapshots_installed, wait_snapshot_past
 
 TRANSPORTS = [pytest.param(False, id="memory"), pytest.param(True, id="tcp")]
 
@@ -125,7 +125,7 @@ async def test_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_pa
                         break
                     except dengine.NotLeader:  # refused before it was proposed: safe to retry
                         leader = await cluster.wait_leader()
-            assert leader.status().last_snapshot_index > 20
+            await wait_snapshot_past(leader, 20)
             # The leader keeps the snapshot's meta only: the bytes are read from disk for a follower.
             assert leader._node.raw.core.snapshot.data == b""
             back = await cluster.start(lagging)
@@ -156,7 +156,7 @@ async def test_a_snapshot_many_frames_long_reaches_a_follower_over_tcp(tmp_path:
                         break
                     except dengine.NotLeader:  # refused before it was proposed: safe to retry
                         leader = await cluster.wait_leader()
-            assert leader.status().last_snapshot_index > 50
+            await wait_snapshot_past(leader, 50)
             back = await cluster.start(lagging)
             await back.wait_ready(timeout=20)
             scan = await back.client.scan_prefix(b"/big/")

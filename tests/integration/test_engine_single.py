@@ -13,7 +13,7 @@ import trio
 import dengine
 import dengine.errors
 from dengine import Config, ReadConsistency
-from dengine.testing import MemoryStorage, open_memory_engine
+from dengine.testing import MemoryStorage, open_memory_engine, wait_snapshot_past
 
 
 def single(tmp_path: pathlib.Path, **raft: object) -> Config:
@@ -58,9 +58,7 @@ async def test_bytes_applied_also_set_off_a_snapshot(tmp_path: pathlib.Path) -> 
             assert engine.status().last_snapshot_index == 0
             for i in range(10, 25):  # past 20 kB: a snapshot, though far from 1,000,000 entries
                 await engine.client.put(b"/big/%d" % i, b"x" * 1000)
-            with trio.fail_after(10):
-                while engine.status().last_snapshot_index == 0:
-                    await trio.sleep(0.01)  # the snapshot is written in the background; bounded above
+            await wait_snapshot_past(engine, 0)
             assert 15 <= engine.status().last_snapshot_index <= 27
 
 

@@ -23,7 +23,7 @@ from dengine import Config, WatchEvent, WatchEventType
 from dengine.config import WatchSettings
 from dengine.embedded import Engine
 from dengine.errors import ErrorCode
-from dengine.testing import Cluster, open_cluster, snapshots_installed
+from dengine.testing import Cluster, open_cluster, snapshots_installed, wait_snapshot_past
 
 PUT, DELETE = WatchEventType.PUT, WatchEventType.DELETE
 CANCELED, PROGRESS = WatchEventType.CANCELED, WatchEventType.PROGRESS
@@ -398,7 +398,7 @@ async def test_snapshot_install_on_a_follower_cancels_its_watchers_with_compacte
                 cluster.network.isolate(fid)
                 for i in range(100):
                     leader = await put_at_leader(cluster, b"/k/%03d" % i, exclude={fid})
-                assert leader.status().last_snapshot_index > rev0 + 20
+                await wait_snapshot_past(leader, rev0 + 20)
                 cluster.network.heal()
                 last = await watch.receive()
                 assert (last.type, last.error) == (CANCELED, ErrorCode.COMPACTED)
