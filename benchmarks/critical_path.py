@@ -28,6 +28,7 @@ engine's classes in the child processes: nothing in dengine knows about it.
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import json
 import os
@@ -128,9 +129,12 @@ def child(argv: Sequence[str]) -> int:
 
 
 def first_after(events: list[tuple[float, str]], label: str, t: float, end: float) -> float | None:
-    for when, what in events:
-        if when >= t and what == label:
-            return when if when <= end else None
+    """The first ``label`` at or after ``t`` and not after ``end`` (``events`` sorted)."""
+    for when, what in events[bisect.bisect_left(events, (t, "")) :]:
+        if when > end:
+            return None
+        if what == label:
+            return when
     return None
 
 
