@@ -9,6 +9,7 @@ middle of a run of 20 s or more.
 
 from __future__ import annotations
 
+import datetime
 import math
 import random
 from collections.abc import Callable
@@ -144,7 +145,10 @@ class FaultRunner:
     def _announce(self, ev: FaultEvent, duration: float, detail: str) -> None:
         ev.detail = detail
         ev.cut_at = trio.current_time()
-        self.log(f"[{self._now():6.1f}s] fault {ev.index}: {ev.kind} {detail} for {duration:.1f}s | {self.status()}")
+        # The wall clock too, to find the fault in the servers' logs (--keep).
+        wall = datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        self.log(f"[{self._now():6.1f}s] fault {ev.index}: {ev.kind} {detail} for {duration:.1f}s "
+                 f"(at {wall}) | {self.status()}")
 
     async def _leader(self) -> int:
         found = await self.cluster.find_leader(self.admin)
