@@ -83,7 +83,7 @@ from dengine.raft.messages import (
 from dengine.raft.rawnode import RawNode
 from dengine.runtime.driver import ApplyJob, Driver, DriverOptions, PersistJob
 from dengine.runtime.waiters import Waiter
-from dengine.runtime.worker import WorkerThread
+from dengine.runtime.worker import Pending, WorkerThread
 from dengine.stats import NodeStats
 from dengine.storage.base import Storage
 from dengine.watch.dispatcher import WatchDispatcher
@@ -204,6 +204,9 @@ class Node:
         self.storage = storage
         self.outbox = outbox
         self.wal_thread = WorkerThread("WAL writer")
+        # The persist job in progress and its write on the WAL thread.
+        self._persist_job: PersistJob | None = None
+        self._persist_write: Pending[tuple[float | None, float]] | None = None
         self.lifecycle = Lifecycle()
         state = storage.load()
         limits = {"max_key_size": options.max_key_size, "max_value_size": options.max_value_size}
@@ -461,7 +464,7 @@ class Node:
                 messages = self._hold_snapshot_requests(messages)
             self.outbox.send(messages)
         if driver.persist_waiting:
-            self._persist_wakeup.set()
+            self._start_persist()
         if driver.apply_waiting:
             if not driver.write_waiting:
                 # (A write to start goes first: on a follower it is on the
@@ -532,26 +535,45 @@ class Node:
         if self.current_leader is not None and self.applied_term == self.current_term and self.current_term > 0:
             self.lifecycle.mark_ready()
 
+    def _start_persist(self) -> None:
+        """Take the next persist job and queue its write on the WAL thread in
+        this pass, without a hop through the persister task (a scheduling
+        round on the critical path of every write); the persister waits for
+        it. Nothing happens while a job is in progress."""
+        if self._persist_job is not None:
+            return
+        job = self.driver.take_persist()
+        if job is None:
+            return
+        self._persist_job = job
+        if job.needs_io and self.wal_thread.open:
+            self._persist_write = self.wal_thread.submit(_timed_write, job, self.storage)
+        self._persist_wakeup.set()
+
     async def persister(self) -> None:
         driver = self.driver
         while True:
             await self._persist_wakeup.wait()
             self._persist_wakeup = trio.Event()
-            job = driver.take_persist()
+            self._start_persist()
+            job = self._persist_job
             if job is None:
                 continue
             if job.needs_io:
-                synced, took = await self.wal_thread.call(_timed_write, job, self.storage)
+                pending = self._persist_write or self.wal_thread.submit(_timed_write, job, self.storage)
+                synced, took = await self.wal_thread.wait(pending)
                 self._record_write(job, synced, took)
                 self.persisted_batches += 1
                 if self.storage.needs_preparation:
                     self._prepare_wakeup.set()
+            self._persist_job = self._persist_write = None
             released = driver.on_persisted(job)
             self._persisted_event.set()
             if released:
                 self.outbox.send(released)
             # What the fsync unblocked (a commit, acknowledgements) goes out
-            # now, without a hop through the raft loop task.
+            # now, without a hop through the raft loop task; the next write,
+            # if one waits, starts here too.
             self._take_readies()
 
     def _record_write(self, job: PersistJob, synced: float | None, took: float) -> None:

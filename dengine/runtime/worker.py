@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -33,31 +33,50 @@ T = TypeVar("T")
 _STOP = None
 
 
-class _Job:
-    __slots__ = ("fn", "args", "value", "error", "task")
+class Pending(Generic[T]):
+    """A job queued on the worker thread. :meth:`WorkerThread.wait` waits
+    for it; it runs to its end whether or not anyone waits."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], task: trio.lowlevel.Task) -> None:
+    __slots__ = ("fn", "args", "value", "error", "done", "_task")
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
         self.fn = fn
         self.args = args
         self.value: Any = None
         self.error: BaseException | None = None
-        self.task = task
+        self.done = False
+        self._task: trio.lowlevel.Task | None = None
+
+    def _finish(self) -> None:
+        """On the trio loop, once the thread is through with the job."""
+        self.done = True
+        if self._task is not None:
+            trio.lowlevel.reschedule(self._task)
 
 
 class WorkerThread:
     """Run blocking calls, one at a time, on one dedicated thread.
 
     ``await nursery.start(worker.run)`` starts it; :meth:`call` runs one
-    function there. When the task running :meth:`run` is cancelled, the
-    thread finishes the jobs already queued and exits; later calls raise
+    function there, or :meth:`submit` queues it at once from synchronous
+    code and :meth:`wait` collects it. When the task running :meth:`run` is
+    cancelled, the thread finishes the jobs already queued and exits, and
+    ``run`` returns only then (a write that was queued ends before its
+    storage can be closed); later submissions raise
     :class:`~dengine.errors.EngineStopped`.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Pending[Any] | None] = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._open = False
+        self._exited = trio.Event()
+
+    @property
+    def open(self) -> bool:
+        """Whether :meth:`submit` accepts jobs."""
+        return self._open
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -70,29 +89,51 @@ class WorkerThread:
         finally:
             self._open = False
             self._jobs.put(_STOP)
+            with trio.CancelScope(shield=True):
+                await self._exited.wait()
 
     def _serve(self) -> None:
         token = self._token
         assert token is not None
-        while (job := self._jobs.get()) is not _STOP:
-            try:
-                job.value = job.fn(*job.args)
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller as is
-                job.error = exc
-            try:
-                token.run_sync_soon(trio.lowlevel.reschedule, job.task)
-            except trio.RunFinishedError:
-                return
+        try:
+            while (job := self._jobs.get()) is not _STOP:
+                try:
+                    job.value = job.fn(*job.args)
+                except BaseException as exc:  # noqa: BLE001 - handed back to the caller as is
+                    job.error = exc
+                token.run_sync_soon(job._finish)
+        except trio.RunFinishedError:
+            return
+        try:
+            token.run_sync_soon(self._exited.set)
+        except trio.RunFinishedError:
+            return
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Pending[T]:
+        """Queue ``fn(*args)`` on the worker thread now; it starts as soon as
+        the jobs before it are done."""
+        if not self._open:
+            raise EngineStopped(f"the {self.name} thread has stopped")
+        job: Pending[T] = Pending(fn, args)
+        self._jobs.put(job)
+        return job
+
+    async def wait(self, job: Pending[T]) -> T:
+        """The result of a submitted job, or its exception. Not abortable:
+        a caller cancelled meanwhile still waits for the job's end (see the
+        module doc)."""
+        if job.done:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            job._task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
+        if job.error is not None:
+            raise job.error
+        return job.value  # type: ignore[no-any-return]
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the worker thread; its result, or its exception."""
         if not self._open:
             raise EngineStopped(f"the {self.name} thread has stopped")
         await trio.lowlevel.checkpoint_if_cancelled()
-        job = _Job(fn, args, trio.lowlevel.current_task())
-        self._jobs.put(job)
-        # Not abortable: the job runs to its end once queued (see the module doc).
-        await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
-        if job.error is not None:
-            raise job.error
-        return job.value  # type: ignore[no-any-return]
+        return await self.wait(self.submit(fn, *args))

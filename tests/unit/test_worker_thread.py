@@ -83,3 +83,49 @@ async def test_calls_after_the_thread_stopped_raise_engine_stopped() -> None:
         nursery.cancel_scope.cancel()
     with pytest.raises(EngineStopped, match="WAL writer thread has stopped"):
         await worker.call(int)
+    with pytest.raises(EngineStopped, match="WAL writer thread has stopped"):
+        worker.submit(int)
+
+
+async def test_a_submitted_job_starts_before_anyone_waits_and_wait_collects_it() -> None:
+    worker = WorkerThread("test")
+    ran = threading.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        pending = worker.submit(lambda: ran.set() or "ok")
+        # No checkpoint of ours in between: the thread runs it on its own.
+        assert await trio.to_thread.run_sync(ran.wait, 10)
+        assert await worker.wait(pending) == "ok"
+        failing = worker.submit(lambda: 1 // 0)
+        with pytest.raises(ZeroDivisionError):
+            await worker.wait(failing)
+        nursery.cancel_scope.cancel()
+
+
+async def test_stopping_waits_for_jobs_submitted_that_nobody_waits_for() -> None:
+    # The node may queue a write from a pass and be cancelled before its
+    # persister waits: the thread's task must not return before that write
+    # ends (the storage is closed right after).
+    worker = WorkerThread("test")
+    release = threading.Event()
+    events: list[str] = []
+
+    def job() -> None:
+        release.wait(10)
+        events.append("job ended")
+
+    async def release_when_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        events.append("released")
+        release.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                worker.submit(job)
+                nursery.cancel_scope.cancel()
+                outer.start_soon(release_when_blocked)
+            events.append("worker stopped")
+    assert events == ["released", "job ended", "worker stopped"]
+    assert not worker.open
