@@ -12,10 +12,13 @@ third of a ``to_thread`` call (benchmarks: docs/benchmarks.md, "Where a
 single write's time goes").
 
 The thread runs only the function it is given, on data handed to it; it
-never touches what the trio loop owns. :meth:`WorkerThread.call` waits for
-its job even when cancelled (as ``to_thread.run_sync`` does without
-``abandon_on_cancel``): a write that started is finished before the node
-unwinds and closes its storage.
+never touches what the trio loop owns. :meth:`WorkerThread.submit` queues a
+job from synchronous code (the node's pass that found a write to make starts
+it there, without a hop through the persister task); :meth:`WorkerThread.wait`
+and :meth:`WorkerThread.call` wait for a job even when cancelled (as
+``to_thread.run_sync`` does without ``abandon_on_cancel``), and the thread's
+task returns only once every queued job has ended: a write that started is
+finished before the node unwinds and closes its storage.
 """
 
 from __future__ import annotations
