@@ -76,9 +76,11 @@ from dengine.raft.messages import (
     EntryType,
     InstallSnapshot,
     Message,
+    RequestVote,
     Role,
     Snapshot,
     SnapshotMeta,
+    VoteResponse,
 )
 from dengine.raft.rawnode import RawNode
 from dengine.runtime.driver import ApplyJob, Driver, DriverOptions, PersistJob
@@ -460,6 +462,8 @@ class Node:
         driver = self.driver
         messages = driver.poll()
         if messages:
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_votes("sends", messages)
             if any(type(m) is InstallSnapshot and not m.snapshot.data for m in messages):
                 messages = self._hold_snapshot_requests(messages)
             self.outbox.send(messages)
@@ -570,6 +574,8 @@ class Node:
             released = driver.on_persisted(job)
             self._persisted_event.set()
             if released:
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_votes("sends", released)
                 self.outbox.send(released)
             # What the fsync unblocked (a commit, acknowledgements) goes out
             # now, without a hop through the raft loop task; the next write,
@@ -840,7 +846,25 @@ class Node:
                 self._receive(message)
             self._take_readies()
 
+    def _log_votes(self, verb: str, messages: Iterable[Message]) -> None:
+        """Elections at DEBUG level: every vote request and answer."""
+        for m in messages:
+            if type(m) is RequestVote:
+                log.debug("node %d: %s %s request %s node %d for term %d (log %d/%d%s)", self.raw.id, verb,
+                          "pre-vote" if m.pre_vote else "vote", *self._peer(verb, m), m.term,
+                          m.last_term, m.last_index, ", forced" if m.force else "")
+            elif type(m) is VoteResponse:
+                log.debug("node %d: %s %s %s %s node %d (term %d)", self.raw.id, verb,
+                          "pre-vote" if m.pre_vote else "vote", "grant" if m.granted else "refusal",
+                          *self._peer(verb, m), m.term)
+
+    @staticmethod
+    def _peer(verb: str, m: RequestVote | VoteResponse) -> tuple[str, int]:
+        return ("to", m.to) if verb == "sends" else ("from", m.frm)
+
     def _receive(self, message: Message) -> None:
+        if type(message) in (RequestVote, VoteResponse) and log.isEnabledFor(logging.DEBUG):
+            self._log_votes("receives", [message])
         if type(message) is InstallSnapshot and not self._snapshot_intact(message):
             return
         self.driver.on_message(message)
