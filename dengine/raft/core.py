@@ -707,25 +707,14 @@ class RaftCore:
         election timeout (the long tail of issue 11's gaps, with timeouts a
         tick apart and ticks of different phase on each node). One of the two
         steps back instead: the one with the shorter log, and between equal
-        logs the one with the higher id. The other keeps campaigning, asks
-        the rival again, and gets the vote of the one that stepped back."""
+        logs the one with the higher id. The other keeps campaigning and gets
+        the vote of the one that stepped back."""
         same = (m.last_term, m.last_index) == (self.log.last_term(), self.log.last_index())
         if self.log.is_up_to_date(m.last_index, m.last_term) and (not same or m.frm < self.id):
             self._send(VoteResponse(frm=self.id, to=m.frm, term=m.term, granted=True, pre_vote=True))
             self.become_follower(self.term, None)
         else:
             self._send(VoteResponse(frm=self.id, to=m.frm, term=self.term, granted=False, pre_vote=True))
-            # The rival campaigns, so it is out of its lease now; it may have
-            # dropped our own request while it was still in it (a follower in
-            # lease does not answer). Ask it again at once: as a pre-candidate
-            # it grants us by the rule above and steps back. Waiting for our
-            # next timeout instead left no leader for up to another 1.5
-            # election timeouts (issue 11, chaos seed 20).
-            self.votes.pop(m.frm, None)
-            self._send(RequestVote(
-                frm=self.id, to=m.frm, term=self.term + 1,
-                last_index=self.log.last_index(), last_term=self.log.last_term(), pre_vote=True,
-            ))
 
     # -- leader ------------------------------------------------------------
 
