@@ -5,7 +5,8 @@ small VM (a cached thread is woken, a capacity limiter taken, a context
 copied, checkpoints passed on the way in and out), as much as the fsync it
 wraps. The persister writes one job at a time, so it needs one thread, not a
 pool: :class:`WorkerThread` is that thread, started once through
-``trio.to_thread.run_sync`` and fed through a queue; each result comes back
+``trio.lowlevel.start_thread_soon`` (what ``to_thread`` is built on) and fed
+through a queue; each result comes back
 with ``TrioToken.run_sync_soon`` (what ``trio.from_thread`` is built on,
 without making the thread wait for the loop). A round trip costs about a
 third of a ``to_thread`` call (benchmarks: docs/benchmarks.md, "Where a
@@ -34,6 +35,10 @@ from dengine.errors import EngineStopped
 T = TypeVar("T")
 
 _STOP = None
+
+
+def _ignore(_result: object) -> None:
+    """start_thread_soon's delivery: _serve reports its end itself."""
 
 
 class Pending(Generic[T]):
@@ -84,14 +89,18 @@ class WorkerThread:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._open = True
+        # trio's own thread starter (to_thread is built on it), not
+        # to_thread.run_sync: it has no checkpoint, so the thread surely runs
+        # even if this task is cancelled at once, and stopping can wait for
+        # the jobs queued; its result comes back through _exited.
+        trio.lowlevel.start_thread_soon(self._serve, _ignore, name=f"dengine {self.name}")
         task_status.started()
         try:
-            # Its own limiter: a thread kept for the node's lifetime must not
-            # hold one of the default limiter's tokens that to_thread callers share.
-            await trio.to_thread.run_sync(self._serve, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1))
+            await trio.sleep_forever()
         finally:
             self._open = False
             self._jobs.put(_STOP)
+            # The thread ends the jobs queued, then exits.
             with trio.CancelScope(shield=True):
                 await self._exited.wait()
 

@@ -129,3 +129,16 @@ async def test_stopping_waits_for_jobs_submitted_that_nobody_waits_for() -> None
             events.append("worker stopped")
     assert events == ["released", "job ended", "worker stopped"]
     assert not worker.open
+
+
+async def test_a_worker_whose_task_starts_cancelled_stops_at_once() -> None:
+    # Its task can be cancelled before it ever ran (the node's nursery
+    # cancelled while starting): stopping must not wait for a thread that a
+    # cancelled to_thread call would never have started.
+    worker = WorkerThread("test")
+    with trio.fail_after(5):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.run)
+    assert not worker.open
