@@ -117,8 +117,17 @@ async def test_leader_discovery_failover_and_watch_resume(tmp_path: pathlib.Path
             # Only a follower's endpoint: the NotLeader hint names the leader.
             def discover() -> None:
                 with dengine.connect([cluster.clients[follower]], cluster_id="test", timeout=10) as client:
-                    assert client.put(b"k", b"v") > 0
-                    assert ep_leader in client.endpoints
+                    for attempt in range(5):  # bounded: a cluster just started may still change leader
+                        try:
+                            assert client.put(b"k", b"v") > 0
+                            break
+                        except dengine.LeaderChanged:  # outcome unknown; the put is idempotent
+                            if attempt == 4:
+                                raise
+                    # The NotLeader hint named the leader (a newer one if it changed).
+                    now = client.status(endpoint=cluster.clients[follower]).leader_id
+                    assert now is not None
+                    assert ep_leader in client.endpoints or cluster.clients[now] in client.endpoints
                     assert client.get(b"k", consistency="lease") == b"v"
 
             await _blocking(discover)
