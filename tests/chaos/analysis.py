@@ -17,6 +17,7 @@ from tests.chaos.workload import END_KEY, FAIL, OK, UNKNOWN_OUTCOME, Record, Wat
 __all__ = [
     "Gap",
     "check_watch",
+    "clients_during",
     "compare_watchers",
     "leader_cut_gaps",
     "longest_write_gap",
@@ -234,4 +235,23 @@ def leader_cut_gaps(records: Sequence[Record], events: Sequence[FaultEvent], t_e
             out.append((ev, Gap(t_end - at, at, t_end, "no write acknowledged after it")))
         else:
             out.append((ev, Gap(first - at, at, first)))
+    return out
+
+
+def clients_during(records: Sequence[Record], gap: Gap, limit: int = 40) -> list[str]:
+    """What each client was doing during ``gap`` (a slow failover): every
+    operation in flight at any moment of it, with its times relative to the
+    gap's start, its outcome and its error. The lines tell a failover that
+    had no leader to answer from one whose clients were still waiting on
+    the old leader (or backing off) when the new one could already answer."""
+    out: list[str] = []
+    ops = sorted((r for r in records if r.invoke <= gap.end and r.complete >= gap.start),
+                 key=lambda r: (r.client, r.invoke))
+    for r in ops[:limit]:
+        end = "never" if math.isinf(r.complete) else f"{r.complete - gap.start:+.3f}s"
+        what = f"{r.kind} {r.consistency}".strip()
+        error = f" ({r.error[:120]})" if r.error else ""
+        out.append(f"    client {r.client}: {what} invoked {r.invoke - gap.start:+.3f}s, done {end}: {r.outcome}{error}")
+    if len(ops) > limit:
+        out.append(f"    ... and {len(ops) - limit} more")
     return out
