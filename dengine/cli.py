@@ -181,6 +181,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--id", type=int, help="this node's id (node.id)")
     serve.add_argument("--data-dir", help="data directory (node.data_dir)")
     serve.add_argument("--peer-address", help="host:port for Raft peers (node.peer_address)")
+    serve.add_argument("--advertise-peer-address", help="host:port the other members reach this node at, when "
+                       "not --peer-address (node.advertise_peer_address; etcd's --initial-advertise-peer-urls)")
     serve.add_argument("--client-address", help="host:port for clients (node.client_address; default 127.0.0.1:9081)")
     serve.add_argument("--metrics-address", help="host:port for HTTP: /metrics, /health, /status.json and the cluster "
                        "page (server.metrics_address; default 127.0.0.1:9082; 'off' turns it off)")
@@ -1581,6 +1583,8 @@ def _serve_config(args: argparse.Namespace) -> Config:
             node["data_dir"] = args.data_dir
         if args.peer_address is not None:
             node["peer_address"] = args.peer_address
+        if getattr(args, "advertise_peer_address", None) is not None:
+            node["advertise_peer_address"] = args.advertise_peer_address
         if args.client_address is not None:
             node["client_address"] = args.client_address
         if args.initial_cluster is not None:

@@ -196,6 +196,12 @@ class Config:
         return self.cluster.initial.get(self.node.id, DEFAULT_PEER_ADDRESS)
 
     @property
+    def advertised_peer_address(self) -> str:
+        """Where the other members reach this node: ``node.advertise_peer_address``,
+        else :attr:`peer_address`."""
+        return self.node.advertise_peer_address or self.peer_address
+
+    @property
     def client_address(self) -> str:
         return self.node.client_address
 
@@ -254,7 +260,7 @@ class Config:
         voters = self.initial_voters()
         # Each bootstrap entry records its voter's peer address; every
         # initial member derives them from the same `cluster.initial`.
-        addresses = dict(self.cluster.initial) or {self.node.id: self.peer_address}
+        addresses = dict(self.cluster.initial) or {self.node.id: self.advertised_peer_address}
         return RaftConfig(
             id=self.node.id,
             initial_voters=voters,

@@ -177,6 +177,13 @@ class NodeSettings:
         "host:port this node listens on for Raft traffic. Unset: `cluster.initial[node.id]`, "
         f"else `{DEFAULT_PEER_ADDRESS}`. A wildcard host (`0.0.0.0`, `[::]`) listens on every interface.",
     )
+    advertise_peer_address: str | None = _setting(
+        None,
+        "address",
+        "host:port the other members reach this node at, when it is not `node.peer_address` (a NAT, a "
+        "container's published port, a proxy; etcd's `--initial-advertise-peer-urls`). It must be this "
+        "node's entry in `cluster.initial`; `node.peer_address` may then differ. Unset: the listen address.",
+    )
     client_address: str = _setting(
         DEFAULT_CLIENT_ADDRESS,
         "address",

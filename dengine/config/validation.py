@@ -95,7 +95,7 @@ def _check_leaf(name: str, meta: Meta, value: Any) -> str | None:
         if not os.path.isfile(value):
             return f"{name} names a file that does not exist ({value!r})."
     elif kind == "address":
-        if value is None and name == "node.peer_address":
+        if value is None and name in ("node.peer_address", "node.advertise_peer_address"):
             return None
         result = split_address(value)
         if isinstance(result, str):
@@ -157,13 +157,21 @@ def _check_together(good: Mapping[str, Any]) -> list[str]:
                 f"node.id {g['node.id']} is not in cluster.initial (members {members}); "
                 "add it, or set cluster.join = true to join a running cluster."
             )
-    if have("node.id", "node.peer_address", "cluster.initial"):
+    if have("node.id", "node.peer_address", "node.advertise_peer_address", "cluster.initial"):
         mine = g["node.peer_address"]
+        advertised = g["node.advertise_peer_address"]
         listed = g["cluster.initial"].get(g["node.id"])
-        if mine is not None and listed is not None and mine != listed and not is_wildcard(mine):
+        if advertised is not None and listed is not None and advertised != listed:
+            problems.append(
+                f"node.advertise_peer_address {advertised!r} differs from cluster.initial[{g['node.id']}] "
+                f"{listed!r}; the other members dial what cluster.initial lists: make them equal."
+            )
+        elif (advertised is None and mine is not None and listed is not None and mine != listed
+              and not is_wildcard(mine)):
             problems.append(
                 f"node.peer_address {mine!r} differs from cluster.initial[{g['node.id']}] {listed!r}; "
-                "leave node.peer_address unset, make them equal, or listen on a wildcard host such as 0.0.0.0."
+                "leave node.peer_address unset, make them equal, listen on a wildcard host such as 0.0.0.0, "
+                "or set node.advertise_peer_address to the listed address if the others reach this node there."
             )
     if have("node.id", "node.peer_address", "cluster.initial", "node.client_address"):
         peer = g["node.peer_address"] or g["cluster.initial"].get(g["node.id"], DEFAULT_PEER_ADDRESS)

@@ -82,20 +82,21 @@ async def prepare_join(
         raise DengineError(f"{config.data_dir} belongs to node {saved}, not node {node_id}")
     async with open_client(endpoints, cluster_id=config.cluster_id, timeout=timeout) as client:
         members = await client.members()
-        mine = next((m for m in members if m.peer_address == config.peer_address), None)
+        advertised = config.advertised_peer_address  # what the others dial
+        mine = next((m for m in members if m.peer_address == advertised), None)
         if saved is not None:
             given = saved
         elif mine is not None:
             given = mine.node_id
-            log.info("the cluster already lists %s as node %d: starting as that member", config.peer_address, given)
+            log.info("the cluster already lists %s as node %d: starting as that member", advertised, given)
         else:
-            member = await client.add_member(config.peer_address, node_id=node_id, client_address=client_address)
+            member = await client.add_member(advertised, node_id=node_id, client_address=client_address)
             given = member.node_id
             log.info("the cluster added this node as node %d (a learner)", given)
             members = await client.members()
     await trio.to_thread.run_sync(_save_id, config.data_dir, given, config.cluster_id)
     initial = {m.node_id: m.peer_address for m in members if m.peer_address and m.node_id != given}
-    initial[given] = config.peer_address
+    initial[given] = advertised
     return attrs.evolve(
         config,
         node=attrs.evolve(config.node, id=given, peer_address=config.peer_address),

@@ -1,11 +1,15 @@
 """Real `dengine serve` processes whose peer links all cross a LinkProxy.
 
-Node A's ``--initial-cluster`` lists A itself at its real peer address (the
-config insists ``node.peer_address`` equals ``cluster.initial[node.id]``)
-and every other node B at the port of the proxy of link A -> B. So each
-node gets its own ``--initial-cluster`` string; the peer transport dials the
-listed address, and that is all it is used for (plus the ``members`` answer,
-which therefore differs per node).
+Every node B has a front proxy, and every node's ``--initial-cluster`` lists
+each member at its front: B listens on a real port nobody is told
+(``--peer-address``) and advertises its front (``--advertise-peer-address``,
+etcd's listen / advertise split). The replicated member table, which is
+what peers dial once it exists, therefore holds fronts only. A front reads
+the Hello of each connection and relays it as the proxy of link
+``sender -> B``, with that link's faults. (Before the advertise setting a
+node listed itself at its real port, the first leader wrote that into the
+member table, and every link into it bypassed the proxies: partitions
+around it cut one direction only.)
 
 Processes are started, killed (SIGKILL), paused (SIGSTOP) and resumed
 (SIGCONT) by their PID only, through the trio.Process objects this module
@@ -60,6 +64,9 @@ class ChaosCluster:
                 if a != b:  # every proxy routes a connection to the link its Hello names
                     self.proxies[(a, b)] = LinkProxy(a, b, self.peer_ports[b], random.Random(rng.random()),
                                                      self.proxies)
+        # What every node dials for B: relays each connection as the link its Hello names.
+        self.fronts = {b: LinkProxy(0, b, self.peer_ports[b], random.Random(rng.random()), self.proxies)
+                       for b in self.ids}
         self.procs: dict[int, trio.Process] = {}
         self.paused: set[int] = set()
         self.logs: dict[int, IO[bytes]] = {}
@@ -81,28 +88,28 @@ class ChaosCluster:
                 return i
         return None
 
-    def initial_cluster(self, a: int) -> str:
-        parts = []
-        for b in self.ids:
-            port = self.peer_ports[a] if b == a else self.proxies[(a, b)].port
-            parts.append(f"{b}=127.0.0.1:{port}")
-        return ",".join(parts)
+    def front(self, b: int) -> str:
+        """The peer address every node dials for ``b`` (its front proxy)."""
+        return f"127.0.0.1:{self.fronts[b].port}"
+
+    def initial_cluster(self) -> str:
+        return ",".join(f"{b}={self.front(b)}" for b in self.ids)
 
     def argv(self, i: int) -> list[str]:
         clients = ",".join(f"{j}={self.endpoint(j)}" for j in self.ids)
         return [
             sys.executable, "-m", "dengine", "serve", "--metrics-address", "off", "--id", str(i),
             "--data-dir", str(self.workdir / f"n{i}"),
-            "--peer-address", f"127.0.0.1:{self.peer_ports[i]}",
+            "--peer-address", f"127.0.0.1:{self.peer_ports[i]}", "--advertise-peer-address", self.front(i),
             "--client-address", self.endpoint(i),
-            "--initial-cluster", self.initial_cluster(i),
+            "--initial-cluster", self.initial_cluster(),
             "--client-addresses", clients, "--cluster-id", CLUSTER_ID,
         ]
 
     # -- proxies -------------------------------------------------------------------
 
     async def start_proxies(self, nursery: trio.Nursery) -> None:
-        for proxy in self.proxies.values():
+        for proxy in (*self.proxies.values(), *self.fronts.values()):
             await nursery.start(proxy.serve)
 
     def links_between(self, group_a: set[int] | list[int], group_b: set[int] | list[int]) -> list[LinkProxy]:

@@ -387,7 +387,7 @@ class Run:
                              f"{ev.end - g.start:.1f}s): first write acknowledged {g.seconds:.2f}s later "
                              f"({g.seconds / self.et:.1f} election timeouts); {stalled} writes invoked during it "
                              f"failed or have an unknown outcome {g.note}")
-                if g.seconds > 2 * self.et:
+                if g.seconds > 2 * self.et and ev.kind != "kill-all":  # a restart, not a failover
                     lines.extend(analysis.clients_during(records, g))
         else:
             lines.append("longest gap after a leader was cut off/paused/killed: no such fault")

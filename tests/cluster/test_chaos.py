@@ -226,6 +226,45 @@ async def test_a_proxy_applies_the_faults_of_the_link_its_hello_names() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_every_peer_link_crosses_its_proxy(tmp_path: pathlib.Path) -> None:
+    """Three real servers as a chaos run starts them: the member table the
+    peers dial holds only the front proxies (no node's real peer port), and
+    a leader cut off both ways never hears of the leader elected without it.
+    Before the advertise setting the first leader recorded its real port,
+    and links into it bypassed every fault."""
+    import dengine
+    from tests.chaos.cluster import CLUSTER_ID, ChaosCluster
+
+    cluster = ChaosCluster(tmp_path, 3, tick_ms=30, rng=random.Random(7))
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            await cluster.start_proxies(nursery)
+            try:
+                for i in cluster.ids:
+                    await cluster.start(i)
+                async with dengine.open_client(cluster.endpoints(), cluster_id=CLUSTER_ID, timeout=5) as admin:
+                    first = await cluster.wait_leader(admin, 60)
+                    assert first is not None, cluster.log_tail(1)
+                    await admin.put(b"/k", b"v")  # the member table is applied everywhere by now
+                    for i in cluster.ids:
+                        async with dengine.open_client([cluster.endpoint(i)], cluster_id=CLUSTER_ID,
+                                                       timeout=5) as one:
+                            members = await one.members()
+                        assert {m.node_id: m.peer_address for m in members} == \
+                            {j: cluster.front(j) for j in cluster.ids}, (i, members)
+                    leader = first[0]
+                    others = [i for i in cluster.ids if i != leader]
+                    cluster.cut(cluster.links_between({leader}, others), BLACKHOLE)
+                    new = await cluster.wait_leader(admin, 20, not_in={leader}, among=set(others))
+                    assert new is not None, "the two connected nodes elected no leader"
+                    await admin.put(b"/k", b"after the cut")
+                    st = await admin.status(endpoint=cluster.endpoint(leader))
+                    assert st.leader_id != new[0] and st.term < new[1], (st, new)
+            finally:
+                await cluster.stop_all()
+                nursery.cancel_scope.cancel()
+
+
 # -- the analysis of a run on made-up records (fast) ---------------------------------------
 
 

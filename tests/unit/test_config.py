@@ -819,6 +819,34 @@ def test_wildcard_peer_address_may_differ_from_initial() -> None:
     assert config.peers() == {2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
 
 
+def test_an_advertised_peer_address_lets_the_listen_address_differ() -> None:
+    """etcd's listen / advertise split: the node listens on one address and
+    the others dial the one cluster.initial lists (a proxy, a NAT)."""
+    config = Config.from_dict({"node": {"id": 1, "peer_address": "127.0.0.1:9001",
+                                        "advertise_peer_address": "127.0.0.1:7001"},
+                               "cluster": {"initial": THREE}})
+    assert config.peer_address == "127.0.0.1:9001"
+    assert config.advertised_peer_address == "127.0.0.1:7001"
+    assert config.peers() == {2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
+    # the bootstrap records what the others dial, not the listen address
+    assert config.raft_config().initial_contexts[1] == encode_member_context(peer_address="127.0.0.1:7001")
+    assert Config.from_env(env={"DENGINE_NODE__ADVERTISE_PEER_ADDRESS": "127.0.0.1:7001"}).node \
+        .advertise_peer_address == "127.0.0.1:7001"
+    assert Config().advertised_peer_address == Config().peer_address
+
+
+def test_an_advertised_peer_address_must_be_the_listed_one() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Config.from_dict({"node": {"id": 1, "peer_address": "127.0.0.1:9001",
+                                   "advertise_peer_address": "127.0.0.1:7005"},
+                          "cluster": {"initial": THREE}})
+    assert problems_of(excinfo) == (
+        "node.advertise_peer_address '127.0.0.1:7005' differs from cluster.initial[1] '127.0.0.1:7001'; "
+        "the other members dial what cluster.initial lists: make them equal.")
+    with pytest.raises(ConfigError, match="node.advertise_peer_address must be 'host:port'"):
+        Config.from_dict({"node": {"advertise_peer_address": "no-port"}})
+
+
 def test_port_zero_is_allowed_for_listening_addresses() -> None:
     config = Config(peer_address="127.0.0.1:0", client_address="127.0.0.1:0")
     assert parse_address(config.client_address) == ("127.0.0.1", 0)
