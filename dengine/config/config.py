@@ -248,6 +248,16 @@ class Config:
         """The other initial members: node id -> peer address."""
         return {n: a for n, a in self.cluster.initial.items() if n != self.node.id}
 
+    def peer_reconnect_max(self) -> float:
+        """The longest wait, in seconds, between two attempts to reach a peer
+        that could not be reached: half the minimum election timeout, at most
+        2 s. A link that comes back (a partition healed, a peer restarted)
+        then carries votes again within an election timeout; with a fixed 2 s
+        a failover right after a heal waited for the backoff (issue 11's chaos
+        runs). etcd retries a peer's stream every 100 ms."""
+        r = self.raft
+        return min(2.0, r.election_ticks * r.tick_interval_ms / 2000)
+
     def initial_voters(self) -> frozenset[int]:
         """Voters to bootstrap a brand-new cluster with (empty when joining)."""
         if self.cluster.join:

@@ -238,14 +238,17 @@ def leader_cut_gaps(records: Sequence[Record], events: Sequence[FaultEvent], t_e
     return out
 
 
-def clients_during(records: Sequence[Record], gap: Gap, limit: int = 40) -> list[str]:
+def clients_during(records: Sequence[Record], gap: Gap, limit: int = 40, stale: float = 5.0) -> list[str]:
     """What each client was doing during ``gap`` (a slow failover): every
     operation in flight at any moment of it, with its times relative to the
     gap's start, its outcome and its error. The lines tell a failover that
     had no leader to answer from one whose clients were still waiting on
-    the old leader (or backing off) when the new one could already answer."""
+    the old leader (or backing off) when the new one could already answer.
+    A write whose outcome stayed unknown and that began more than ``stale``
+    seconds before the gap is left out: it ended long before, unanswered."""
     out: list[str] = []
-    ops = sorted((r for r in records if r.invoke <= gap.end and r.complete >= gap.start),
+    ops = sorted((r for r in records if r.invoke <= gap.end and r.complete >= gap.start
+                  and not (math.isinf(r.complete) and r.invoke < gap.start - stale)),
                  key=lambda r: (r.client, r.invoke))
     for r in ops[:limit]:
         end = "never" if math.isinf(r.complete) else f"{r.complete - gap.start:+.3f}s"

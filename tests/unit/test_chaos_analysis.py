@@ -45,6 +45,7 @@ def test_a_cut_no_write_followed_is_a_gap_to_the_end() -> None:
 def test_clients_during_a_gap_lists_every_op_in_flight_in_client_order() -> None:
     records = [
         rec(0, 1, PUT, 9.0, 9.5, OK),  # ended before the gap: not listed
+        rec(5, 1, PUT, 2.0, math.inf, UNKNOWN_OUTCOME, "LeaderChanged"),  # long before, never answered: not listed
         rec(1, 1, PUT, 9.8, 11.3, FAIL, "Timeout: no answer within 1.5 s"),
         rec(2, 0, GET, 10.2, 10.4, FAIL, "NotLeader: node 2 is not the leader"),
         rec(3, 0, PUT, 10.45, math.inf, UNKNOWN_OUTCOME, "Unavailable: the write may or may not have been applied"),

@@ -847,6 +847,17 @@ def test_an_advertised_peer_address_must_be_the_listed_one() -> None:
         Config.from_dict({"node": {"advertise_peer_address": "no-port"}})
 
 
+def test_a_peer_is_retried_within_half_an_election_timeout() -> None:
+    """A healed link must carry votes within an election timeout: the
+    reconnect backoff is capped at half the minimum election timeout, and
+    never above 2 s."""
+    assert Config().peer_reconnect_max() == 0.5  # 10 ticks of 100 ms
+    fast = Config.from_env(env={"DENGINE_RAFT__TICK_INTERVAL_MS": "30"})
+    assert fast.peer_reconnect_max() == pytest.approx(0.15)
+    slow = Config.from_env(env={"DENGINE_RAFT__TICK_INTERVAL_MS": "1000"})
+    assert slow.peer_reconnect_max() == 2.0
+
+
 def test_port_zero_is_allowed_for_listening_addresses() -> None:
     config = Config(peer_address="127.0.0.1:0", client_address="127.0.0.1:0")
     assert parse_address(config.client_address) == ("127.0.0.1", 0)
