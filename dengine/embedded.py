@@ -1067,7 +1067,7 @@ async def open_engine(
                         ssl_context=_peer_ssl_context(cfg, server_side=True),
                         client_ssl_context=_peer_ssl_context(cfg, server_side=False),
                         client_address=client_address,
-                        backoff_max=max(cfg.peer_reconnect_max(), 0.05),
+                        backoff_max=cfg.peer_reconnect_max(),
                     )
                 )
                 outbox, inbound = transport, transport.inbound

@@ -254,9 +254,10 @@ class Config:
         2 s. A link that comes back (a partition healed, a peer restarted)
         then carries votes again within an election timeout; with a fixed 2 s
         a failover right after a heal waited for the backoff (issue 11's chaos
-        runs). etcd retries a peer's stream every 100 ms."""
+        runs). etcd retries a peer's stream every 100 ms. Never below 0.05 s,
+        the transport's first wait."""
         r = self.raft
-        return min(2.0, r.election_ticks * r.tick_interval_ms / 2000)
+        return max(0.05, min(2.0, r.election_ticks * r.tick_interval_ms / 2000))
 
     def initial_voters(self) -> frozenset[int]:
         """Voters to bootstrap a brand-new cluster with (empty when joining)."""

@@ -161,7 +161,12 @@ def _check_together(good: Mapping[str, Any]) -> list[str]:
         mine = g["node.peer_address"]
         advertised = g["node.advertise_peer_address"]
         listed = g["cluster.initial"].get(g["node.id"])
-        if advertised is not None and listed is not None and advertised != listed:
+        if advertised is not None and (is_wildcard(advertised) or split_address(advertised)[1] == 0):
+            problems.append(
+                f"node.advertise_peer_address {advertised!r} is not an address others can dial: "
+                "give a host and a port (no wildcard host, no port 0)."
+            )
+        elif advertised is not None and listed is not None and advertised != listed:
             problems.append(
                 f"node.advertise_peer_address {advertised!r} differs from cluster.initial[{g['node.id']}] "
                 f"{listed!r}; the other members dial what cluster.initial lists: make them equal."

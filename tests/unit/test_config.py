@@ -843,6 +843,9 @@ def test_an_advertised_peer_address_must_be_the_listed_one() -> None:
     assert problems_of(excinfo) == (
         "node.advertise_peer_address '127.0.0.1:7005' differs from cluster.initial[1] '127.0.0.1:7001'; "
         "the other members dial what cluster.initial lists: make them equal.")
+    for undialable in ("0.0.0.0:7001", "127.0.0.1:0"):
+        with pytest.raises(ConfigError, match="is not an address others can dial"):
+            Config.from_dict({"node": {"advertise_peer_address": undialable}})
     with pytest.raises(ConfigError, match="node.advertise_peer_address must be 'host:port'"):
         Config.from_dict({"node": {"advertise_peer_address": "no-port"}})
 
@@ -856,6 +859,8 @@ def test_a_peer_is_retried_within_half_an_election_timeout() -> None:
     assert fast.peer_reconnect_max() == pytest.approx(0.15)
     slow = Config.from_env(env={"DENGINE_RAFT__TICK_INTERVAL_MS": "1000"})
     assert slow.peer_reconnect_max() == 2.0
+    tiny = Config.from_env(env={"DENGINE_RAFT__TICK_INTERVAL_MS": "1", "DENGINE_RAFT__ELECTION_TICKS": "10"})
+    assert tiny.peer_reconnect_max() == 0.05  # the transport's first wait is the floor
 
 
 def test_port_zero_is_allowed_for_listening_addresses() -> None:
