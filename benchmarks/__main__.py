@@ -20,6 +20,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "cli": ("benchmarks.cli_startup", "CLI start-up: `dengine get k` beside `python3 -c pass`"),
     "metrics": ("benchmarks.metrics", "the cost of metrics: write-100 on emb-3, [metrics] enabled on vs off"),
     "critical-path": ("benchmarks.critical_path", "where one write's time goes: each step of a put, 1 or 3 nodes"),
+    "profile": ("benchmarks.profile", "py-spy over one suite run: CPU per process and function"),
     "growth": ("benchmarks.growth", "how cost grows with data: memory/key, snapshots, restart, catch-up at N keys"),
 }
 

@@ -8,6 +8,7 @@ import json
 import math
 import pathlib
 import random
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.histogram import Histogram
+from benchmarks.profile import parse, role, summary
 from benchmarks.report import parse_watch_output
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -165,3 +167,56 @@ def test_critical_path_places_every_step_of_a_put_on_three_processes(tmp_path: p
     # the steps' gaps add up to the put's whole time
     assert abs(sum(s["gap_us"] for s in steps) - offsets[-1]) < offsets[-1]
     assert not list(tmp_path.iterdir())  # its work directory is gone
+
+
+RAW_PROFILE = """\
+process 10:"";thread (10): MainThread;main (/w/benchmarks/suite.py:5);fsync_latency (/w/benchmarks/suite.py:9) 30
+process 10:"";process 20:"python -m benchmarks.node_proc";thread (20): MainThread;<module> (/w/benchmarks/node_proc.py:1);run (/usr/lib/python3.11/site-packages/trio/_core/_run.py:2);op (/w/benchmarks/workload.py:3);EmbeddedClient.put (/w/dengine/embedded.py:40) 70
+process 10:"";process 20:"python -m benchmarks.node_proc";thread (20): MainThread;<module> (/w/benchmarks/node_proc.py:1);run (/usr/lib/python3.11/site-packages/trio/_core/_run.py:2);Node.receiver (/w/dengine/runtime/node.py:7);KVStore.apply (/w/dengine/kv/store.py:8) 20
+process 10:"";process 20:"python -m benchmarks.node_proc";thread (21): dengine WAL writer;WorkerThread._serve (/w/dengine/runtime/worker.py:9);fsync_file (/w/dengine/storage/osutil.py:3) 10
+process 10:"";process 20:"python -m benchmarks.node_proc";thread (20): MainThread;_find_and_load (<frozen importlib._bootstrap>:1176);<module> (/w/dengine/api.py:1) 500
+process 10:"";process 30:"dengine serve";thread (30): MainThread;main (/w/dengine/cli.py:1);_Connection._serve (/w/dengine/server/service.py:2) 4
+"""
+
+
+def test_profile_summary_splits_cpu_by_process_thread_and_function(tmp_path: pathlib.Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(RAW_PROFILE)
+    procs = parse(str(raw))
+    assert set(procs) == {"10", "20", "30"}  # the innermost process of each chain
+    node = procs["20"]
+    assert node["samples"] == 100  # import-time stacks are left out
+    assert node["threads"] == {"MainThread": 90, "dengine WAL writer": 10}
+    assert role(node) == "embedded engine running the load"
+    assert role(procs["10"]) == "suite orchestrator" and role(procs["30"]) == "dengine serve (server)"
+    assert node["incl"]["run (trio/_core/_run.py)"] == 90  # paths shortened, line numbers dropped
+    assert node["self"]["EmbeddedClient.put (dengine/embedded.py)"] == 70
+    text = summary(procs, 100, 5, "title")
+    assert "## pid 20: embedded engine running the load — 1.00 CPU s" in text
+    assert "MainThread 0.90, dengine WAL writer 0.10" in text
+    # a frame on >= 80 % of the stacks is left out of the inclusive column, not out of self
+    assert "| `<module> (benchmarks/node_proc.py)` |" not in text
+    assert "| `op (benchmarks/workload.py)` | 0.70 | 70% |" in text
+    assert "pid 30" not in text  # under 50 ms of CPU: not a participant
+
+
+@pytest.mark.skipif(shutil.which("py-spy") is None, reason="needs py-spy: pip install py-spy")
+def test_profile_of_one_scenario_names_the_engine_process(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "profiles"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "profile", "--systems", "dengine-embedded-1", "--scenarios",
+         "write-100", "--seconds", "1", "--dir", str(tmp_path), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "profile-dengine-embedded-1-write-100.md").read_text()
+    assert "embedded engine running the load" in text and "EmbeddedClient.put (dengine/embedded.py)" in text
+    assert "| dengine-embedded-1 |" in text  # the suite's own figures for the run
+    assert (out / "profile-dengine-embedded-1-write-100.txt.gz").stat().st_size > 0
+    assert not list(tmp_path.glob("dengine-profile-*"))  # its work directory is gone
+
+
+def test_profile_rejects_bad_options() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "profile", "--systems", "x", "--scenarios", "y",
+                           "--seconds", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--seconds, --rate and --top must be positive" in proc.stderr
