@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import operator
 import zlib
+from collections.abc import Callable
 from itertools import compress, islice
 from typing import Any
 
@@ -58,8 +59,9 @@ _FIELDS_V2 = 4  # key, value, revision, expire_at
 
 # Keys packed per msgpack call. msgpack holds the GIL for a whole call, so one
 # call over a million keys stalls every other thread (the event loop) for
-# about a second; a call over this many takes a few milliseconds.
-_CHUNK_KEYS = 8192
+# about a second; a chunk of this many takes about 2 ms (list + pack) on a
+# small VM.
+_CHUNK_KEYS = 2048
 
 
 def _array_header(n: int) -> bytes:
@@ -70,9 +72,10 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _image_parts(image: FrozenImage) -> list[bytes | memoryview]:
+def _image_parts(image: FrozenImage, pause: Callable[[], object] | None = None) -> list[bytes | memoryview]:
     """The encoding of ``image`` in pieces whose concatenation is exactly
-    ``msgpack.packb`` of the whole layout, packed a chunk of keys at a time."""
+    ``msgpack.packb`` of the whole layout, packed a chunk of keys at a time;
+    ``pause`` (if given) is called after each chunk."""
     packer = msgpack.Packer(use_bin_type=True)
     pack = packer.pack
     values = image.values
@@ -99,6 +102,8 @@ def _image_parts(image: FrozenImage) -> list[bytes | memoryview]:
         # The chunk packed as an array, without that array's header: its
         # items continue the one big array announced above.
         parts.append(memoryview(pack(flat))[len(_array_header(len(flat))):])
+        if pause is not None:
+            pause()
     leases: list[Any] = []
     for lease_id, ttl_ms in sorted(image.leases.items()):
         leases += (lease_id, ttl_ms)
@@ -122,9 +127,12 @@ def wrap_snapshot_data(image: bytes) -> bytes:
     return zlib.crc32(image).to_bytes(4, "big") + image
 
 
-def encode_snapshot_data(image: FrozenImage) -> bytes:
-    """``wrap_snapshot_data(encode_image(image))`` with one copy of the bytes, not two."""
-    parts = _image_parts(image)
+def encode_snapshot_data(image: FrozenImage, pause: Callable[[], object] | None = None) -> bytes:
+    """``wrap_snapshot_data(encode_image(image))`` with one copy of the bytes,
+    not two. In a worker thread, ``pause`` (e.g. a short ``time.sleep``) lets
+    the event loop have the GIL between chunks of keys (docs/benchmarks.md,
+    "Issue 17: the last round")."""
+    parts = _image_parts(image, pause)
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)

@@ -92,6 +92,19 @@ from dengine.watch.dispatcher import WatchDispatcher
 
 log = logging.getLogger("dengine.node")
 
+#: How long the snapshot encoder (a worker thread) sleeps after each chunk of
+#: keys. A thread that keeps the CPU busy takes the GIL every time the event
+#: loop lets go of it (each socket call, each wait) and keeps it for the
+#: interpreter's switch interval (5 ms): the loop then runs a few steps per
+#: 5 ms and writes stall for up to a second. Sleeping as long as a chunk
+#: takes (~2 ms) leaves the loop the GIL about half the time, at the cost of
+#: a snapshot taking about twice as long (docs/benchmarks.md).
+SNAPSHOT_ENCODE_PAUSE = 0.002
+
+
+def _pace_encoding() -> None:
+    time.sleep(SNAPSHOT_ENCODE_PAUSE)
+
 
 class Outbox(Protocol):
     def send(self, messages: Sequence[Message]) -> None: ...
@@ -814,7 +827,7 @@ class Node:
                 self._persisted_event = trio.Event()
                 await self._persisted_event.wait()
             started = time.perf_counter()
-            data = await trio.to_thread.run_sync(encode_snapshot_data, image)
+            data = await trio.to_thread.run_sync(encode_snapshot_data, image, _pace_encoding)
             snapshot = Snapshot(meta=meta, data=data)
             await trio.to_thread.run_sync(self.storage.save_snapshot, snapshot)
             took = time.perf_counter() - started

@@ -113,9 +113,9 @@ def one_call_encoding(store: KVStore) -> bytes:
                           [image.next_lease, leases, attached]], use_bin_type=True)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 2730, 2731, 8191, 8192, 8193, 11000, 20000])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 2047, 2048, 2049, 2730, 2731, 8191, 8192, 8193, 11000, 20000])
 def test_encoding_in_chunks_gives_the_bytes_of_one_call(n: int) -> None:
-    # n keys make 6n items: across the fixarray, array16 and array32 headers and the 8192-key chunks.
+    # n keys make 6n items: across the fixarray, array16 and array32 headers and the 2048-key chunks.
     puts = [Put(b"/k/%06d" % i, b"v" * (i % 40), None, 7) if i % 5 == 0 else
             Put(b"/k/%06d" % i, b"v" * (i % 40), 30 if i % 3 else None) for i in range(n)]
     store = build([(0, [LeaseGrant(7, 900)])] + ([(5, puts)] if puts else []))
@@ -125,6 +125,10 @@ def test_encoding_in_chunks_gives_the_bytes_of_one_call(n: int) -> None:
     assert wrapped == wrap_snapshot_data(expected)
     assert unwrap_snapshot_data(wrapped, source="test") == expected
     assert restore(expected).freeze() == store.freeze()
+    # paced (the runtime's worker thread pauses after each chunk): the same bytes, one pause per chunk
+    pauses: list[None] = []
+    assert encode_snapshot_data(store.freeze(), lambda: pauses.append(None)) == wrapped
+    assert len(pauses) == -(-n // 2048)
 
 
 def test_frozen_image_is_unaffected_by_later_applies() -> None:
