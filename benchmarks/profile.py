@@ -44,10 +44,14 @@ ROLES = [
     ("benchmarks/standalone_load.py", "standalone load client"),
     ("benchmarks/peers/etcd_load.py", "etcd load process (aetcd)"),
     ("benchmarks/peers/syncobj_node.py", "PySyncObj node"),
-    ("dengine/server/", "dengine serve (server)"),
+    ("dengine/server/", "dengine serve, serving the clients"),
+    ("dengine/cli.py", "dengine serve"),
     ("benchmarks/workload.py", "embedded engine running the load"),
     ("benchmarks/node_proc.py", "embedded engine"),
     ("benchmarks/suite.py", "suite orchestrator"),
+    # PySyncObj forks a child to write each full dump (its log compaction);
+    # the child's one thread is the node's tick thread.
+    ("pysyncobj/", "PySyncObj fork writing a full dump"),
 ]
 _LINE_NO = re.compile(r":\d+\)$")
 

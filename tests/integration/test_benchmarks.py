@@ -188,7 +188,7 @@ def test_profile_summary_splits_cpu_by_process_thread_and_function(tmp_path: pat
     assert node["samples"] == 100  # import-time stacks are left out
     assert node["threads"] == {"MainThread": 90, "dengine WAL writer": 10}
     assert role(node) == "embedded engine running the load"
-    assert role(procs["10"]) == "suite orchestrator" and role(procs["30"]) == "dengine serve (server)"
+    assert role(procs["10"]) == "suite orchestrator" and role(procs["30"]) == "dengine serve, serving the clients"
     assert node["incl"]["run (trio/_core/_run.py)"] == 90  # paths shortened, line numbers dropped
     assert node["self"]["EmbeddedClient.put (dengine/embedded.py)"] == 70
     text = summary(procs, 100, 5, "title")
