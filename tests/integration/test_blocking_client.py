@@ -248,11 +248,12 @@ async def test_leases_transactions_and_a_kept_lease_without_await(tmp_path: path
                     client.revoke_lease(lease.id)
                     with pytest.raises(dengine.LeaseNotFound):
                         client.keep_alive(lease.id)
-                    # A kept lease outlives its TTL (0.15 s, the minimum here) while the block runs.
-                    with client.open_lease(0.15) as kept:
+                    # A kept lease outlives its TTL while the block runs (1 s: a busy CI
+                    # machine can delay one renewal of the 0.15 s minimum past its expiry).
+                    with client.open_lease(1.0) as kept:
                         client.put(b"/kept", b"v", lease=kept.id)
-                        for _ in range(10):
-                            time_sleep(0.05)
+                        for _ in range(15):
+                            time_sleep(0.1)
                             assert client.get(b"/kept") == b"v", "the kept lease expired"
                         assert not kept.lost.is_set() and kept.renewals >= 3
                     assert client.get(b"/kept") is None  # revoked after the block
