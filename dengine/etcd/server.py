@@ -77,12 +77,16 @@ class EtcdApi:
         assert engine is not None
         now = time.monotonic()
         stale = []
+        others = set()
         for m in engine.members():
             if m.node_id == engine.config.node_id or m.client_address is None:
                 continue
+            others.add(m.node_id)
             seen = self.member_urls.get(m.node_id)
             if seen is None or now - seen[0] > (URLS_FRESH if seen[1] is not None else URLS_RETRY):
                 stale.append((m.node_id, m.client_address))
+        for gone in self.member_urls.keys() - others:
+            del self.member_urls[gone]  # removed (ids are never reused): the cache holds current members
         if stale and self.forward is not None:
             with trio.move_on_after(URLS_TIMEOUT):
                 async with trio.open_nursery() as nursery:

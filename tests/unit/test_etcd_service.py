@@ -251,3 +251,29 @@ async def test_txn_limits_answer_as_etcd(tmp_path: pathlib.Path) -> None:
             with pytest.raises(dengine.InvalidArgument) as info:
                 await svc.txn(M["TxnRequest"](success=twice))
             assert etcd_error(info.value).message == "etcdserver: duplicate key given in txn request"
+
+
+async def test_member_urls_forget_a_removed_member(tmp_path: pathlib.Path) -> None:
+    """The etcd face caches the other members' announced URLs; a removed
+    member's entry goes with it (the cache holds the members there are)."""
+    from dengine.etcd.server import EtcdApi
+
+    asked: list[str] = []
+
+    class Forward:  # stands in for the forwarding client: what each member announces
+        async def status(self, *, endpoint: str, timeout: float) -> Any:
+            asked.append(endpoint)
+            return type("Status", (), {"etcd_urls": {"grpc": [f"http://{endpoint}-grpc"], "gateway": []}})()
+
+    with trio.fail_after(DEADLINE):
+        async with etcd_service(tmp_path) as service:
+            engine = service.engine
+            api = EtcdApi(engine=engine, forward=Forward())
+            await engine.add_member("127.0.0.1:1", node_id=2, client_address="127.0.0.1:2")
+            await engine.add_member("127.0.0.1:3", node_id=3, client_address="127.0.0.1:4")
+            want = {2: ["http://127.0.0.1:2-grpc"], 3: ["http://127.0.0.1:4-grpc"]}
+            assert await api.urls_of("grpc") == want
+            assert await api.urls_of("grpc") == want and sorted(asked) == ["127.0.0.1:2", "127.0.0.1:4"]  # cached
+            await engine.remove_member(2)
+            assert await api.urls_of("grpc") == {3: ["http://127.0.0.1:4-grpc"]}
+            assert set(api.member_urls) == {3} and len(asked) == 2
