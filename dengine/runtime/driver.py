@@ -63,6 +63,7 @@ from dengine.errors import (
 from dengine.kv.store import CommandError
 from dengine.raft.log import LogInvariantBroken
 from dengine.raft.messages import (
+    AppendResponse,
     ConfChange,
     Entry,
     HardState,
@@ -252,6 +253,9 @@ class Driver:
         # members and the message types; the first reason per peer is logged.
         self.dropped_messages: Counter[tuple[int, str]] = Counter()
         self._complained: set[int] = set()
+        # (peer, term) pairs already warned about as having lost data they
+        # acknowledged: one WARNING each; bounded by members x terms seen.
+        self._lost_data: set[tuple[int, int]] = set()
         # Peers this leader has not heard from for an election timeout, with
         # the tick it last heard from each: one WARNING per episode, one INFO
         # when the peer answers again.
@@ -401,6 +405,8 @@ class Driver:
         sense is dropped (counted, logged once per peer). True if stepped."""
         problem = check_message(message, self_id=self.raw.id)
         if problem is None:
+            if type(message) is AppendResponse and message.reject:
+                self._check_lost_data(message)
             try:
                 self.raw.step(message)
                 return True
@@ -408,6 +414,31 @@ class Driver:
                 problem = f"refused by the core: {exc}"
         self._drop_message(message, problem)
         return False
+
+    def _check_lost_data(self, m: AppendResponse) -> None:
+        """A follower whose log now ends below what it acknowledged to this
+        leader lost data it had made durable: its data directory was wiped
+        or replaced by an older copy, and it was restarted under its old id.
+        Raft cannot repair that (the leader keeps its match index, so the
+        follower is probed there forever); the operator must remove the
+        member and add it back as a new one, as with etcd. Observation
+        only: the core decides nothing from it."""
+        core = self.raw.core
+        pr = core.prs.get(m.frm) if core.role is Role.LEADER and m.term == core.term else None
+        if pr is None or m.reject_hint >= pr.match or m.index < pr.match:
+            return
+        if len(self._lost_data) > 1024:
+            self._lost_data.clear()
+        if (m.frm, m.term) in self._lost_data:
+            return
+        self._lost_data.add((m.frm, m.term))
+        log.warning(
+            "node %d: node %d says its log ends at index %d, but it had acknowledged index %d: it lost data "
+            "it had written (a wiped or restored data directory, restarted under its old id?) and cannot "
+            "catch up as it is; remove it (`dengine member remove %d`) and add it back as a new member "
+            "with an empty data directory",
+            self.raw.id, m.frm, m.reject_hint, pr.match, m.frm,
+        )
 
     def _drop_message(self, message: Message, problem: str) -> None:
         peer = getattr(message, "frm", 0)

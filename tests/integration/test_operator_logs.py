@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -179,3 +181,35 @@ async def test_membership_changes_and_snapshots_are_info_lines(
     assert stats.snapshot_apply_seconds is not None and stats.snapshot_apply_seconds.count == 1
     assert stats.snapshot_apply_bytes is not None and stats.snapshot_apply_bytes.sum > 0
     assert leader_stats.snapshot_save_seconds is not None and leader_stats.snapshot_save_seconds.count >= 1
+
+
+async def test_a_follower_that_lost_its_data_is_a_warning_naming_the_fix(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A follower restarted under its old id on a wiped data directory lost
+    entries it had acknowledged; Raft cannot repair that, so the leader says
+    what happened and what to do (once per follower and term)."""
+    caplog.set_level(logging.INFO, logger="dengine.node")
+    with trio.fail_after(DEADLINE):
+        async with open_cluster(tmp_path, 3, raft={"election_ticks": 30}) as cluster:
+            leader = await cluster.wait_leader()
+            for i in range(20):
+                await leader.client.put(b"/k/%d" % i, b"v")
+            wiped = cluster.followers()[0].status().node_id
+            assert _messages(caplog, logging.WARNING, "lost data") == []  # a healthy cluster: none
+            await cluster.stop(wiped)
+            shutil.rmtree(tmp_path / f"n{wiped}")
+            await cluster.start(wiped)  # bootstraps again: the three initial membership entries only
+            # The leader finds out when it next sends that follower entries.
+            n = 0
+            while not (found := _messages(caplog, logging.WARNING, f"node {wiped} says its log ends at index")):
+                await leader.client.put(b"/after/%d" % n, b"v")
+                n += 1
+            warning = found[0]
+            for i in range(20):  # more appends to that follower: no second warning
+                await leader.client.put(b"/more/%d" % i, b"v")
+    assert "it lost data it had written" in warning and f"`dengine member remove {wiped}`" in warning
+    # Its log: the three membership entries it bootstrapped again; it had acknowledged more than those.
+    acked = re.search(r"ends at index 3, but it had acknowledged index (\d+):", warning)
+    assert acked is not None and int(acked.group(1)) > 3, warning
+    assert len(_messages(caplog, logging.WARNING, f"node {wiped} says its log ends")) == 1
