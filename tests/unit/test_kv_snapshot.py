@@ -131,6 +131,16 @@ def test_encoding_in_chunks_gives_the_bytes_of_one_call(n: int) -> None:
     assert len(pauses) == -(-n // 2048)
 
 
+def test_pieces_are_bytes_so_their_join_lets_go_of_the_gil() -> None:
+    # CPython's bytes.join releases the GIL while copying a large result only
+    # when every piece is a bytes object (not a memoryview).
+    from dengine.kv.snapshot import _image_parts
+
+    store = build([(5, [Put(b"/k/%06d" % i, b"v" * 30) for i in range(5000)])])
+    parts = _image_parts(store.freeze())
+    assert len(parts) > 4 and all(type(p) is bytes for p in parts)
+
+
 def test_frozen_image_is_unaffected_by_later_applies() -> None:
     store = build([(0, [Put(b"a", b"1", 10), Put(b"b", b"2")])])
     image = store.freeze()
