@@ -75,7 +75,7 @@ from .osutil import fsync_dir, fsync_file, storage_error
 from .snapshot import (
     parse_snapshot_name,
     read_snapshot_file,
-    snapshot_from_bytes,
+    read_snapshot_from,
     snapshot_name,
     write_snapshot_file,
 )
@@ -233,8 +233,7 @@ class FileStorage(Storage):
             with _os_errors("opening the snapshot"):
                 file = open(path, "rb")  # noqa: SIM115 - closed below
         with file, _os_errors("reading the snapshot"):
-            data = file.read()
-        snapshot = snapshot_from_bytes(data, source=path)
+            snapshot = read_snapshot_from(file, source=path)
         if snapshot.meta.index != index:
             raise StorageCorrupted(f"{path}: file name says index {index}, content says {snapshot.meta.index}",
                                    path=path, offset=0)

@@ -138,3 +138,49 @@ def test_snapshot_name_mismatch_is_corruption(tmp_path: Path) -> None:
     path.rename(tmp_path / "snap-00000000000000000009.snap")
     with pytest.raises(StorageCorrupted, match="file name says index 9"):
         FileStorage(tmp_path)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])
+def test_a_file_reads_back_with_its_data_read_on_its_own(
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The data field is read from the file into its own bytes object (no msgpack copy under the
+    # GIL); an intact file never needs the whole-bytes path.
+    from dengine.storage import snapshot as snapshot_module
+
+    snap = Snapshot(SNAP.meta, bytes(range(256)) * (size // 256) + b"y" * (size % 256))
+    path = snapshot_module.write_snapshot_file(str(tmp_path), snap)
+
+    def whole_bytes_path(*_a: object, **_k: object) -> Snapshot:
+        raise AssertionError("an intact file took the whole-bytes path")
+
+    monkeypatch.setattr(snapshot_module, "snapshot_from_bytes", whole_bytes_path)
+    back = snapshot_module.read_snapshot_file(path)
+    assert back == snap and type(back.data) is bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7),
+       size=st.sampled_from([10, 300, 70_000]))
+def test_any_flipped_bit_in_a_file_is_detected(tmp_path_factory: pytest.TempPathFactory, position: int, bit: int,
+                                               size: int) -> None:
+    from dengine.storage.snapshot import read_snapshot_file, write_snapshot_file
+
+    directory = tmp_path_factory.mktemp("flip")
+    path = Path(write_snapshot_file(str(directory), Snapshot(SNAP.meta, b"z" * size)))
+    data = bytearray(path.read_bytes())
+    data[position % len(data)] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageCorrupted, match=str(path)):
+        read_snapshot_file(str(path))
+
+
+@pytest.mark.parametrize("change", ["truncate", "append"])
+def test_a_file_cut_short_or_with_bytes_after_it_is_detected(tmp_path: Path, change: str) -> None:
+    from dengine.storage.snapshot import read_snapshot_file, write_snapshot_file
+
+    path = Path(write_snapshot_file(str(tmp_path), Snapshot(SNAP.meta, b"z" * 70_000)))
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] if change == "truncate" else data + b"\0")
+    with pytest.raises(StorageCorrupted, match="length field says"):
+        read_snapshot_file(str(path))
