@@ -66,6 +66,7 @@ from dengine.kv.lessor import Lessor
 from dengine.kv.snapshot import encode_snapshot_data, restore, unwrap_snapshot_data
 from dengine.kv.store import ApplyResult, KVStore
 from dengine.lifecycle import Lifecycle
+from dengine.runtime.memory import release_free_heap
 from dengine.raft import membership
 from dengine.raft.core import RaftConfig
 from dengine.raft.messages import (
@@ -839,8 +840,13 @@ class Node:
                 self.raw.compact(Snapshot(meta=meta))  # the bytes stay on disk
             await trio.to_thread.run_sync(self.storage.compact, meta.index)
             self.last_snapshot_index = meta.index
+            size = len(data)
             log.info("node %d: snapshot at index %d saved (%d bytes, encoded and written in %.3f s); "
-                     "the log before it is compacted", self.raw.id, meta.index, len(data), took)
+                     "the log before it is compacted", self.raw.id, meta.index, size, took)
+            # The image's copies of the maps and the encoding's pieces are
+            # garbage now: give their pages back (runtime/memory.py).
+            del data, snapshot, image
+            await trio.to_thread.run_sync(release_free_heap)
         finally:
             self._snapshotting = False
 

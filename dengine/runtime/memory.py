@@ -1,0 +1,44 @@
+"""Giving freed heap memory back to the system after a snapshot.
+
+Encoding a snapshot allocates and frees a few hundred megabytes at a million
+keys, in pieces of about half a megabyte. glibc keeps what was freed for
+later allocations (after a large free it raises its mmap threshold, so the
+next pieces come from the heap, and a heap with live blocks in it cannot
+shrink): the process's resident memory stays up by about the size of the
+snapshot, though nothing uses it. ``malloc_trim(0)`` returns the free pages
+(docs/benchmarks.md, "Growth at 1 M keys, rerun").
+
+Only glibc has it; elsewhere (musl, macOS) :func:`release_free_heap` does
+nothing. It may take tens of milliseconds on a large heap: call it from a
+worker thread (ctypes lets go of the GIL during the call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+_UNSET = object()
+_trim: Callable[[int], int] | None | object = _UNSET
+
+
+def _find_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's where it is glibc
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+def release_free_heap() -> bool:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim(0)``).
+    True if some memory was released; False if none was or the C library has
+    no such call."""
+    global _trim
+    if _trim is _UNSET:
+        _trim = _find_trim()
+    if _trim is None:
+        return False
+    return bool(_trim(0))  # type: ignore[operator]
