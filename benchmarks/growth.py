@@ -740,6 +740,8 @@ def three_nodes(run: Run, data: dict[str, Any], n: int) -> None:
     st = leader.ask({"cmd": "status"}, 30)
     wait_all_applied(nodes, st["applied"], timeout)
     out["after_load"] = st
+    # The load's last snapshots (set off by bytes) may still be encoding: (a) must run without one.
+    wait_no_snapshot_running(nodes, 120)
 
     # Unmeasured warm-up (the first WAL segments are being zero-filled meanwhile).
     warm = leader.ask({"cmd": "write", "n": n, "offset": 0, "seconds": min(seconds, 2.0), "callers": callers}, 180)
