@@ -4,6 +4,7 @@ always stopped by PID (terminate, then kill) in the caller's ``finally``."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import subprocess
@@ -45,6 +46,7 @@ class Child:
             cwd=cwd,
         )
         self.pid = self.proc.pid
+        self._pending = b""  # read from stdout, not yet returned as lines
 
     @staticmethod
     def python(module: str, args: list[str], log_path: str, **kw: Any) -> Child:
@@ -59,21 +61,28 @@ class Child:
         """The next JSON line; raises TimeoutError / RuntimeError (with the log tail)."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
         while True:
+            # Lines already read come first: select() only sees what is still
+            # in the pipe, so a reply that arrived in one read with the line
+            # before it must not wait for more data.
+            while b"\n" in self._pending:
+                line, _, self._pending = self._pending.partition(b"\n")
+                text = line.decode(errors="replace").strip()
+                if text.startswith("{"):
+                    return json.loads(text)  # type: ignore[no-any-return]
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no answer from {self.argv[2:4]} within {timeout:g} s\n{self.log_tail()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.5))
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
             if not ready:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"child {self.pid} exited with {self.proc.returncode}\n{self.log_tail()}")
                 continue
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 raise RuntimeError(f"child {self.pid} closed its output\n{self.log_tail()}")
-            text = line.decode(errors="replace").strip()
-            if text.startswith("{"):
-                return json.loads(text)  # type: ignore[no-any-return]
+            self._pending += chunk
 
     def ask(self, obj: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.send(obj)

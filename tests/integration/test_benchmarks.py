@@ -220,3 +220,16 @@ def test_profile_rejects_bad_options() -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "profile", "--systems", "x", "--scenarios", "y",
                            "--seconds", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--seconds, --rate and --top must be positive" in proc.stderr
+
+
+def test_a_child_reply_read_with_the_line_before_it_is_not_missed(tmp_path: pathlib.Path) -> None:
+    # Both lines reach the parent in one read: the reply must come from what was read, not wait for
+    # more data in the pipe (the growth run once waited for its 1,120 s timeout that way).
+    from benchmarks.procs import Child
+
+    script = "import sys, time; sys.stdout.write('progress\\n{\"answer\": 42}\\n'); sys.stdout.flush(); time.sleep(60)"
+    child = Child([sys.executable, "-c", script], str(tmp_path / "child.log"))
+    try:
+        assert child.recv(20) == {"answer": 42}
+    finally:
+        child.stop(1)
