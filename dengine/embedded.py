@@ -283,8 +283,13 @@ class EmbeddedClient:
         node = self._node
         try:
             waiter = node.propose(command)
-        except ResourceExhausted:
-            node.stats.proposals_failed += 1
+        except DengineError as exc:
+            if isinstance(exc, ResourceExhausted):
+                node.stats.proposals_failed += 1
+            # Refused at once (not the leader, stopped, full): still a
+            # checkpoint, as every trio call is, so a caller that retries in
+            # a loop lets the node run (and learn who leads) in between.
+            await trio.lowlevel.checkpoint()
             raise
         node.expire(waiter, trio.current_time() + limit, _WRITE_TIMEOUT, limit)
         try:
@@ -427,6 +432,7 @@ class EmbeddedClient:
         if level is ReadConsistency.LEASE:
             node.stats.reads_lease += 1
             if node.current_role is not Role.LEADER:
+                await trio.lowlevel.checkpoint()  # refused at once, still a checkpoint (see _write)
                 raise node.not_leader()
             index = node.lease_read_index()
         else:

@@ -208,7 +208,10 @@ class Cluster:
         return await self.start(node_id)
 
     async def wait_leader(self, exclude: frozenset[int] | set[int] = frozenset()) -> Engine:
-        """Wait until some running engine not in ``exclude`` is the leader and ready."""
+        """Wait until some running engine not in ``exclude`` is the leader and ready.
+        Always a checkpoint: a caller retrying a refused write in a loop lets
+        the engines run between tries."""
+        await trio.lowlevel.checkpoint()
         while True:
             for nid, engine in self.engines.items():
                 if nid not in exclude and engine.is_leader() and engine.ready_notify().is_set():

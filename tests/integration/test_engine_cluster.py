@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+import trio.testing
 
 import dengine
 from dengine.api import WatchEventType
@@ -220,3 +221,21 @@ async def test_deadlines_without_a_quorum(tmp_path: pathlib.Path) -> None:
             with pytest.raises((dengine.Timeout, dengine.NotLeader, dengine.Unavailable)):
                 await leader.client.get(b"k", timeout=0.3)
             assert await leader.client.get(b"k", consistency="eventual") == b"v"
+
+
+async def test_a_write_or_lease_read_refused_on_a_follower_is_still_a_checkpoint(tmp_path: pathlib.Path) -> None:
+    # A caller retrying a refused write in a loop must let the engines run between tries (trio's rule:
+    # every async call is a checkpoint); without it, a node that had just stepped down never got to
+    # say so, and the retry loop spun on the stale leader (a flaky test found it).
+    with trio.fail_after(30):
+        async with open_cluster(tmp_path) as cluster:
+            await cluster.wait_leader()
+            follower = cluster.followers()[0]
+            with trio.testing.assert_checkpoints():
+                with pytest.raises(dengine.NotLeader):
+                    await follower.client.put(b"k", b"v")
+            with trio.testing.assert_checkpoints():
+                with pytest.raises(dengine.NotLeader):
+                    await follower.client.get(b"k", consistency="lease")
+            with trio.testing.assert_checkpoints():
+                await cluster.wait_leader()  # even when a leader is there already
