@@ -335,7 +335,7 @@ async def position(engine: Any, remaining: int) -> dict[str, Any]:
     from dengine import Op
 
     node = engine._node
-    threshold = engine.config.raft.snapshot_threshold
+    threshold = node.snapshot_thresholds()[0]  # this node's, staggered by its id
     started = time.monotonic()
     written = 0
 

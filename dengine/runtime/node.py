@@ -803,16 +803,21 @@ class Node:
             ))
         return tuple(out)
 
+    def snapshot_thresholds(self) -> tuple[float, float]:
+        """The entries and the bytes applied since the last snapshot that
+        set off the next one here: ``raft.snapshot_threshold`` and
+        ``raft.snapshot_threshold_bytes``, staggered by node id (x1, x1.25,
+        x1.5). The members of a cluster apply the same entries, and if all
+        of them snapshot at the same index they all pay for it at once."""
+        stagger = 1 + ((self.raw.id - 1) % 3) / 4
+        return self.options.snapshot_threshold * stagger, self.options.snapshot_threshold_bytes * stagger
+
     def _maybe_snapshot(self) -> None:
         kv = self.kv
         if self._snapshotting or self._nursery is None:
             return
-        # Staggered by node id (x1, x1.25, x1.5): the members of a cluster
-        # apply the same entries, and if all of them snapshot at the same
-        # index they all pay for it at the same moment.
-        stagger = 1 + ((self.raw.id - 1) % 3) / 4
-        if (kv.applied_index - self.last_snapshot_index < self.options.snapshot_threshold * stagger
-                and self._applied_bytes < self.options.snapshot_threshold_bytes * stagger):
+        entries, size = self.snapshot_thresholds()
+        if kv.applied_index - self.last_snapshot_index < entries and self._applied_bytes < size:
             return
         self._applied_bytes = 0
         image = kv.freeze()  # a copy, on the apply path; encoding happens off it
