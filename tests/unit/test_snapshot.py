@@ -3,6 +3,7 @@ written atomically, verified on load."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,25 @@ def test_a_file_cut_short_or_with_bytes_after_it_is_detected(tmp_path: Path, cha
     path.write_bytes(data[:-1] if change == "truncate" else data + b"\0")
     with pytest.raises(StorageCorrupted, match="length field says"):
         read_snapshot_file(str(path))
+
+
+def test_a_large_snapshot_file_is_written_and_synced_a_step_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dengine.storage import snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "SYNC_STEP", 1000)
+    real_sync = snapshot_module.fsync_file
+    synced_sizes: list[int] = []
+
+    def counting_sync(fd: int) -> None:
+        synced_sizes.append(os.fstat(fd).st_size)
+        real_sync(fd)
+
+    monkeypatch.setattr(snapshot_module, "fsync_file", counting_sync)
+    snap = Snapshot(SNAP.meta, bytes(range(256)) * 20)  # 5,120 bytes of data: six steps
+    path = snapshot_module.write_snapshot_file(str(tmp_path), snap)
+    head = len(snapshot_module.snapshot_pieces(snap)[0])
+    assert synced_sizes == [head + 1000 * k for k in range(1, 6)] + [head + 5120]
+    assert snapshot_module.read_snapshot_file(path) == snap
+    assert not list(tmp_path.glob("*.tmp"))
