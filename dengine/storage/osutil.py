@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 
 from dengine.errors import (
     DataDirMissing,
@@ -53,7 +54,7 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, buffers: list[bytes]) -> None:
+def write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
     """One writev for the whole batch; loop only on a short write."""
     total = sum(len(b) for b in buffers)
     written = os.writev(fd, buffers)

@@ -113,7 +113,8 @@ def write_snapshot_file(directory: str, snapshot: Snapshot) -> str:
     try:
         head, data = snapshot_pieces(snapshot)
         first = memoryview(data)[:SYNC_STEP]
-        write_all(fd, [head, first])
+        pieces: list[bytes | memoryview] = [head, first]
+        write_all(fd, pieces)
         for start in range(len(first), len(data), SYNC_STEP):
             # Flushed a step at a time: one fsync of hundreds of megabytes
             # holds the disk for the WAL's fsyncs of the same node (a write
