@@ -9,8 +9,10 @@ snapshot, though nothing uses it. ``malloc_trim(0)`` returns the free pages
 (docs/benchmarks.md, "Growth at 1 M keys, rerun").
 
 Only glibc has it; elsewhere (musl, macOS) :func:`release_free_heap` does
-nothing. It may take tens of milliseconds on a large heap: call it from a
-worker thread (ctypes lets go of the GIL during the call).
+nothing. It walks the whole heap holding malloc's lock (other threads' allocations
+wait meanwhile), tens of milliseconds on a large heap: call it from a
+worker thread (ctypes lets go of the GIL during the call), and only after
+a large snapshot, where there is much to give back.
 """
 
 from __future__ import annotations

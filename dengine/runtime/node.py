@@ -103,6 +103,10 @@ log = logging.getLogger("dengine.node")
 SNAPSHOT_ENCODE_PAUSE = 0.002
 
 
+#: A snapshot at least this large is followed by a heap trim (_take_snapshot).
+TRIM_AFTER_BYTES = 32 << 20
+
+
 def _pace_encoding() -> None:
     time.sleep(SNAPSHOT_ENCODE_PAUSE)
 
@@ -849,9 +853,12 @@ class Node:
             log.info("node %d: snapshot at index %d saved (%d bytes, encoded and written in %.3f s); "
                      "the log before it is compacted", self.raw.id, meta.index, size, took)
             # The image's copies of the maps and the encoding's pieces are
-            # garbage now: give their pages back (runtime/memory.py).
+            # garbage now: give their pages back (runtime/memory.py). Only
+            # after a large snapshot: a trim walks the whole heap holding
+            # malloc's lock, which every thread's allocations then wait for.
             del data, snapshot, image
-            await trio.to_thread.run_sync(release_free_heap)
+            if size >= TRIM_AFTER_BYTES:
+                await trio.to_thread.run_sync(release_free_heap)
         finally:
             self._snapshotting = False
 

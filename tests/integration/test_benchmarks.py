@@ -205,7 +205,7 @@ def test_profile_of_one_scenario_names_the_engine_process(tmp_path: pathlib.Path
     out = tmp_path / "profiles"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "profile", "--systems", "dengine-embedded-1", "--scenarios",
-         "write-100", "--seconds", "1", "--dir", str(tmp_path), "--out", str(out)],
+         "write-100", "--seconds", "1", "--top", "200", "--dir", str(tmp_path), "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
