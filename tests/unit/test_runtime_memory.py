@@ -40,10 +40,11 @@ def _glibc() -> bool:
 
 
 def test_freed_heap_pages_go_back_to_the_system() -> None:
-    if not _glibc():
-        pytest.skip("the C library has no malloc_trim (not glibc): release_free_heap does nothing there")
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=True)
     released, mb = out.stdout.split()
+    if not _glibc():  # no malloc_trim in this C library: nothing is done, and it says so
+        assert released == "False", out.stdout
+        return
     assert released == "True" and int(mb) >= 100, out.stdout  # 180 MB of the 200 freed
 
 
