@@ -61,7 +61,8 @@ async def test_lease_grant_ttl_list_keep_alive_and_revoke(kv: Any) -> None:
         assert chosen == dengine.Lease(4242, 30)
         with pytest.raises(InvalidArgument, match="lease 4242 already exists"):
             await kv.grant_lease(30, lease_id=4242)
-        assert {lease.id, small.id, 4242} <= {x.id for x in await kv.leases()}
+        # (the small lease lives only the cluster's minimum: on a busy machine it may be gone by now)
+        assert {lease.id, 4242} <= {x.id for x in await kv.leases()}
         await kv.put(b"/l/1", b"a", lease=lease.id)
         await kv.put(b"/l/2", b"b", lease=lease.id)
         status = await kv.lease_time_to_live(lease.id, keys=True)
