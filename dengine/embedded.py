@@ -78,7 +78,7 @@ from dengine.kv.snapshot import encode_image
 from dengine.lifecycle import Subscription
 from dengine.raft.messages import ConfChange, ConfChangeType, Role
 from dengine.raft.quorum import has_quorum
-from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node
+from dengine.runtime.node import NodeOptions, NullOutbox, Node, open_node, pace_encoding
 from dengine.backup import write_backup
 from dengine.storage.backup import check_cluster_id
 from dengine.stats import HistogramData, PeerStatistics
@@ -861,7 +861,7 @@ class Engine:
         layout) at a linearizable read point, and its revision."""
         await self.client._read_point(ReadConsistency.LINEARIZABLE, timeout)
         image = self._node.kv.freeze()  # on the event loop: exactly one applied index
-        data = await trio.to_thread.run_sync(encode_image, image)
+        data = await trio.to_thread.run_sync(encode_image, image, pace_encoding)  # paced: the node keeps serving
         return image.applied_index, data
 
     async def save_snapshot(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:

@@ -118,10 +118,11 @@ def _image_parts(image: FrozenImage, pause: Callable[[], object] | None = None) 
     return parts
 
 
-def encode_image(image: FrozenImage) -> bytes:
+def encode_image(image: FrozenImage, pause: Callable[[], object] | None = None) -> bytes:
     """Encode a frozen image (may run off the apply path, in a worker thread:
-    it lets go of the GIL between chunks of keys)."""
-    return b"".join(_image_parts(image))
+    it lets go of the GIL between chunks of keys, and calls ``pause`` after
+    each, e.g. dengine.runtime.node.pace_encoding)."""
+    return b"".join(_image_parts(image, pause))
 
 
 # A Raft snapshot's data is the KV image wrapped with a CRC32, so a corrupted

@@ -18,13 +18,13 @@ a large snapshot, where there is much to give back.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 
-_UNSET = object()
-_trim: Callable[[int], int] | None | object = _UNSET
 
-
-def _find_trim() -> Callable[[int], int] | None:
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once; None where the C library has none."""
     try:
         trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's where it is glibc
     except (OSError, AttributeError):
@@ -38,9 +38,5 @@ def release_free_heap() -> bool:
     """Return the heap's free pages to the system (glibc's ``malloc_trim(0)``).
     True if some memory was released; False if none was or the C library has
     no such call."""
-    global _trim
-    if _trim is _UNSET:
-        _trim = _find_trim()
-    if _trim is None:
-        return False
-    return bool(_trim(0))  # type: ignore[operator]
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))

@@ -93,22 +93,25 @@ from dengine.watch.dispatcher import WatchDispatcher
 
 log = logging.getLogger("dengine.node")
 
-#: How long the snapshot encoder (a worker thread) sleeps after each chunk of
-#: keys. A thread that keeps the CPU busy takes the GIL every time the event
-#: loop lets go of it (each socket call, each wait) and keeps it for the
-#: interpreter's switch interval (5 ms): the loop then runs a few steps per
-#: 5 ms and writes stall for up to a second. Sleeping as long as a chunk
-#: takes (~2 ms) leaves the loop the GIL about half the time; a snapshot of
-#: 1 M keys then takes ~3.5 s instead of ~2.7 s here (docs/benchmarks.md).
-SNAPSHOT_ENCODE_PAUSE = 0.002
+#: How long an encoder in a worker thread sleeps after each chunk of keys
+#: (:func:`pace_encoding`). A thread that keeps the CPU busy takes the GIL
+#: every time the event loop lets go of it (each socket call, each wait) and
+#: keeps it for the interpreter's switch interval (5 ms): the loop then runs a
+#: few steps per 5 ms and writes stall for up to a second. Sleeping as long
+#: as a chunk takes (~2 ms) leaves the loop the GIL about half the time; a
+#: snapshot of 1 M keys then takes ~3.5 s instead of ~2.7 s here
+#: (docs/benchmarks.md).
+ENCODE_PAUSE = 0.002
+
+
+def pace_encoding() -> None:
+    """The ``pause`` of an image encoded in a worker thread beside a running
+    node (the runtime's snapshots, a backup)."""
+    time.sleep(ENCODE_PAUSE)
 
 
 #: A snapshot at least this large is followed by a heap trim (_take_snapshot).
 TRIM_AFTER_BYTES = 32 << 20
-
-
-def _pace_encoding() -> None:
-    time.sleep(SNAPSHOT_ENCODE_PAUSE)
 
 
 class Outbox(Protocol):
@@ -837,7 +840,7 @@ class Node:
                 self._persisted_event = trio.Event()
                 await self._persisted_event.wait()
             started = time.perf_counter()
-            data = await trio.to_thread.run_sync(encode_snapshot_data, image, _pace_encoding)
+            data = await trio.to_thread.run_sync(encode_snapshot_data, image, pace_encoding)
             snapshot = Snapshot(meta=meta, data=data)
             await trio.to_thread.run_sync(self.storage.save_snapshot, snapshot)
             took = time.perf_counter() - started

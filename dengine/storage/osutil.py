@@ -35,6 +35,12 @@ def storage_error(exc: OSError, doing: str, *, writing: bool) -> StorageError:
     return StorageError(f"I/O error while {detail}")
 
 
+#: Large files (a snapshot, a preallocated WAL segment) are written and
+#: synced this many bytes at a time: one fsync of hundreds of megabytes holds
+#: the disk for the node's WAL fsyncs (docs/benchmarks.md).
+SYNC_STEP = 16 << 20
+
+
 def fsync_file(fd: int) -> None:
     """Make a file's data (and the size needed to read it) durable.
 

@@ -26,12 +26,10 @@ from dengine import codec
 from dengine.errors import MalformedMessage, StorageCorrupted
 from dengine.raft.messages import Snapshot, SnapshotMeta
 
-from .osutil import fsync_dir, fsync_file, write_all
+from .osutil import SYNC_STEP, fsync_dir, fsync_file, write_all
 from .wal import HEADER, HEADER_SIZE, frame
 
 MAGIC = b"DENGSNAP"
-#: A snapshot file is written and synced this many bytes at a time.
-SYNC_STEP = 16 << 20
 _PREFIX = len(MAGIC) + HEADER_SIZE
 _SNAP_RE = re.compile(r"^snap-(\d{20})\.snap$")
 

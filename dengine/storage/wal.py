@@ -54,7 +54,7 @@ from dengine import codec
 from dengine.errors import MalformedMessage
 from dengine.raft.messages import Entry, HardState
 
-from .osutil import fsync_file, write_all
+from .osutil import SYNC_STEP, fsync_file, write_all
 
 HEADER = struct.Struct(">II")
 HEADER_SIZE = HEADER.size
@@ -289,10 +289,6 @@ class SegmentWriter:
             os.close(fd)
 
 
-#: zero_fill syncs what it wrote every this many bytes.
-_ZERO_SYNC_STEP = 16 << 20
-
-
 def zero_fill(path: str, size: int, *, stop: Callable[[], bool]) -> bool:
     """Create ``path`` as ``size`` zero bytes, written and fsynced (a
     preallocated segment in waiting). Returns False, with the file removed,
@@ -306,9 +302,8 @@ def zero_fill(path: str, size: int, *, stop: Callable[[], bool]) -> bool:
                 break
             n = os.write(fd, chunk[: size - written])
             written += n
-            if written % _ZERO_SYNC_STEP < n and written < size:
-                # Synced a step at a time, as snapshot files are: one fsync of
-                # the whole segment would hold the disk for the WAL's fsyncs.
+            if written % SYNC_STEP < n and written < size:
+                # Synced a step at a time, as snapshot files are (SYNC_STEP).
                 fsync_file(fd)
         else:
             fsync_file(fd)

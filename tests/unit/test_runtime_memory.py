@@ -49,5 +49,5 @@ def test_freed_heap_pages_go_back_to_the_system() -> None:
 
 
 def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_trim", None)
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: None)
     assert memory.release_free_heap() is False
